@@ -1,0 +1,3 @@
+"""vlstack: full-stack vision-language model training."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,235 @@
+"""QwenImageModel: the vision tower, the language model, the fusion encoder and the heads, wired.
+
+Two paths through the model:
+- the pretraining path: `encode_image` / `encode_text` give the ITC embeddings,
+  `fuse` runs the fusion encoder, and `forward` returns what the ITC, ITM, MLM and
+  VTM losses need for matching pairs;
+- the generation path (LLaVA style): `embed_inputs` splices projected visual tokens
+  into the LM's input embeddings at the `<image>` placeholders, and `generate`
+  decodes with the LM's KV cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import GenerationConfig
+
+from vlstack import checkpoint
+from vlstack.config import from_dict, read_yaml, save_yaml
+from vlstack.errors import CheckpointError, InputError
+from vlstack.models.config import ModelConfig
+from vlstack.models.fusion import FusionTransformer
+from vlstack.models.heads import ITCHead, ITMHead, MLMHead, VisualProjector, VTMHead
+from vlstack.models.language import build_language_model, decoder
+from vlstack.models.vision import VisionTransformer
+
+
+@dataclass
+class VLMOutput:
+    """Everything the four pretraining losses need for a batch of matching pairs."""
+
+    image_tokens: torch.Tensor  # [B, Nv, Dv] vision tower output (prompts first)
+    image_embeds: torch.Tensor  # [B, E] L2-normalised ITC embedding
+    text_hidden: torch.Tensor  # [B, T, Dt] LM last hidden states
+    text_embeds: torch.Tensor  # [B, E] L2-normalised ITC embedding
+    fused: torch.Tensor | None = None  # [B, Nv + T, W]
+    itm_logits: torch.Tensor | None = None  # [B, 2]
+    mlm_logits: torch.Tensor | None = None  # [B, T, V]
+    vtm_pred: torch.Tensor | None = None  # [B, Nv, Dv]
+
+
+class QwenImageModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        language_model, language_cfg = build_language_model(config.language)
+        self.config = dataclasses.replace(config, language=language_cfg)
+        v, t, f = config.vision.width, language_cfg.hidden_size, config.fusion.width
+        self.vision = VisionTransformer(config.vision)
+        self.language_model = language_model
+        self.fusion = FusionTransformer(config.fusion, vision_width=v, text_width=t)
+        self.itc = ITCHead(v, t, config.itc_dim, config.temperature_init)
+        self.itm = ITMHead(f)
+        self.mlm = MLMHead(f, t, language_cfg.vocab_size)
+        self.vtm = VTMHead(f, v)
+        self.projector = VisualProjector(v, t)
+        for module in (self.vision, self.fusion, self.itc, self.itm, self.mlm, self.vtm, self.projector):
+            module.apply(_init_weights)
+
+    # --- pretraining path ---------------------------------------------------------------
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> vision tokens [B, P + gh*gw, Dv]."""
+        return self.vision(pixel_values)
+
+    def image_embedding(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Vision tokens -> normalised ITC embedding [B, E] (pooled from the prompt tokens)."""
+        return self.itc.embed_image(self.vision.pool(image_tokens))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Right-padded ids [B, T] -> LM last hidden states [B, T, Dt]."""
+        self._check_text(input_ids, attention_mask)
+        return decoder(self.language_model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def text_embedding(self, text_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Normalised ITC embedding [B, E] from the last real token (it has seen the whole text)."""
+        last = attention_mask.long().sum(dim=1).clamp(min=1) - 1  # [B]
+        pooled = text_hidden[torch.arange(text_hidden.shape[0], device=text_hidden.device), last]
+        return self.itc.embed_text(pooled)
+
+    def fuse(self, image_tokens: torch.Tensor, text_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, Nv, Dv] + [B, T, Dt] -> fused [B, Nv + T, W]."""
+        return self.fusion(image_tokens, text_hidden, attention_mask)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        fuse: bool = True,
+    ) -> VLMOutput:
+        """Encode matching (image, text) pairs; with `fuse`, also the ITM, MLM and VTM outputs."""
+        image_tokens = self.encode_image(pixel_values)
+        text_hidden = self.encode_text(input_ids, attention_mask)
+        out = VLMOutput(
+            image_tokens=image_tokens,
+            image_embeds=self.image_embedding(image_tokens),
+            text_hidden=text_hidden,
+            text_embeds=self.text_embedding(text_hidden, attention_mask),
+        )
+        if fuse:
+            n_visual = image_tokens.shape[1]
+            out.fused = self.fuse(image_tokens, text_hidden, attention_mask)
+            out.itm_logits = self.itm(out.fused)
+            embedding = self.language_model.get_input_embeddings().weight
+            out.mlm_logits = self.mlm(out.fused[:, n_visual:], embedding)
+            out.vtm_pred = self.vtm(out.fused[:, :n_visual])
+        return out
+
+    # --- generation path ----------------------------------------------------------------
+
+    def num_image_tokens(self, height: int | None = None, width: int | None = None) -> int:
+        """How many `<image>` placeholder tokens one image of this size takes in the LM input."""
+        cfg = self.config.vision
+        gh, gw = self.vision.grid_for(height or cfg.image_size, width or cfg.image_size)
+        return cfg.num_prompts + gh * gw
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """LM input embeddings [B, T, Dt] with each image's projected tokens at its placeholders.
+
+        `input_ids` must already hold `num_image_tokens()` copies of the `<image>` id per
+        image, in the order of `pixel_values`.
+        """
+        image_id = self.config.image_token_id
+        is_image = input_ids == image_id if image_id is not None else torch.zeros_like(input_ids, dtype=torch.bool)
+        embeds = self.language_model.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
+        n_slots = int(is_image.sum())
+        if pixel_values is None:
+            if n_slots:
+                raise InputError(f"the text has {n_slots} <image> placeholder tokens but no images were given")
+            return embeds
+        if image_id is None:
+            raise InputError("this model has no image_token_id; build it with a tokenizer that has <image>")
+        visual = self.projector(self.encode_image(pixel_values))  # [N_img, Nv, Dt]
+        if n_slots != visual.shape[0] * visual.shape[1]:
+            raise InputError(
+                f"{visual.shape[0]} image(s) need {visual.shape[0]} x {visual.shape[1]} <image> tokens, the text has "
+                f"{n_slots}; expand each <image> placeholder with expand_image_placeholders() before tokenising"
+            )
+        return embeds.masked_scatter(is_image[..., None], visual.to(embeds.dtype))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        use_cache: bool = True,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+    ) -> torch.Tensor:
+        """Decode new tokens [B, <= max_new_tokens] after left-padded prompts (greedy or sampled)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self._check_text(input_ids, attention_mask, extra=max_new_tokens)
+        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
+        gen_config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id if pad_token_id is not None else eos_token_id,
+            **sampling,
+        )
+        embeds = self.embed_inputs(input_ids, pixel_values)
+        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask,
+                                            generation_config=gen_config)
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
+        """Write `config.yaml`, `model.safetensors` and (if given) `tokenizer/`, atomically."""
+        with checkpoint.atomic_directory(directory) as tmp:
+            save_yaml(self.config, tmp / checkpoint.CONFIG_NAME)
+            checkpoint.save_weights(self, tmp / checkpoint.WEIGHTS_NAME)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(tmp / checkpoint.TOKENIZER_DIR))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "QwenImageModel":
+        """Rebuild the model from its `config.yaml` and load its weights."""
+        directory = Path(directory)
+        config_path = directory / checkpoint.CONFIG_NAME
+        if not config_path.is_file():
+            raise CheckpointError(
+                f"{directory} is not a vlstack checkpoint (no {checkpoint.CONFIG_NAME}); "
+                "pass a directory written by save_pretrained()"
+            )
+        model = cls(from_dict(ModelConfig, read_yaml(config_path)))
+        checkpoint.load_weights(model, directory / checkpoint.WEIGHTS_NAME)
+        return model.eval()
+
+    # --- checks -------------------------------------------------------------------------
+
+    def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, extra: int = 0) -> None:
+        if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
+            raise InputError(
+                f"input_ids and attention_mask must both be [batch, length]; got {tuple(input_ids.shape)} "
+                f"and {tuple(attention_mask.shape)}"
+            )
+        limit = self.config.language.max_positions
+        if input_ids.shape[1] + extra > limit:
+            raise InputError(
+                f"text of {input_ids.shape[1]} tokens{f' + {extra} new' if extra else ''} exceeds the language "
+                f"model's {limit} positions; truncate it or raise language.max_positions"
+            )
+
+
+def _init_weights(module: nn.Module) -> None:
+    """ViT-style init for vlstack's own layers (the LM keeps its `transformers` init)."""
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def count_parameters(config: ModelConfig) -> dict[str, int]:
+    """Parameters per component, counted on the meta device (no memory is allocated).
+
+    `fusion` counts every cross-modal parameter: fusion encoder, projector and heads.
+    """
+    with torch.device("meta"):
+        model = QwenImageModel(config)
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for p in model.vision.parameters())
+    language = sum(p.numel() for p in model.language_model.parameters())
+    return {"vision": vision, "language": language, "fusion": total - vision - language, "total": total}
