@@ -59,7 +59,7 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
     """Return a copy of `cfg` with `a.b=value` overrides applied and validated.
 
     Values are parsed as YAML (`3`, `1e-4`, `true`, `[1, 2]`), except for string
-    fields, which take the text as written.
+    fields, which take the text as written (`null` still clears an optional one).
     """
     if not overrides:
         return cfg
@@ -69,7 +69,7 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
         field_type = _field_type(type(cfg), key)
-        value: Any = raw if _is_str_type(field_type) else yaml.safe_load(raw)
+        value: Any = raw if _is_str_type(field_type) and raw != "null" else yaml.safe_load(raw)
         _set_nested(data, key.split("."), value)
     return from_dict(type(cfg), data)
 
@@ -193,6 +193,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return {str(k): _coerce(value_type, v, f"{path}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # PyYAML reads `1e-4` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool):
         if isinstance(value, bool) and tp is not bool:
             raise ConfigError(f"'{path}' must be {tp.__name__}, got a boolean {value!r}")

@@ -8,6 +8,7 @@ sits on top of the library and nothing imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -35,7 +36,8 @@ from vlstack.train.trainer import Batch, TrainConfig, Trainer
 class DemoConfig:
     """What the demo builds and how long it trains."""
 
-    preset: str = "tiny"
+    model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("tiny"))
+    """The model to train; a recipe may write `model: {preset: tiny, ...overrides}`."""
     out_dir: str = "runs/demo"
     seed: int = 0
     train_samples: int = 6000
@@ -77,7 +79,7 @@ def run_demo(config: DemoConfig) -> dict:
                    "distinct_train_captions": len({s.caption for s in train_scenes})}, t)
 
     t = time.perf_counter()
-    model_config = ModelConfig.from_preset(config.preset)
+    model_config = dataclasses.replace(config.model)
     corpus = [s.caption for s in train_scenes]
     tokenizer = train_tokenizer(corpus, vocab_size=model_config.language.vocab_size)
     model_config.image_token_id = special_token_ids(tokenizer).image
@@ -85,7 +87,7 @@ def run_demo(config: DemoConfig) -> dict:
 
     t = time.perf_counter()
     model = QwenImageModel(model_config)
-    stage("model", {"preset": config.preset, "parameters": count_parameters(model_config)}, t)
+    stage("model", {"preset": model_config.name, "parameters": count_parameters(model_config)}, t)
 
     size = model_config.vision.image_size
     train_set = _tensorize(train_scenes, tokenizer, size, config.max_text_tokens, "encode train")

@@ -1,0 +1,30 @@
+"""Shared fixtures: a trained tokenizer and nano models (seeded, built once per test session)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlstack.data.synthetic import shape_scenes
+from vlstack.models.config import ModelConfig
+from vlstack.models.tokenizer import special_token_ids, train_tokenizer
+from vlstack.models.vlm import QwenImageModel
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    captions = [s.caption for s in shape_scenes(200, seed=0)] + [s.caption for s in shape_scenes(100, 0, lang="zh")]
+    return train_tokenizer(captions, vocab_size=512)
+
+
+@pytest.fixture
+def nano_config(tokenizer) -> ModelConfig:
+    config = ModelConfig.from_preset("nano")
+    config.image_token_id = special_token_ids(tokenizer).image
+    return config
+
+
+@pytest.fixture
+def nano_model(nano_config) -> QwenImageModel:
+    torch.manual_seed(0)
+    return QwenImageModel(nano_config).eval()
