@@ -2,25 +2,31 @@
 
 A checkpoint is a directory (`config.yaml`, `model.safetensors`, `tokenizer/`);
 `vlstack.models.vlm` knows which files go in it, this module knows how to write
-and verify them.
+and verify them. Weights over `max_shard_size` are split into
+`model-0000i-of-0000n.safetensors` shards with a `model.safetensors.index.json`,
+the layout `transformers` uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import torch
+from huggingface_hub import save_torch_state_dict
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
 from torch import nn
 
 from vlstack.errors import CheckpointError
 
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 
@@ -46,20 +52,15 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         raise
 
 
-def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Write the model's parameters and buffers (tied tensors stored once)."""
-    save_model(model, str(path))
+def save_weights(model: nn.Module, directory: str | Path, max_shard_size: int | str = "5GB") -> None:
+    """Write the model's parameters and buffers into `directory` (tied tensors stored once)."""
+    save_torch_state_dict(model.state_dict(), directory, max_shard_size=max_shard_size)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
+def load_weights(model: nn.Module, directory: str | Path) -> None:
     """Load weights into `model`, failing with the names of missing, unexpected or misshapen keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no weights file at {path}; a checkpoint directory holds {WEIGHTS_NAME}")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); re-export the checkpoint") from exc
+    directory = Path(directory)
+    state = read_weights(directory)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not _is_tied_alias(model, k, state)]
     unexpected = [k for k in state if k not in expected]
@@ -70,13 +71,32 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     ]
     if missing or unexpected or misshapen:
         raise CheckpointError(
-            f"{path} does not fit this architecture; it was saved from a different config.\n"
+            f"the weights in {directory} do not fit this architecture; it was saved from a different config.\n"
             + _listing("mismatched shapes", misshapen)
             + _listing("missing keys", missing)
             + _listing("unexpected keys", unexpected)
             + "Build the model from the checkpoint's own config.yaml (from_pretrained does this)."
         )
     model.load_state_dict(state, strict=False)
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory, from one file or from the shards its index lists."""
+    index = directory / INDEX_NAME
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    elif (directory / WEIGHTS_NAME).is_file():
+        files = [WEIGHTS_NAME]
+    else:
+        raise CheckpointError(f"no weights in {directory}; a checkpoint directory holds {WEIGHTS_NAME} or {INDEX_NAME}")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        path = directory / name
+        try:
+            state.update(load_file(str(path)))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); re-export the checkpoint") from exc
+    return state
 
 
 def _is_tied_alias(model: nn.Module, key: str, state: dict) -> bool:

@@ -76,6 +76,18 @@ def test_save_load_round_trip_is_bit_equal(nano_model, tokenizer, tmp_path):
     assert loaded.config == nano_model.config
 
 
+def test_large_weights_are_sharded_with_an_index(nano_model, tmp_path):
+    from vlstack.checkpoint import load_weights, save_weights
+
+    save_weights(nano_model, tmp_path, max_shard_size=200_000)
+    shards = sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "model.safetensors.index.json").is_file()
+    torch.manual_seed(9)
+    copy = QwenImageModel(nano_model.config)
+    load_weights(copy, tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), nano_model.state_dict().values()))
+
+
 def test_saving_over_an_existing_checkpoint_replaces_it(nano_model, tmp_path):
     nano_model.save_pretrained(tmp_path / "ckpt")
     nano_model.save_pretrained(tmp_path / "ckpt")
@@ -90,7 +102,7 @@ def test_wrong_architecture_names_mismatched_keys(nano_model, nano_config, tmp_p
     from vlstack.checkpoint import load_weights
 
     with pytest.raises(CheckpointError) as err:
-        load_weights(other, tmp_path / "ckpt" / "model.safetensors")
+        load_weights(other, tmp_path / "ckpt")
     message = str(err.value)
     assert "fusion.visual_proj.weight: checkpoint (64, 64) vs model (64, 96)" in message
     assert "missing keys" in message and "fusion.blocks.1." in message

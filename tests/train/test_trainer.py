@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from vlstack.errors import VlstackError
 from vlstack.train.trainer import TrainConfig, Trainer, parameter_groups, warmup_cosine
 
 
@@ -61,3 +62,9 @@ def test_a_nan_batch_is_skipped_with_a_reason_and_training_continues(tmp_path):
     assert trainer.step == 20
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == len(history)
+
+
+def test_a_diverged_run_stops_with_an_error():
+    trainer = Trainer(Regression(), mse, TrainConfig(steps=20, precision="fp32", max_skips_in_a_row=3))
+    with pytest.raises(VlstackError, match="4 steps in a row had a non-finite loss"):
+        trainer.fit(_batches(poison_at=set(range(100))))

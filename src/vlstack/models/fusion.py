@@ -22,15 +22,24 @@ class FusionTransformer(nn.Module):
         self.visual_proj = nn.Linear(vision_width, cfg.width)
         self.text_proj = nn.Linear(text_width, cfg.width)
         self.modality = nn.Embedding(2, cfg.width)  # 0 = image, 1 = text
+        # stands in for masked visual tokens; visual token modelling predicts what they were
+        self.mask_embedding = nn.Parameter(torch.zeros(cfg.width))
         self.blocks = nn.ModuleList(
             Block(cfg.width, cfg.mlp_ratio, cfg.norm_eps, SelfAttention(cfg.width, cfg.heads))
             for _ in range(cfg.layers)
         )
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
 
-    def forward(self, visual: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """visual: [B, Nv, Dv]; text: [B, T, Dt]; text_mask: [B, T] (1 = real token) -> [B, Nv + T, W]."""
-        v = self.visual_proj(visual) + self.modality.weight[0]
+    def forward(self, visual: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                visual_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """visual: [B, Nv, Dv]; text: [B, T, Dt]; text_mask: [B, T] (1 = real token) -> [B, Nv + T, W].
+
+        visual_mask: optional bool [B, Nv]; True replaces that visual token with the mask embedding.
+        """
+        v = self.visual_proj(visual)
+        if visual_mask is not None:
+            v = torch.where(visual_mask[..., None], self.mask_embedding.to(v.dtype), v)
+        v = v + self.modality.weight[0]
         t = self.text_proj(text) + self.modality.weight[1]
         x = torch.cat([v, t], dim=1)  # [B, Nv + T, W]
         visual_mask = torch.ones(visual.shape[:2], dtype=torch.bool, device=visual.device)

@@ -1,4 +1,7 @@
-"""Heads for the four pretraining objectives and the LLaVA-style projector into the LM."""
+"""Heads for the pretraining objectives: ITC, ITM and MLM.
+
+The VTM head and the LLaVA projector are plain two-layer MLPs (`layers.MLP`), built in `vlm.py`.
+"""
 
 from __future__ import annotations
 
@@ -56,27 +59,3 @@ class MLMHead(nn.Module):
     def forward(self, fused_text: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor:
         h = self.norm(F.gelu(self.transform(fused_text)))  # [B, T, Dt]
         return F.linear(h, embedding_weight, self.bias)  # [B, T, V]
-
-
-class VTMHead(nn.Module):
-    """Visual token modelling: regress vision-encoder features at fused visual positions."""
-
-    def __init__(self, width: int, vision_width: int):
-        super().__init__()
-        self.fc1 = nn.Linear(width, width)
-        self.fc2 = nn.Linear(width, vision_width)
-
-    def forward(self, fused_visual: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(fused_visual)))  # [B, Nv, Dv]
-
-
-class VisualProjector(nn.Module):
-    """LLaVA-1.5 style two-layer MLP from vision tokens to the LM's embedding width."""
-
-    def __init__(self, vision_width: int, text_width: int):
-        super().__init__()
-        self.fc1 = nn.Linear(vision_width, text_width)
-        self.fc2 = nn.Linear(text_width, text_width)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(tokens)))  # [B, Nv, Dt]

@@ -24,8 +24,9 @@ from vlstack.config import from_dict, read_yaml, save_yaml
 from vlstack.errors import CheckpointError, InputError
 from vlstack.models.config import ModelConfig
 from vlstack.models.fusion import FusionTransformer
-from vlstack.models.heads import ITCHead, ITMHead, MLMHead, VisualProjector, VTMHead
+from vlstack.models.heads import ITCHead, ITMHead, MLMHead
 from vlstack.models.language import build_language_model, decoder
+from vlstack.models.layers import MLP
 from vlstack.models.vision import VisionTransformer
 
 
@@ -55,8 +56,8 @@ class QwenImageModel(nn.Module):
         self.itc = ITCHead(v, t, config.itc_dim, config.temperature_init)
         self.itm = ITMHead(f)
         self.mlm = MLMHead(f, t, language_cfg.vocab_size)
-        self.vtm = VTMHead(f, v)
-        self.projector = VisualProjector(v, t)
+        self.vtm = MLP(f, f, out_dim=v)  # regresses vision features at fused visual positions
+        self.projector = MLP(v, t, out_dim=t)  # LLaVA-1.5: vision tokens -> LM embeddings
         for module in (self.vision, self.fusion, self.itc, self.itm, self.mlm, self.vtm, self.projector):
             module.apply(_init_weights)
 
@@ -81,9 +82,10 @@ class QwenImageModel(nn.Module):
         pooled = text_hidden[torch.arange(text_hidden.shape[0], device=text_hidden.device), last]
         return self.itc.embed_text(pooled)
 
-    def fuse(self, image_tokens: torch.Tensor, text_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, Nv, Dv] + [B, T, Dt] -> fused [B, Nv + T, W]."""
-        return self.fusion(image_tokens, text_hidden, attention_mask)
+    def fuse(self, image_tokens: torch.Tensor, text_hidden: torch.Tensor, attention_mask: torch.Tensor,
+             visual_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, Nv, Dv] + [B, T, Dt] -> fused [B, Nv + T, W]; `visual_mask` [B, Nv] hides visual tokens."""
+        return self.fusion(image_tokens, text_hidden, attention_mask, visual_mask)
 
     def forward(
         self,
@@ -177,7 +179,7 @@ class QwenImageModel(nn.Module):
         """Write `config.yaml`, `model.safetensors` and (if given) `tokenizer/`, atomically."""
         with checkpoint.atomic_directory(directory) as tmp:
             save_yaml(self.config, tmp / checkpoint.CONFIG_NAME)
-            checkpoint.save_weights(self, tmp / checkpoint.WEIGHTS_NAME)
+            checkpoint.save_weights(self, tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp / checkpoint.TOKENIZER_DIR))
 
@@ -192,7 +194,7 @@ class QwenImageModel(nn.Module):
                 "pass a directory written by save_pretrained()"
             )
         model = cls(from_dict(ModelConfig, read_yaml(config_path)))
-        checkpoint.load_weights(model, directory / checkpoint.WEIGHTS_NAME)
+        checkpoint.load_weights(model, directory)
         return model.eval()
 
     # --- checks -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Literal
 import torch
 from torch import nn
 
+from vlstack.errors import VlstackError
 from vlstack.progress import progress_bar
 
 Batch = dict[str, torch.Tensor]
@@ -42,6 +43,8 @@ class TrainConfig:
     """bf16 autocast is the fast path on GPUs and on CPUs with AVX-512 bf16."""
     seed: int = 0
     log_every: int = 10
+    max_skips_in_a_row: int = 20
+    """Stop with an error after this many consecutive non-finite steps (the run has diverged)."""
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -81,10 +84,17 @@ class Trainer:
         """Run `config.steps` optimizer steps over `batches`; returns the logged history."""
         self.model.train()
         start = time.perf_counter()
+        skips_in_a_row = 0
         with progress_bar() as progress:
             task = progress.add_task(description, total=self.config.steps, status="")
             while self.step < self.config.steps:
                 record = self.train_step(next(batches))
+                skips_in_a_row = skips_in_a_row + 1 if record["skipped"] else 0
+                if skips_in_a_row > self.config.max_skips_in_a_row:
+                    raise VlstackError(
+                        f"{skips_in_a_row} steps in a row had a {record['reason']} at step {self.step}: the run "
+                        "has diverged or the data is broken; lower train.lr or check the batches"
+                    )
                 if record["skipped"] or self.step % self.config.log_every == 0 or self.step == self.config.steps:
                     record["elapsed_s"] = round(time.perf_counter() - start, 2)
                     self._log(record)
