@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from vlstack.models.vlm import QwenImageModel
-from vlstack.train.losses import itc_loss
+from vlstack.train.losses import (
+    IGNORE_INDEX,
+    itc_loss,
+    itm_loss,
+    mask_tokens,
+    mlm_loss,
+    random_subset,
+    sample_hard_negatives,
+    vtm_loss,
+)
 
 
 def itc_objective(model: QwenImageModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -13,3 +24,94 @@ def itc_objective(model: QwenImageModel, batch: dict[str, torch.Tensor]) -> tupl
     out = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], fuse=False)
     loss = itc_loss(out.image_embeds, out.text_embeds, model.itc.logit_scale)
     return loss, {"itc": loss.item(), "temperature": model.itc.temperature.item()}
+
+
+@dataclass
+class PretrainLossConfig:
+    """Weights of the mixed pretraining loss (seed: 0.4 ITC + 0.3 ITM + 0.2 MLM + 0.1 VTM) and masking rates."""
+
+    itc: float = 0.4
+    itm: float = 0.3
+    mlm: float = 0.2
+    vtm: float = 0.1
+    mlm_probability: float = 0.15
+    """Share of text tokens picked for MLM (of those: 80% masked, 10% random, 10% kept)."""
+    vtm_probability: float = 0.15
+    """Share of patch tokens hidden from the fusion encoder for VTM."""
+
+
+class PretrainObjective:
+    """The mixed ITC + ITM + MLM + VTM loss on a batch of matching (image, text) pairs.
+
+    One vision pass serves all four losses. ITM fuses each pair plus one hard negative
+    text per image and one hard negative image per text, drawn from the ITC similarities
+    (ALBEF). MLM and VTM share one fusion pass over masked text and partly hidden
+    patches; VTM regresses the vision tower's own (detached) features of the hidden
+    patches, as UNITER regresses the detector features of masked regions.
+    Random draws use torch's global generator, which the Trainer seeds and checkpoints.
+    """
+
+    def __init__(self, config: PretrainLossConfig, mask_token_id: int, special_token_ids: list[int]):
+        self.config = config
+        self.mask_token_id = mask_token_id
+        self.special_token_ids = torch.tensor(sorted(set(special_token_ids)))
+
+    def __call__(self, model: QwenImageModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        pixels, ids, attention = batch["pixel_values"], batch["input_ids"], batch["attention_mask"]
+        image_tokens = model.encode_image(pixels)  # [B, Nv, Dv]
+        text_hidden = model.encode_text(ids, attention)  # [B, T, Dt]
+        image_embeds = model.image_embedding(image_tokens)
+        text_embeds = model.text_embedding(text_hidden, attention)
+        losses = {"itc": itc_loss(image_embeds, text_embeds, model.itc.logit_scale)}
+        metrics: dict[str, float] = {}
+
+        if cfg.itm > 0:
+            similarity = model.itc.logit_scale.exp() * image_embeds @ text_embeds.t()  # [B, B] ITC logits
+            losses["itm"], metrics["itm_acc"] = self._itm(model, image_tokens, text_hidden, attention, similarity, ids)
+        if cfg.mlm > 0 or cfg.vtm > 0:
+            mlm, vtm, metrics["mlm_acc"] = self._masked_modelling(model, image_tokens, ids, attention)
+            losses["mlm"], losses["vtm"] = mlm, vtm
+
+        weights = {"itc": cfg.itc, "itm": cfg.itm, "mlm": cfg.mlm, "vtm": cfg.vtm}
+        total = sum(weights[name] * value for name, value in losses.items())
+        metrics.update({name: value.item() for name, value in losses.items()})
+        metrics["temperature"] = model.itc.temperature.item()
+        return total, metrics
+
+    def _itm(self, model, image_tokens, text_hidden, attention, similarity, ids) -> tuple[torch.Tensor, float]:
+        B = ids.shape[0]
+        same_text = _same_rows(ids.masked_fill(attention == 0, -1))  # identical captions are not negatives
+        negative_text = sample_hard_negatives(similarity, same_text)  # [B]
+        negative_image = sample_hard_negatives(similarity.t(), same_text)  # [B]
+        fused = model.fuse(
+            torch.cat([image_tokens, image_tokens, image_tokens[negative_image]]),
+            torch.cat([text_hidden, text_hidden[negative_text], text_hidden]),
+            torch.cat([attention, attention[negative_text], attention]),
+        )  # [3B, Nv + T, W]: positives, (image, hard text), (hard image, text)
+        logits = model.itm(fused)  # [3B, 2]
+        labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(logits.device)
+        accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
+        return itm_loss(logits, labels), accuracy
+
+    def _masked_modelling(self, model, image_tokens, ids, attention) -> tuple[torch.Tensor, torch.Tensor, float]:
+        maskable_text = attention.bool() & ~torch.isin(ids, self.special_token_ids.to(ids.device))
+        masked_ids, labels = mask_tokens(ids, maskable_text, self.mask_token_id, model.config.language.vocab_size,
+                                         self.config.mlm_probability)
+        masked_hidden = model.encode_text(masked_ids, attention)
+        n_prompts, n_visual = model.config.vision.num_prompts, image_tokens.shape[1]
+        patches = torch.zeros(image_tokens.shape[:2], dtype=torch.bool, device=ids.device)
+        patches[:, n_prompts:] = True
+        hidden_patches = random_subset(patches, self.config.vtm_probability)  # [B, Nv]
+        fused = model.fuse(image_tokens, masked_hidden, attention, visual_mask=hidden_patches)
+        picked = labels != IGNORE_INDEX
+        embedding = model.language_model.get_input_embeddings().weight
+        logits = model.mlm(fused[:, n_visual:][picked], embedding)  # [n_picked, V]
+        accuracy = (logits.argmax(dim=-1) == labels[picked]).float().mean().item()
+        vtm = vtm_loss(model.vtm(fused[:, :n_visual]), image_tokens.detach(), hidden_patches)
+        return mlm_loss(logits, labels[picked]), vtm, accuracy
+
+
+def _same_rows(rows: torch.Tensor) -> torch.Tensor:
+    """[B, B] bool: True where rows i and j are identical (the diagonal included)."""
+    return (rows[:, None, :] == rows[None, :, :]).all(dim=-1)
