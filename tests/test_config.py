@@ -100,9 +100,10 @@ def test_recipes_in_configs_dir_load():
     from pathlib import Path
 
     from vlstack.demo import DemoConfig
+    from vlstack.train.pretrain import PretrainConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("nano", "tiny", "small", "qwen-image-s", "qwen-image-m", "qwen-image-l"):
-        cfg = load_config(ModelConfig, root / f"{name}.yaml")
-        assert cfg == ModelConfig.from_preset(name), name
+    for name in PRESETS:
+        recipe = load_config(PretrainConfig, root / f"{name}.yaml")
+        assert recipe.model == ModelConfig.from_preset(name), name
     assert to_dict(load_config(DemoConfig, root / "demo.yaml")) == to_dict(DemoConfig())

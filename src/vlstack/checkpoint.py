@@ -52,9 +52,9 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         raise
 
 
-def save_weights(model: nn.Module, directory: str | Path, max_shard_size: int | str = "5GB") -> None:
-    """Write the model's parameters and buffers into `directory` (tied tensors stored once)."""
-    save_torch_state_dict(model.state_dict(), directory, max_shard_size=max_shard_size)
+def save_weights(state_dict: dict[str, torch.Tensor], directory: str | Path, max_shard_size: int | str = "5GB") -> None:
+    """Write a model's state dict into `directory` (tensors that share storage are stored once)."""
+    save_torch_state_dict(state_dict, directory, max_shard_size=max_shard_size)
 
 
 def load_weights(model: nn.Module, directory: str | Path) -> None:

@@ -1,10 +1,10 @@
-import itertools
+import json
 
 import pytest
 import torch
 from torch import nn
 
-from vlstack.errors import VlstackError
+from vlstack.errors import CheckpointError, VlstackError
 from vlstack.train.trainer import TrainConfig, Trainer, parameter_groups, warmup_cosine
 
 
@@ -17,18 +17,24 @@ class Regression(nn.Module):
 
 def mse(model, batch):
     loss = (model.linear(batch["x"]) - batch["y"]).pow(2).mean()
-    return loss, {}
+    return loss, {"noise": torch.rand(()).item()}  # a random draw, to check resumed RNG streams
 
 
-def _batches(poison_at: set[int] = frozenset()):
+def _data(n: int = 512, poison: slice | None = None) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=generator)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    if poison is not None:
+        x[poison] = float("nan")
+    # the Trainer counts samples and tokens from these two keys
+    return {"x": x, "y": y, "input_ids": torch.zeros(n, 1), "attention_mask": torch.ones(n, 1)}
+
+
+def _trainer(data, steps=40, out_dir=None, **overrides) -> Trainer:
     torch.manual_seed(0)
-    w = torch.randn(4, 1)
-    for i in itertools.count():
-        x = torch.randn(16, 4)
-        y = x @ w
-        if i in poison_at:
-            x = x * float("nan")
-        yield {"x": x, "y": y}
+    config = TrainConfig(steps=steps, batch_size=16, lr=0.05, warmup_steps=2, precision="fp32", log_every=1,
+                         **overrides)
+    return Trainer(Regression(), mse, config, data, out_dir=out_dir)
 
 
 def test_weight_decay_skips_norms_and_biases():
@@ -45,26 +51,70 @@ def test_warmup_then_cosine():
 
 
 def test_training_reduces_the_loss():
-    torch.manual_seed(0)
-    trainer = Trainer(Regression(), mse, TrainConfig(steps=150, lr=0.05, warmup_steps=5, precision="fp32"))
-    history = trainer.fit(_batches())
-    assert history[-1]["loss"] < 0.1 * history[0]["loss"]
+    history = _trainer(_data(), steps=150).fit()
+    assert history[-1]["loss"] < 0.01 * history[0]["loss"]
+
+
+def test_accumulation_matches_one_big_batch():
+    one = _trainer(_data(), steps=5).fit()
+    accumulated = _trainer(_data(), steps=5, grad_accum_steps=4).fit()
+    assert [r["loss"] for r in one] == pytest.approx([r["loss"] for r in accumulated], rel=1e-5)
 
 
 def test_a_nan_batch_is_skipped_with_a_reason_and_training_continues(tmp_path):
-    torch.manual_seed(0)
-    model = Regression()
-    trainer = Trainer(model, mse, TrainConfig(steps=20, lr=0.05, warmup_steps=1, precision="fp32"),
-                      log_path=tmp_path / "log.jsonl")
-    history = trainer.fit(_batches(poison_at={3}))
+    data = _data(poison=slice(0, 1))  # one poisoned sample: the batch holding it is skipped
+    trainer = _trainer(data, steps=40, out_dir=tmp_path)
+    history = trainer.fit()
     skipped = [r for r in history if r["skipped"]]
-    assert len(skipped) == 1 and skipped[0]["reason"] == "non-finite loss"
-    assert trainer.step == 20
-    assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == len(history)
+    assert len(skipped) >= 1 and {r["reason"] for r in skipped} == {"non-finite loss"}
+    assert trainer.step == 40
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(logged) == len(history)
 
 
 def test_a_diverged_run_stops_with_an_error():
-    trainer = Trainer(Regression(), mse, TrainConfig(steps=20, precision="fp32", max_skips_in_a_row=3))
+    trainer = _trainer(_data(poison=slice(None)), steps=20, max_skips_in_a_row=3)
     with pytest.raises(VlstackError, match="4 steps in a row had a non-finite loss"):
-        trainer.fit(_batches(poison_at=set(range(100))))
+        trainer.fit()
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = _trainer(_data(), steps=30).fit()
+    first = _trainer(_data(), steps=30, out_dir=tmp_path, save_every=4)
+    calls = iter(range(1000))
+
+    def crash_at_step_14(model, batch):
+        if next(calls) == 13:
+            raise Crash  # dies mid-run: the last checkpoint is from step 12
+        return mse(model, batch)
+
+    first.module.objective = crash_at_step_14
+    with pytest.raises(Crash):
+        first.fit()
+    resumed = _trainer(_data(), steps=30, out_dir=tmp_path)
+    resumed.resume(tmp_path / "checkpoint")
+    assert resumed.step == 12
+    tail = resumed.fit()
+    assert [r["loss"] for r in tail] == [r["loss"] for r in full[12:]]  # bit-equal
+    assert [r["noise"] for r in tail] == [r["noise"] for r in full[12:]]
+    assert [r["lr"] for r in tail] == [r["lr"] for r in full[12:]]
+
+
+def test_resume_from_a_missing_or_corrupt_checkpoint(tmp_path):
+    trainer = _trainer(_data(), steps=2, out_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="holds no training state"):
+        trainer.resume(tmp_path / "nothing")
+    trainer.fit()
+    (tmp_path / "checkpoint" / "trainer_state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        _trainer(_data(), steps=2).resume(tmp_path / "checkpoint")
+
+
+def test_batch_must_split_over_accumulation():
+    with pytest.raises(VlstackError, match="must divide evenly"):
+        _trainer(_data(), grad_accum_steps=3)

@@ -1,4 +1,4 @@
-"""Image -> text retrieval recall on held-out pairs, with its chance level.
+"""Held-out image-text evaluation: retrieval recall and matching accuracy, with chance levels.
 
 Synthetic captions repeat (two scenes can show the same objects), so a retrieved
 caption counts as correct when its text equals the query image's caption, and the
@@ -11,12 +11,17 @@ from collections import Counter
 
 import torch
 
+from vlstack.models.vlm import QwenImageModel
+
+Batch = dict[str, torch.Tensor]
+
 
 def image_to_text_recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor, captions: list[str],
                          k: int = 1) -> dict[str, float]:
-    """Recall@k of each image's true caption among all texts, and chance = E[#same caption / N].
+    """Recall@k of each image's true caption among all texts, and its chance level.
 
-    image_embeds, text_embeds: [N, E], L2-normalised, row i of each is a pair.
+    image_embeds, text_embeds: [N, E], L2-normalised, row i of each is a pair. Chance
+    is exact for k = 1 (E[#same caption / N]) and the union bound min(1, k·m/N) above.
     """
     n = len(captions)
     similarity = image_embeds.float() @ text_embeds.float().t()  # [N, N]
@@ -25,3 +30,45 @@ def image_to_text_recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor, 
     counts = Counter(captions)
     chance = sum(min(1.0, k * counts[c] / n) for c in captions) / n
     return {f"r@{k}": hits / n, f"chance@{k}": chance}
+
+
+@torch.no_grad()
+def evaluate_pairs(model: QwenImageModel, data: Batch, captions: list[str], batch_size: int = 128,
+                   seed: int = 0) -> dict[str, float]:
+    """R@1 and R@5 (image -> text) and ITM accuracy on each pair plus one mismatched caption.
+
+    ITM chance is 0.5: half of the judged pairs match.
+    """
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    n = len(captions)
+    wrong = _mismatched_partners(captions, generator)  # [N]
+    image_embeds, text_embeds, correct = [], [], 0
+    for start in range(0, n, batch_size):
+        index = torch.arange(start, min(n, start + batch_size))
+        out = model(data["pixel_values"][index], data["input_ids"][index], data["attention_mask"][index])
+        image_embeds.append(out.image_embeds)
+        text_embeds.append(out.text_embeds)
+        correct += int((out.itm_logits.argmax(dim=1) == 1).sum())
+        negative_mask = data["attention_mask"][wrong[index]]
+        negative = model.itm(model.fuse(out.image_tokens, model.encode_text(data["input_ids"][wrong[index]],
+                                                                             negative_mask), negative_mask))
+        correct += int((negative.argmax(dim=1) == 0).sum())
+    images, texts = torch.cat(image_embeds), torch.cat(text_embeds)
+    return {**image_to_text_recall(images, texts, captions, k=1), **image_to_text_recall(images, texts, captions, k=5),
+            "itm_accuracy": correct / (2 * n), "itm_chance": 0.5}
+
+
+def _mismatched_partners(captions: list[str], generator: torch.Generator) -> torch.Tensor:
+    """For each item, a random other item whose caption differs."""
+    if len(set(captions)) < 2:
+        raise ValueError("ITM evaluation needs at least two different captions")
+    n = len(captions)
+    partners = []
+    for i in range(n):
+        while True:
+            j = int(torch.randint(n, (1,), generator=generator))
+            if captions[j] != captions[i]:
+                partners.append(j)
+                break
+    return torch.tensor(partners)

@@ -19,7 +19,8 @@ class ITCHead(nn.Module):
         super().__init__()
         self.image_proj = nn.Linear(vision_width, dim)
         self.text_proj = nn.Linear(text_width, dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature_init)))
+        # a 1-element vector, not a scalar: FSDP2 cannot shard 0-d parameters
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / temperature_init)]))
 
     def embed_image(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_proj(pooled), dim=-1)  # [B, E]

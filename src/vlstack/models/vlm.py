@@ -178,10 +178,15 @@ class QwenImageModel(nn.Module):
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
         """Write `config.yaml`, `model.safetensors` and (if given) `tokenizer/`, atomically."""
         with checkpoint.atomic_directory(directory) as tmp:
-            save_yaml(self.config, tmp / checkpoint.CONFIG_NAME)
-            checkpoint.save_weights(self, tmp)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp / checkpoint.TOKENIZER_DIR))
+            self.write_files(tmp, tokenizer)
+
+    def write_files(self, directory: Path, tokenizer=None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """The checkpoint files, written into an existing directory; `state_dict` replaces this
+        module's own weights (e.g. the consolidated weights of a sharded model)."""
+        save_yaml(self.config, directory / checkpoint.CONFIG_NAME)
+        checkpoint.save_weights(self.state_dict() if state_dict is None else state_dict, directory)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory / checkpoint.TOKENIZER_DIR))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "QwenImageModel":

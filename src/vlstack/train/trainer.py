@@ -1,27 +1,57 @@
-"""The training loop: AdamW, warmup + cosine, bf16 autocast, gradient clipping, logging.
+"""The training loop: one loop for every objective that is a loss on a batch.
 
-The Trainer knows nothing about what it trains: an objective maps (model, batch)
-to (loss, metrics). A step whose loss or gradient is not finite is skipped with a
-logged reason instead of poisoning the weights.
+AdamW with warmup + cosine, gradient accumulation, global-norm clipping (correct
+under sharding), bf16 autocast or fp16 with a (sharded) gradient scaler, activation
+checkpointing, optional torch.compile, and exact resume.
+
+Things decided identically on every rank, so no rank ever waits for another that
+took a different branch: skipping a step whose loss or gradient is not finite, and
+stopping on SIGTERM. Random numbers come from a generator seeded by (seed, step,
+rank) at every step, so the random state needs no saving and a resumed run draws
+exactly what the uninterrupted run drew.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 
-from vlstack.errors import VlstackError
+from vlstack.checkpoint import atomic_directory
+from vlstack.config import to_dict
+from vlstack.data.loader import GlobalBatches
+from vlstack.errors import CheckpointError, VlstackError
 from vlstack.progress import progress_bar
+from vlstack.train.parallel import (
+    DistInfo,
+    ParallelConfig,
+    all_ranks_agree,
+    apply_activation_checkpointing,
+    mean_over_ranks,
+    transformer_blocks,
+    wrap_model,
+)
 
 Batch = dict[str, torch.Tensor]
 Objective = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+Export = Callable[[Path, dict[str, torch.Tensor]], None]
+"""Writes inference files (config, consolidated weights, tokenizer) into a checkpoint directory."""
+
+STATE_FILE = "trainer_state.json"
+DCP_DIR = "dcp"
 
 
 @dataclass
@@ -30,6 +60,8 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 64
+    """Global batch per optimizer step, over all ranks and accumulation steps."""
+    grad_accum_steps: int = 1
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.01
@@ -38,13 +70,21 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     """The cosine schedule decays to lr * min_lr_ratio."""
     grad_clip: float = 1.0
-    """Global gradient-norm clip; 0 disables it."""
-    precision: Literal["fp32", "bf16"] = "bf16"
-    """bf16 autocast is the fast path on GPUs and on CPUs with AVX-512 bf16."""
+    """Global gradient-norm clip (over all shards); 0 disables it."""
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    """bf16 autocast is the fast path on GPUs and on CPUs with AVX-512 bf16; fp16 adds a loss scaler."""
+    fp16_init_scale: float = 1024.0
+    """Initial fp16 loss scale (the seed's DeepSpeed config uses 1024)."""
+    activation_checkpointing: bool = False
+    compile: bool = False
+    """torch.compile each transformer block (worth it on GPUs for long runs)."""
     seed: int = 0
     log_every: int = 10
+    save_every: int = 0
+    """Write a resumable checkpoint every n steps (0: only at the end and on SIGTERM)."""
     max_skips_in_a_row: int = 20
     """Stop with an error after this many consecutive non-finite steps (the run has diverged)."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -64,78 +104,234 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class Trainer:
-    def __init__(self, model: nn.Module, objective: Objective, config: TrainConfig, log_path: Path | None = None):
+class ObjectiveModule(nn.Module):
+    """Runs the objective inside `forward`, so DDP and FSDP2 see one forward per micro-step."""
+
+    def __init__(self, model: nn.Module, objective: Objective):
+        super().__init__()
         self.model = model
         self.objective = objective
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective(self.model, batch)
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, objective: Objective, config: TrainConfig, dataset: Batch,
+                 out_dir: Path | None = None, dist_info: DistInfo | None = None, export: Export | None = None):
+        """`dataset`: equal-length tensors (with `input_ids` and `attention_mask`), batched by row."""
         self.config = config
-        self.log_path = log_path
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas
-        )
+        self.out_dir = out_dir
+        self.dist = dist_info or DistInfo(0, 1, next(model.parameters()).device)
+        self.export = export
+        self.model = model
+        if config.batch_size % (self.dist.world * config.grad_accum_steps):
+            raise VlstackError(f"train.batch_size {config.batch_size} must divide evenly into "
+                               f"{self.dist.world} rank(s) x {config.grad_accum_steps} accumulation step(s)")
+        self.data = GlobalBatches(dataset, config.batch_size // config.grad_accum_steps, seed=config.seed)
+        if config.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        if config.compile:
+            for block in transformer_blocks(model):
+                block.compile()
+        self.module = wrap_model(ObjectiveModule(model, objective), model, config.parallel,
+                                 bf16=config.precision == "bf16")
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                                           betas=config.betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: warmup_cosine(step, config.warmup_steps, config.steps, config.min_lr_ratio),
-        )
+            self.optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps, config.min_lr_ratio))
+        self.scaler = _grad_scaler(config, self.dist.device)
         self.step = 0
         self.history: list[dict] = []
+        self._stop_requested = False
 
-    def fit(self, batches: Iterator[Batch], description: str = "train") -> list[dict]:
-        """Run `config.steps` optimizer steps over `batches`; returns the logged history."""
-        self.model.train()
-        start = time.perf_counter()
-        skips_in_a_row = 0
-        with progress_bar() as progress:
-            task = progress.add_task(description, total=self.config.steps, status="")
-            while self.step < self.config.steps:
-                record = self.train_step(next(batches))
-                skips_in_a_row = skips_in_a_row + 1 if record["skipped"] else 0
-                if skips_in_a_row > self.config.max_skips_in_a_row:
-                    raise VlstackError(
-                        f"{skips_in_a_row} steps in a row had a {record['reason']} at step {self.step}: the run "
-                        "has diverged or the data is broken; lower train.lr or check the batches"
-                    )
-                if record["skipped"] or self.step % self.config.log_every == 0 or self.step == self.config.steps:
-                    record["elapsed_s"] = round(time.perf_counter() - start, 2)
-                    self._log(record)
-                    progress.update(task, status=f"loss {record['loss']:.4f}")
-                progress.update(task, completed=self.step)
-        self.model.eval()
+    # --- the loop -----------------------------------------------------------------------
+
+    def fit(self, description: str = "train") -> list[dict]:
+        """Train until `config.steps` (or SIGTERM, after which a checkpoint is written)."""
+        cfg = self.config
+        self.module.train()
+        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        skips_in_a_row, window_start, window_samples, window_tokens = 0, time.perf_counter(), 0, 0
+        try:
+            with progress_bar() as progress:
+                task = progress.add_task(description, total=cfg.steps, completed=self.step, status="")
+                while self.step < cfg.steps:
+                    record = self.train_step()
+                    skips_in_a_row = skips_in_a_row + 1 if record["skipped"] else 0
+                    if skips_in_a_row > cfg.max_skips_in_a_row:
+                        raise VlstackError(
+                            f"{skips_in_a_row} steps in a row had a {record['reason']} at step {self.step}: the run "
+                            "has diverged or the data is broken; lower train.lr or check the batches")
+                    window_samples += record.pop("samples")
+                    window_tokens += record.pop("tokens")
+                    if record["skipped"] or self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        seconds = time.perf_counter() - window_start
+                        record["samples_per_s"] = round(window_samples / seconds, 2)
+                        record["tokens_per_s"] = round(window_tokens / seconds, 1)
+                        window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+                        self._log(record)
+                        progress.update(task, status=f"loss {record['loss']:.4f} {record['samples_per_s']:.0f} "
+                                                     f"samples/s {record['tokens_per_s']:.0f} tok/s")
+                    progress.update(task, completed=self.step)
+                    if cfg.save_every and self.step % cfg.save_every == 0 and not record["skipped"]:
+                        self.save_checkpoint()
+                    if not all_ranks_agree(not self._stop_requested, self.dist.device):
+                        self._log({"step": self.step, "event": "SIGTERM: checkpoint written, stopping"})
+                        break
+            if self.out_dir is not None:
+                self.save_checkpoint()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        self.module.eval()
         return self.history
 
-    def train_step(self, batch: Batch) -> dict:
+    def train_step(self) -> dict:
+        """One optimizer step over `grad_accum_steps` micro-batches."""
         cfg = self.config
-        autocast = torch.autocast(_device_type(batch), dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-        with autocast:
-            loss, metrics = self.objective(self.model, batch)
-        record = {"step": self.step + 1, "loss": loss.item(), "lr": self.scheduler.get_last_lr()[0], **metrics}
+        torch.manual_seed(((cfg.seed * 1_000_003) + self.step) * 1_009 + self.dist.rank)
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return self._skip(record, "non-finite loss")
-        loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        record["grad_norm"] = grad_norm.item()
-        if not torch.isfinite(grad_norm):
-            return self._skip(record, "non-finite gradient")
-        self.optimizer.step()
+        losses, sums, samples, tokens = [], {}, 0, 0
+        for _ in range(cfg.grad_accum_steps):
+            batch = {k: v.to(self.dist.device) for k, v in self.data.next(self.dist.rank, self.dist.world).items()}
+            with torch.autocast(self.dist.device.type, dtype=_autocast_dtype(cfg.precision),
+                                enabled=cfg.precision != "fp32"):
+                loss, metrics = self.module(batch)
+            if not all_ranks_agree(bool(torch.isfinite(loss)), self.dist.device):
+                return self._skip(loss.item(), "non-finite loss")
+            self.scaler.scale(loss / cfg.grad_accum_steps).backward()
+            losses.append(loss.item())
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + value / cfg.grad_accum_steps
+            samples += len(batch["input_ids"]) * self.dist.world
+            tokens += int(batch["attention_mask"].sum()) * self.dist.world
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = _clip(self.model, cfg.grad_clip)
+        if not all_ranks_agree(math.isfinite(grad_norm), self.dist.device):
+            self.scaler.update()  # fp16: an overflow lowers the loss scale
+            return self._skip(sum(losses) / len(losses), "non-finite gradient", grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        record["skipped"] = False
-        return record
+        loss = mean_over_ranks(sum(losses) / len(losses), self.dist.device)
+        record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+        record.update({name: mean_over_ranks(value, self.dist.device) for name, value in sums.items()})
+        return {**record, "skipped": False, "samples": samples, "tokens": tokens}
 
-    def _skip(self, record: dict, reason: str) -> dict:
-        """Drop the batch without touching the weights; the step counter does not advance."""
+    def _skip(self, loss: float, reason: str, grad_norm: float | None = None) -> dict:
+        """Drop the step without touching the weights; the step counter does not advance."""
         self.optimizer.zero_grad(set_to_none=True)
-        record.update(skipped=True, reason=reason)
-        return record
+        return {"step": self.step + 1, "loss": loss, "grad_norm": grad_norm, "skipped": True, "reason": reason,
+                "samples": 0, "tokens": 0}
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
-        if self.log_path is not None:
-            with self.log_path.open("a", encoding="utf-8") as f:
+        if self.out_dir is not None and self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with (self.out_dir / "train_log.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
+    # --- checkpoints --------------------------------------------------------------------
 
-def _device_type(batch: Batch) -> str:
-    return next(iter(batch.values())).device.type
+    @property
+    def checkpoint_dir(self) -> Path:
+        if self.out_dir is None:
+            raise VlstackError("this Trainer has no out_dir to write checkpoints to")
+        return self.out_dir / "checkpoint"
+
+    def save_checkpoint(self) -> Path:
+        """Write the resumable state (dcp/ + trainer_state.json) and the inference files, atomically."""
+        target = self.checkpoint_dir
+        model_state, optim_state = get_state_dict(self.module, self.optimizer)
+        full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        staging = target.with_name(f".{target.name}.staging-{self.step}")
+        if self.dist.is_main:
+            staging.mkdir(parents=True, exist_ok=True)
+        _barrier()
+        with _quiet_single_process_dcp():
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(staging / DCP_DIR))
+        if self.dist.is_main:
+            with atomic_directory(target) as tmp:
+                (staging / DCP_DIR).rename(tmp / DCP_DIR)
+                (tmp / STATE_FILE).write_text(json.dumps(self._trainer_state(), indent=2), encoding="utf-8")
+                if self.export is not None:
+                    self.export(tmp, {k.removeprefix("model."): v for k, v in full.items()})
+            staging.rmdir()
+        _barrier()
+        return target
+
+    def _trainer_state(self) -> dict:
+        return {
+            "step": self.step,
+            "data": self.data.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "world_size": self.dist.world,
+            "config": to_dict(self.config),
+        }
+
+    def resume(self, directory: str | Path) -> None:
+        """Restore weights, optimizer, schedule, loss scale and data position from a checkpoint."""
+        directory = Path(directory)
+        state_file = directory / STATE_FILE
+        if not state_file.is_file() or not (directory / DCP_DIR).is_dir():
+            raise CheckpointError(f"{directory} holds no training state ({STATE_FILE} and {DCP_DIR}/); "
+                                  "pass the `checkpoint` directory of an earlier run's out_dir")
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{state_file} is corrupt ({exc}); resume from an intact checkpoint") from exc
+        model_state, optim_state = get_state_dict(self.module, self.optimizer)
+        loaded = {"model": model_state, "optim": optim_state}
+        try:
+            # partial: parameters that never had a gradient (heads an objective does not use) have no
+            # optimizer state in the checkpoint, and keep the fresh (empty) state they get here
+            with _quiet_single_process_dcp():
+                dcp.load(loaded, checkpoint_id=str(directory / DCP_DIR),
+                         planner=DefaultLoadPlanner(allow_partial_load=True))
+        except Exception as exc:  # DCP raises several types for missing/mismatched entries
+            raise CheckpointError(f"cannot restore the training state from {directory / DCP_DIR}: {exc}") from exc
+        set_state_dict(self.module, self.optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+        self.step = state["step"]
+        self.data.load_state_dict(state["data"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def _autocast_dtype(precision: str) -> torch.dtype:
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def _grad_scaler(config: TrainConfig, device: torch.device):
+    enabled = config.precision == "fp16"
+    if config.parallel.mode == "fsdp2":
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type, init_scale=config.fp16_init_scale, enabled=enabled)
+    return torch.amp.GradScaler(device.type, init_scale=config.fp16_init_scale, enabled=enabled)
+
+
+def _clip(model: nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm; under FSDP2 the norm is reduced over all shards."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+@contextlib.contextmanager
+def _quiet_single_process_dcp() -> Iterator[None]:
+    """DCP warns that it runs without a process group; for a single process that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
