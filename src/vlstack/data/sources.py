@@ -1,0 +1,314 @@
+"""Readers that turn the common public formats into `Sample`s.
+
+Every reader yields `Sample | Rejected`: a malformed record, an unreadable file or
+a missing image becomes a `Rejected` with a reason code, and the reader goes on,
+so a cleaning run can account for every input. Images are read as bytes and not
+decoded here; the cleaning pipeline's decode stage judges them. Wrong arguments
+(a file that does not exist) are a `DataError` at once, before any work.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from vlstack.data.schema import IMAGE_EXTENSIONS, IMAGE_TOKEN, ImageRef, Rejected, Sample, image_name
+from vlstack.data.shards import TarGroup, iter_tar
+from vlstack.errors import DataError
+
+Item = Sample | Rejected
+
+
+def read_image_folder(root: str | Path, captions: str | Path) -> Iterator[Item]:
+    """A folder of images and a captions file naming them (paths relative to `root`).
+
+    `captions` is JSON lines (`{"image": ..., "caption": ..., "id"?: ...}`) or a
+    CSV/TSV with a header that has `image` and `caption` columns. Images that no
+    caption names are reported as `no_caption`, so the whole folder is accounted for.
+    """
+    root, captions = _existing(root), _existing(captions)
+    named: set[str] = set()
+    for number, record in _caption_records(captions):
+        if isinstance(record, Rejected):
+            yield record
+            continue
+        image, caption = record.get("image"), record.get("caption", record.get("text"))
+        if not isinstance(image, str):
+            given_id = None if record.get("id") is None else str(record["id"])
+            yield Rejected(given_id, "bad_record", f"line {number}: no string 'image'", str(captions))
+            continue
+        named.add(Path(image).as_posix())
+        sample_id = str(record.get("id") or Path(image).with_suffix("").as_posix())
+        if not isinstance(caption, str):
+            yield Rejected(sample_id, "bad_record", f"line {number}: no string 'caption'", str(captions))
+            continue
+        meta = {"source": "image_folder", "image_path": image}
+        yield _build(Sample(sample_id, "caption", text=caption, meta=meta), root, [image], f"{captions}:{number}")
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS):
+        relative = path.relative_to(root).as_posix()
+        if relative not in named:
+            yield Rejected(path.relative_to(root).with_suffix("").as_posix(), "no_caption",
+                           f"no line of {captions.name} names {relative}", str(path))
+
+
+def read_llava(path: str | Path, image_root: str | Path) -> Iterator[Item]:
+    """LLaVA instruction data: a JSON array or JSON lines of `{id, image, conversations}`.
+
+    A record without `<image>` in its turns gets one in front of its first human
+    turn, as LLaVA's own preprocessing does. Text-only records are rejected
+    (`no_image`): every vlstack sample has an image.
+    """
+    path, image_root = _existing(path), _existing(image_root)
+    records = _json_lines(path) if path.suffix == ".jsonl" else _json_array(path)
+    for number, record in records:
+        if isinstance(record, Rejected):
+            yield record
+            continue
+        sample_id = str(record.get("id", f"{path.stem}-{number}"))
+        where = f"{path}:{number}"
+        images = record.get("image")
+        images = [images] if isinstance(images, str) else images
+        turns = record.get("conversations")
+        well_formed = isinstance(images, list) and isinstance(turns, list) and all(isinstance(t, dict) for t in turns)
+        if not images:
+            yield Rejected(sample_id, "no_image", "text-only record", where)
+        elif not well_formed:
+            problem = "needs 'image' (a string or list) and 'conversations' (a list)"
+            yield Rejected(sample_id, "bad_record", problem, where)
+        else:
+            turns = [{"from": t.get("from"), "value": t.get("value")} for t in turns]
+            _add_image_token(turns)
+            meta = {"source": "llava", "image_paths": images}
+            yield _build(Sample(sample_id, "vqa", conversations=turns, meta=meta), image_root, images, where)
+
+
+def read_coco_captions(path: str | Path, image_root: str | Path) -> Iterator[Item]:
+    """COCO captions (`captions_*.json`): one sample per image, its first caption as `text`, all in `answers`."""
+    path, image_root = _existing(path), _existing(image_root)
+    data = _load_json(path)
+    if isinstance(data, Rejected):
+        yield data
+        return
+    captions: dict[Any, list[str]] = defaultdict(list)
+    for annotation in _objects(data, "annotations", path):
+        if isinstance(annotation, Rejected):
+            yield annotation
+        elif isinstance(annotation.get("caption"), str) and annotation["caption"].strip():
+            captions[annotation.get("image_id")].append(annotation["caption"].strip())
+    known = set()
+    for image in _objects(data, "images", path):
+        if isinstance(image, Rejected):
+            yield image
+            continue
+        sample_id, file_name = str(image.get("id")), image.get("file_name")
+        known.add(image.get("id"))
+        if not isinstance(file_name, str):
+            yield Rejected(sample_id, "bad_record", "image entry without 'file_name'", str(path))
+        elif not captions.get(image.get("id")):
+            yield Rejected(sample_id, "no_caption", f"no annotation has image_id {image.get('id')}", str(path))
+        else:
+            texts = captions[image["id"]]
+            meta = {"source": "coco_captions", "image_path": file_name, "license": image.get("license")}
+            sample = Sample(sample_id, "caption", text=texts[0], answers=texts, meta=meta)
+            yield _build(sample, image_root, [file_name], str(path))
+    for image_id in sorted(set(captions) - known, key=str):
+        yield Rejected(str(image_id), "unknown_image", "annotations for an image_id not in 'images'", str(path))
+
+
+def read_vqav2(
+    questions: str | Path, annotations: str | Path, image_root: str | Path, image_pattern: str | None = None
+) -> Iterator[Item]:
+    """VQAv2 questions + annotations: one sample per question, the ten human answers in `answers`.
+
+    Images are found by `image_pattern` (e.g. `"{image_id:012d}.jpg"`), by default
+    COCO's `COCO_{data_subtype}_{image_id:012d}.jpg` from the questions file.
+    """
+    questions, annotations, image_root = _existing(questions), _existing(annotations), _existing(image_root)
+    question_data, annotation_data = _load_json(questions), _load_json(annotations)
+    for data in (question_data, annotation_data):
+        if isinstance(data, Rejected):
+            yield data
+            return
+    pattern = image_pattern or f"COCO_{question_data.get('data_subtype', 'unknown')}_{{image_id:012d}}.jpg"
+    by_question = {a.get("question_id"): a for a in _objects(annotation_data, "annotations", annotations)
+                   if not isinstance(a, Rejected)}
+    for question in _objects(question_data, "questions", questions):
+        if isinstance(question, Rejected):
+            yield question
+            continue
+        sample_id, where = str(question.get("question_id")), str(questions)
+        annotation = by_question.get(question.get("question_id"))
+        if not isinstance(question.get("image_id"), int) or not isinstance(question.get("question"), str):
+            yield Rejected(sample_id, "bad_record", "question needs an int 'image_id' and a string 'question'", where)
+        elif annotation is None:
+            yield Rejected(sample_id, "no_answers", "no annotation has this question_id", where)
+        else:
+            answers = [a["answer"] for a in annotation.get("answers", []) if isinstance(a, dict) and "answer" in a]
+            meta = {"source": "vqav2", "image_id": question["image_id"],
+                    **{k: annotation.get(k) for k in ("multiple_choice_answer", "answer_type", "question_type")}}
+            sample = Sample(sample_id, "vqa", question=question["question"], answers=answers, meta=meta)
+            yield _build(sample, image_root, [pattern.format(image_id=question["image_id"])], where)
+
+
+def read_img2dataset(path: str | Path) -> Iterator[Item]:
+    """img2dataset output: WebDataset tars (`.jpg` + `.txt` + `.json`), or parquet with image bytes.
+
+    With `output_format=webdataset` img2dataset also writes a metadata parquet per
+    tar; those are skipped (their failed rows never became inputs). Parquet needs
+    `pyarrow`, imported only when a parquet file is read.
+    """
+    path = _existing(path)
+    files = [path] if path.is_file() else sorted(path.glob("*.tar")) + sorted(path.glob("*.parquet"))
+    for file in files:
+        if file.suffix == ".tar":
+            for group in iter_tar(file):
+                yield group if isinstance(group, Rejected) else _img2dataset_sample(group)
+        elif not file.with_suffix(".tar").exists():
+            yield from _img2dataset_parquet(file)
+
+
+def _img2dataset_sample(group: TarGroup) -> Item:
+    where = f"{group.source}:{group.key}"
+    try:
+        info = json.loads(group.files["json"]) if "json" in group.files else {}
+        info = info if isinstance(info, dict) else {}
+        caption = group.files["txt"].decode("utf-8") if "txt" in group.files else info.get("caption")
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return Rejected(group.key, "bad_record", str(error), where)
+    extension = next((e for e in IMAGE_EXTENSIONS if e in group.files), None)
+    if extension is None:
+        return Rejected(group.key, "missing_image", f"members {sorted(group.files)} hold no image", where)
+    meta = {"source": "img2dataset", "url": info.get("url")}
+    sample = Sample(group.key, "caption", [ImageRef(extension, group.files[extension])], text=caption or "", meta=meta)
+    return _validated(sample, where)
+
+
+def _img2dataset_parquet(path: Path) -> Iterator[Item]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as error:
+        raise DataError(f"reading {path} needs pyarrow: pip install pyarrow") from error
+    try:
+        table = pq.ParquetFile(path)
+        columns = table.schema_arrow.names
+        batches = table.iter_batches(batch_size=256)
+        extension = next((e for e in IMAGE_EXTENSIONS if e in columns), None)
+        if extension is None:
+            yield Rejected(None, "no_image_column", f"columns {columns} hold no image bytes", str(path))
+            return
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield _parquet_row(row, extension, str(path))
+    except (OSError, ValueError) as error:  # pyarrow's errors derive from these
+        yield Rejected(None, "unreadable_parquet", f"{type(error).__name__}: {error}", str(path))
+
+
+def _parquet_row(row: dict[str, Any], extension: str, source: str) -> Item:
+    key = str(row.get("key"))
+    if row.get("status", "success") != "success" or not row.get(extension):
+        return Rejected(key, "download_failed", str(row.get("error_message") or "no image bytes"), source)
+    meta = {"source": "img2dataset", "url": row.get("url")}
+    sample = Sample(key, "caption", [ImageRef(extension, row[extension])], text=row.get("caption") or "", meta=meta)
+    return _validated(sample, source)
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; check the path")
+    return path
+
+
+def _build(sample: Sample, root: Path, relative_paths: list[str], source: str) -> Item:
+    """Attach the images' bytes from `root` and validate; a missing or unreadable image is a `Rejected`."""
+    for position, relative in enumerate(relative_paths):
+        file = root / relative
+        extension = file.suffix.lower().lstrip(".")
+        if extension not in IMAGE_EXTENSIONS:
+            return Rejected(sample.id, "unsupported_image", f"{relative}: not one of {IMAGE_EXTENSIONS}", source)
+        try:
+            data = file.read_bytes()
+        except OSError as error:
+            return Rejected(sample.id, "missing_image", f"{file}: {error.strerror or error}", source)
+        sample.images.append(ImageRef(image_name(position, len(relative_paths), extension), data))
+    return _validated(sample, source)
+
+
+def _validated(sample: Sample, source: str) -> Item:
+    try:
+        return sample.validate()
+    except DataError as error:
+        return Rejected(sample.id if isinstance(sample.id, str) else None, "invalid_sample", str(error), source)
+
+
+def _add_image_token(turns: list[dict]) -> None:
+    if not any(isinstance(t["value"], str) and IMAGE_TOKEN in t["value"] for t in turns):
+        first_human = next((t for t in turns if t["from"] == "human" and isinstance(t["value"], str)), None)
+        if first_human is not None:
+            first_human["value"] = f"{IMAGE_TOKEN}\n{first_human['value']}"
+
+
+def _load_json(path: Path) -> Any:
+    """The parsed JSON object in `path`, or a `Rejected` saying why it cannot be read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return Rejected(None, "bad_json", f"{type(error).__name__}: {error}", str(path))
+    if not isinstance(data, dict):
+        return Rejected(None, "bad_json", f"expected a JSON object, got {type(data).__name__}", str(path))
+    return data
+
+
+def _objects(data: dict, key: str, path: Path) -> Iterator[dict | Rejected]:
+    """The entries of the list `data[key]`, each one that is not a JSON object as a `Rejected`."""
+    entries = data.get(key, [])
+    if not isinstance(entries, list):
+        yield Rejected(None, "bad_json", f"'{key}' is not a list", str(path))
+        return
+    for number, entry in enumerate(entries):
+        yield entry if isinstance(entry, dict) else Rejected(
+            None, "bad_record", f"{key}[{number}] is not an object", str(path))
+
+
+def _json_array(path: Path) -> Iterator[tuple[int, dict | Rejected]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        yield 0, Rejected(None, "bad_json", f"{type(error).__name__}: {error}", str(path))
+        return
+    if not isinstance(data, list):
+        yield 0, Rejected(None, "bad_json", f"expected a JSON array, got {type(data).__name__}", str(path))
+        return
+    for number, record in enumerate(data):
+        yield number, record if isinstance(record, dict) else Rejected(
+            None, "bad_record", f"entry {number} is not an object", str(path))
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict | Rejected]]:
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                yield number, Rejected(None, "bad_json", f"line {number}: {error}", str(path))
+                continue
+            yield number, record if isinstance(record, dict) else Rejected(
+                None, "bad_record", f"line {number} is not an object", str(path))
+
+
+def _caption_records(path: Path) -> Iterator[tuple[int, dict | Rejected]]:
+    if path.suffix == ".jsonl":
+        yield from _json_lines(path)
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    reader = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix == ".tsv" else ",")
+    if not {"image", "caption"} <= set(reader.fieldnames or []):
+        yield 0, Rejected(None, "bad_header", f"header {reader.fieldnames} lacks 'image' and 'caption'", str(path))
+        return
+    yield from enumerate(reader, start=2)
