@@ -21,12 +21,17 @@ IMAGE_MEAN = (0.481, 0.457, 0.408)
 IMAGE_STD = (0.268, 0.261, 0.275)
 
 
-def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+def image_to_tensor(
+    image: Image.Image,
+    size: int,
+    mean: Sequence[float] = IMAGE_MEAN,
+    std: Sequence[float] = IMAGE_STD,
+) -> torch.Tensor:
     """PIL image -> normalised float tensor [3, size, size]."""
     tensor = TF.to_image(image.convert("RGB"))  # uint8 [3, H, W]
     tensor = TF.resize(tensor, [size, size], antialias=True)
     tensor = TF.to_dtype(tensor, torch.float32, scale=True)
-    return TF.normalize(tensor, IMAGE_MEAN, IMAGE_STD)
+    return TF.normalize(tensor, list(mean), list(std))
 
 
 @dataclass
@@ -35,9 +40,14 @@ class TextBatch:
     attention_mask: torch.Tensor  # [B, T]
 
 
-def tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> TextBatch:
-    """Tokenise and right-pad `texts`, ending each with EOS; a text over `max_length` is a DataError."""
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
+def tokenize_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, truncate: bool = False
+) -> TextBatch:
+    """Tokenise and right-pad `texts`, ending each with EOS; a text over `max_length` is a DataError,
+    unless `truncate` (for scoring, where the first tokens are enough) cuts it to fit."""
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    keep = max_length - 1 if truncate else None
+    ids = [seq[:keep] + [tokenizer.eos_token_id] for seq in ids]
     too_long = [i for i, seq in enumerate(ids) if len(seq) > max_length]
     if too_long:
         first = too_long[0]

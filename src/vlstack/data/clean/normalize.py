@@ -1,0 +1,31 @@
+"""Load-time normalisation: resize to the model's input size and standardise with the seed's mean/std.
+
+Shards keep the encoded images; this runs when a sample is loaded, so changing
+the input size or statistics never means rewriting the data. The seed's values
+live beside the collator that uses them (`vlstack.data.collate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from vlstack.data.collate import IMAGE_MEAN, IMAGE_STD, image_to_tensor
+
+
+@dataclass
+class NormalizeConfig:
+    image_size: int = 384
+    """Square side the image is resized to (the seed's 384)."""
+    mean: tuple[float, float, float] = IMAGE_MEAN
+    """Per-channel mean of [0, 1] pixel values (the seed's)."""
+    std: tuple[float, float, float] = IMAGE_STD
+    """Per-channel standard deviation (the seed's)."""
+
+
+def normalize_image(image: Image.Image, cfg: NormalizeConfig | None = None) -> torch.Tensor:
+    """PIL image -> float tensor [3, image_size, image_size], standardised per channel."""
+    cfg = cfg or NormalizeConfig()
+    return image_to_tensor(image, cfg.image_size, cfg.mean, cfg.std)
