@@ -35,6 +35,7 @@ from vlstack.config import to_dict
 from vlstack.data.loader import GlobalBatches
 from vlstack.errors import CheckpointError, VlstackError
 from vlstack.progress import progress_bar
+from vlstack.train.flops import count_flops, matmul_peak
 from vlstack.train.parallel import (
     DistInfo,
     ParallelConfig,
@@ -84,6 +85,10 @@ class TrainConfig:
     """Write a resumable checkpoint every n steps (0: only at the end and on SIGTERM)."""
     max_skips_in_a_row: int = 20
     """Stop with an error after this many consecutive non-finite steps (the run has diverged)."""
+    measure_mfu: bool = True
+    """Count the FLOPs of the first step and measure the matmul peak, to log MFU."""
+    tensorboard: bool = True
+    """Also write the logged metrics as TensorBoard events in OUT_DIR/tensorboard."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
@@ -144,6 +149,9 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self._stop_requested = False
+        self._flops_per_step: int | None = None  # global, counted on the first step
+        self._peak_flops: float | None = None  # one device, in the autocast precision
+        self._tensorboard = None
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -152,12 +160,18 @@ class Trainer:
         cfg = self.config
         self.module.train()
         previous = signal.signal(signal.SIGTERM, self._request_stop)
-        skips_in_a_row, window_start, window_samples, window_tokens = 0, time.perf_counter(), 0, 0
+        if cfg.measure_mfu:
+            self._peak_flops, _ = matmul_peak(_compute_dtype(cfg.precision), self.dist.device, sizes=(2048,))
+        skips_in_a_row, window_start, window_samples, window_tokens, window_steps = 0, time.perf_counter(), 0, 0, 0
         try:
             with progress_bar() as progress:
                 task = progress.add_task(description, total=cfg.steps, completed=self.step, status="")
                 while self.step < cfg.steps:
-                    record = self.train_step()
+                    if cfg.measure_mfu and self._flops_per_step is None:
+                        record, flops = count_flops(self.train_step)
+                        self._flops_per_step = flops * self.dist.world
+                    else:
+                        record = self.train_step()
                     skips_in_a_row = skips_in_a_row + 1 if record["skipped"] else 0
                     if skips_in_a_row > cfg.max_skips_in_a_row:
                         raise VlstackError(
@@ -165,14 +179,19 @@ class Trainer:
                             "has diverged or the data is broken; lower train.lr or check the batches")
                     window_samples += record.pop("samples")
                     window_tokens += record.pop("tokens")
+                    window_steps += not record["skipped"]
                     if record["skipped"] or self.step % cfg.log_every == 0 or self.step == cfg.steps:
                         seconds = time.perf_counter() - window_start
                         record["samples_per_s"] = round(window_samples / seconds, 2)
                         record["tokens_per_s"] = round(window_tokens / seconds, 1)
-                        window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+                        if self._flops_per_step and self._peak_flops:
+                            achieved = self._flops_per_step * window_steps / seconds
+                            record["mfu"] = round(achieved / (self._peak_flops * self.dist.world), 4)
+                        window_start, window_samples, window_tokens, window_steps = time.perf_counter(), 0, 0, 0
                         self._log(record)
+                        mfu = f" MFU {record['mfu']:.1%}" if "mfu" in record else ""
                         progress.update(task, status=f"loss {record['loss']:.4f} {record['samples_per_s']:.0f} "
-                                                     f"samples/s {record['tokens_per_s']:.0f} tok/s")
+                                                     f"samples/s {record['tokens_per_s']:.0f} tok/s{mfu}")
                     progress.update(task, completed=self.step)
                     if cfg.save_every and self.step % cfg.save_every == 0 and not record["skipped"]:
                         self.save_checkpoint()
@@ -183,6 +202,8 @@ class Trainer:
                 self.save_checkpoint()
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if self._tensorboard is not None:
+                self._tensorboard.close()
         self.module.eval()
         return self.history
 
@@ -230,10 +251,19 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
-        if self.out_dir is not None and self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with (self.out_dir / "train_log.jsonl").open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with (self.out_dir / "train_log.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.config.tensorboard:
+            if self._tensorboard is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"))
+            for name, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "step":
+                    self._tensorboard.add_scalar(f"train/{name}", value, record["step"])
 
     # --- checkpoints --------------------------------------------------------------------
 
@@ -304,6 +334,10 @@ class Trainer:
 
 def _autocast_dtype(precision: str) -> torch.dtype:
     return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def _compute_dtype(precision: str) -> torch.dtype:
+    return torch.float32 if precision == "fp32" else _autocast_dtype(precision)
 
 
 def _grad_scaler(config: TrainConfig, device: torch.device):
