@@ -1,0 +1,273 @@
+"""The Engine: the one generation path for evaluation, RL rollouts, the server and the apps.
+
+A request is a chat (messages with `<image>` placeholders) plus its images. The
+Engine renders the chat template, expands each placeholder into the model's visual
+token slots, looks the image's projected features up in a byte-bounded LRU cache
+(keyed by pixel hash, as the seed's engine does), left-pads the batch, prefills the
+language model once and decodes with its KV cache. Sampling is per request (greedy,
+temperature, top-k, top-p, seed), and so are stop strings and token budgets. Short
+questions take the seed's fast path: a smaller token budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+import torch
+from PIL import Image
+from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from vlstack import checkpoint
+from vlstack.data.collate import image_to_tensor
+from vlstack.errors import InputError
+from vlstack.infer.cache import FeatureCache, image_key
+from vlstack.models.tokenizer import IM_END, IMAGE, expand_image_placeholders, load_tokenizer, special_token_ids
+from vlstack.models.vlm import QwenImageModel
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    """0 decodes greedily; above 0 samples from the tempered distribution."""
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    """Generation ends before the first of these strings (which is not returned)."""
+    seed: int = 0
+    """Sampling seed, per request, so a sampled answer is reproducible."""
+
+
+@dataclass
+class Request:
+    messages: list[dict[str, str]]
+    """Chat messages ({"role": "system" | "user" | "assistant", "content": ...}); each `<image>` in
+    the content is replaced by the next image's visual tokens."""
+    images: list[Image.Image] = field(default_factory=list)
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+    @classmethod
+    def ask(cls, question: str, image: Image.Image | None = None, **params) -> "Request":
+        """A single-turn question about one image (or none)."""
+        content = f"{IMAGE}\n{question}" if image is not None else question
+        return cls([{"role": "user", "content": content}], [image] if image is not None else [],
+                   SamplingParams(**params))
+
+
+@dataclass
+class Result:
+    text: str
+    token_ids: list[int]
+    finish_reason: Literal["stop", "length"] | None
+    """None only on the partial results a decode yields while the row is still going."""
+    prompt_tokens: int
+
+
+@dataclass
+class EngineConfig:
+    image_cache_bytes: int = 256 * 2**20
+    max_batch_size: int = 8
+    fast_path_chars: int = 15
+    """Questions shorter than this many characters take the fast path (the seed's rule)."""
+    fast_path_max_new_tokens: int = 32
+    """The token budget on the fast path (the seed uses max_length=32); 0 disables the fast path."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0
+    generated_tokens: int = 0
+    decode_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+
+class Engine:
+    def __init__(self, model: QwenImageModel, tokenizer: PreTrainedTokenizerBase, config: EngineConfig | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config or EngineConfig()
+        self.cache = FeatureCache(self.config.image_cache_bytes)
+        self.stats = EngineStats()
+        ids = special_token_ids(tokenizer)
+        self._image_id = ids.image
+        self._stop_ids = {ids.eos, tokenizer.convert_tokens_to_ids(IM_END)}
+        self._pad_id = ids.pad
+        self.device = next(model.parameters()).device
+        self.encode_images: Callable[[torch.Tensor], torch.Tensor] = self._encode_with_model
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, config: EngineConfig | None = None) -> "Engine":
+        """Load a checkpoint directory (config.yaml, model.safetensors, tokenizer/)."""
+        directory = Path(directory)
+        model = QwenImageModel.from_pretrained(directory)
+        return cls(model, load_tokenizer(directory / checkpoint.TOKENIZER_DIR), config)
+
+    # --- public API ----------------------------------------------------------------------
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        """Complete every request; batches of up to `max_batch_size` decode together."""
+        results: list[Result] = []
+        size = self.config.max_batch_size
+        for start in range(0, len(requests), size):
+            results.extend(self._decode(requests[start : start + size]))
+        return results
+
+    def stream(self, request: Request) -> Iterator[str]:
+        """Yield the answer's text as it is decoded; the pieces concatenate to `generate`'s text.
+
+        With stop strings, the last few characters are held back until they cannot be the
+        start of a stop string, so nothing is streamed that the final text does not contain.
+        """
+        hold = max((len(s) for s in request.params.stop), default=1) - 1
+        sent = 0
+        for results in self._decode_steps([request]):
+            result = results[0]
+            finished = result.finish_reason is not None
+            ready = len(result.text) if finished else max(sent, len(result.text) - hold)
+            if ready > sent:
+                yield result.text[sent:ready]
+                sent = ready
+
+    def visual_tokens(self, image: Image.Image) -> torch.Tensor:
+        """The projected visual tokens [Nv, Dt] of one image, from the cache when seen before."""
+        key = image_key(image)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        pixels = image_to_tensor(image, self.model.config.vision.image_size)[None].to(self.device)
+        with torch.no_grad(), self._autocast():
+            tokens = self.model.projector(self.encode_images(pixels))[0].float()
+        self.cache.put(key, tokens)
+        return tokens
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        """Chat template -> token ids with each `<image>` expanded into its visual-token slots."""
+        text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        placeholders = ids.count(self._image_id)
+        if placeholders != len(request.images):
+            raise InputError(f"the messages hold {placeholders} <image> placeholder(s) but {len(request.images)} "
+                             "image(s) were given; put one <image> in the text for each image")
+        expanded = expand_image_placeholders(ids, self._image_id, self.model.num_image_tokens())
+        limit = self.model.config.language.max_positions
+        if len(expanded) + request.params.max_new_tokens > limit:
+            raise InputError(f"the prompt is {len(expanded)} tokens and asks for {request.params.max_new_tokens} "
+                             f"more, over the model's {limit} positions; shorten it or lower max_new_tokens")
+        return expanded
+
+    # --- decoding ------------------------------------------------------------------------
+
+    def _encode_with_model(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+
+    def _budget(self, request: Request) -> int:
+        cfg = self.config
+        question = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
+        question = question.replace(IMAGE, "").strip()
+        if cfg.fast_path_max_new_tokens and len(question) < cfg.fast_path_chars:
+            return min(request.params.max_new_tokens, cfg.fast_path_max_new_tokens)
+        return request.params.max_new_tokens
+
+    def _decode(self, requests: list[Request]) -> list[Result]:
+        for results in self._decode_steps(requests):
+            pass
+        return results
+
+    @torch.no_grad()
+    def _decode_steps(self, requests: list[Request]) -> Iterator[list[Result]]:
+        """Prefill, then one token per step for every unfinished row; yields the results so far."""
+        started = time.perf_counter()
+        prompts = [self.prompt_ids(r) for r in requests]
+        budgets = [self._budget(r) for r in requests]
+        embeds, attention = self._left_padded_embeddings(requests, prompts)  # [B, L, D], [B, L]
+        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+        lm = self.model.language_model
+        cache = DynamicCache(config=lm.config)
+        generators = [torch.Generator().manual_seed(r.params.seed) for r in requests]
+        tokens: list[list[int]] = [[] for _ in requests]
+        texts = ["" for _ in requests]
+        finish: list[str | None] = [None for _ in requests]
+        with self._autocast():
+            out = lm(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, cache=cache,
+                     use_cache=True, logits_to_keep=1)
+        while True:
+            logits = out.logits[:, -1].float()  # [B, V]
+            next_ids = torch.full((len(requests),), self._pad_id, dtype=torch.long)
+            for row, request in enumerate(requests):
+                if finish[row] is not None:
+                    continue
+                token = self._pick(logits[row], request.params, generators[row])
+                next_ids[row] = token
+                finish[row], texts[row] = self._advance(row, token, tokens, texts[row], request, budgets[row])
+            yield self._results(prompts, tokens, texts, finish)
+            if all(f is not None for f in finish):
+                break
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            with self._autocast():
+                out = lm(input_ids=next_ids[:, None].to(self.device), attention_mask=attention,
+                         position_ids=positions, cache=cache, use_cache=True)
+        self.stats.requests += len(requests)
+        self.stats.generated_tokens += sum(len(t) for t in tokens)
+        self.stats.decode_seconds += time.perf_counter() - started
+
+    def _advance(self, row: int, token: int, tokens: list[list[int]], text: str, request: Request, budget: int
+                 ) -> tuple[str | None, str]:
+        """Record `token` for `row`; returns (finish reason or None, the text so far)."""
+        if token in self._stop_ids:
+            return "stop", text
+        tokens[row].append(token)
+        text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
+        for stop in request.params.stop:
+            if stop and stop in text:
+                return "stop", text[: text.index(stop)]
+        if len(tokens[row]) >= budget:
+            return "length", text
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for its next byte
+            text = text[:-1]
+        return None, text
+
+    def _pick(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+        if params.temperature <= 0:
+            return int(logits.argmax())
+        scores = TemperatureLogitsWarper(params.temperature)(None, logits[None])
+        if params.top_k > 0:
+            scores = TopKLogitsWarper(params.top_k)(None, scores)
+        if params.top_p < 1.0:
+            scores = TopPLogitsWarper(params.top_p)(None, scores)
+        return int(torch.multinomial(scores.softmax(dim=-1), 1, generator=generator))
+
+    def _left_padded_embeddings(self, requests: list[Request], prompts: list[list[int]]
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.model.language_model.get_input_embeddings()
+        rows = []
+        for request, ids in zip(requests, prompts):
+            ids_tensor = torch.tensor(ids, device=self.device)
+            is_image = ids_tensor == self._image_id
+            row = embedding(ids_tensor.masked_fill(is_image, 0))  # [L, D]
+            if request.images:
+                visual = torch.cat([self.visual_tokens(image) for image in request.images])  # [n * Nv, D]
+                row = row.masked_scatter(is_image[:, None], visual.to(row.dtype))
+            rows.append(row)
+        width = max(len(r) for r in rows)
+        embeds = torch.zeros(len(rows), width, rows[0].shape[-1], dtype=rows[0].dtype, device=self.device)
+        attention = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
+        for i, row in enumerate(rows):
+            embeds[i, width - len(row) :] = row
+            attention[i, width - len(row) :] = 1
+        return embeds, attention
+
+    def _results(self, prompts, tokens, texts, finish) -> list[Result]:
+        return [Result(text=texts[i], token_ids=list(tokens[i]), finish_reason=finish[i],
+                       prompt_tokens=len(prompts[i])) for i in range(len(prompts))]
