@@ -1,0 +1,219 @@
+"""Synthetic mini-suites: tiny benchmark folders in the official file formats, made by vlstack's generators.
+
+With them the harness, the demo and the tests run every benchmark end to end, with
+its real loader and metric, and no downloaded data. Each suite is a pure function of
+(n, seed): shape-scene VQA (`vlstack.data.synthetic`) for VQAv2, GQA and A-OKVQA,
+documents for DocVQA, charts for ChartQA, and grayscale "scans" with a bright lesion
+(drawn here) for VQA-RAD. Files and folders carry the official names, so
+`BENCHMARKS[name].from_root(folder)` reads a suite exactly as it reads the real data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFilter
+
+from vlstack.data.charts import chart_sample
+from vlstack.data.documents import document_sample
+from vlstack.data.schema import Sample
+from vlstack.data.synthetic import COLORS, SHAPES, vqa_sample
+from vlstack.eval.benchmarks import BENCHMARKS, aokvqa, chartqa, docvqa, gqa, vqarad, vqav2
+
+SCENE_STREAM = 1_000_000
+"""Scene-index offset between the suites built from shape scenes, so that no two share a scene."""
+VQA_TYPES = {  # shape-scene question type -> (VQAv2 question_type, answer_type, GQA semantic type)
+    "color": ("what color is the", "other", "attr"),
+    "shape": ("what", "other", "obj"),
+    "count": ("how many", "number", "obj"),
+    "count_color": ("how many", "number", "attr"),
+    "position": ("where is the", "other", "rel"),
+}
+DISTRACTORS = {  # A-OKVQA wrong choices by question type
+    "color": tuple(COLORS),
+    "shape": (*SHAPES, "star", "hexagon"),
+    "count": ("0", "1", "2", "3", "4"),
+    "count_color": ("0", "1", "2", "3", "4"),
+    "position": ("left", "right", "center", "top"),
+}
+DOC_QUESTION_TYPES = {"form": "form", "receipt": "table/list", "invoice": "layout"}
+ORGAN_PARTS = {"CHEST": "lung", "HEAD": "hemisphere", "ABD": "kidney"}
+
+
+def write_suites(root: str | Path, n: int = 8, seed: int = 0) -> dict[str, Path]:
+    """Write every suite, `n` questions each, under `root/<data_dir>`; returns benchmark name -> folder."""
+    root = Path(root)
+    for data_dir, writer in WRITERS.items():
+        writer(root / data_dir, n, seed)
+    return {name: root / cls.data_dir for name, cls in BENCHMARKS.items() if cls.data_dir in WRITERS}
+
+
+def write_vqav2(folder: Path, n: int, seed: int) -> None:
+    """`v2_OpenEnded_mscoco_val2014_questions.json`, `v2_mscoco_val2014_annotations.json`, `val2014/`;
+    the ten human answers of each question agree."""
+    subtype = "val2014"
+    header = {"info": _INFO, "license": _LICENSE, "data_type": "mscoco", "data_subtype": subtype}
+    questions, annotations = [], []
+    for index in range(n):
+        sample = vqa_sample(seed, index)
+        image_id, answer = index + 1, sample.answers[0]
+        question_type, answer_type, _ = VQA_TYPES[sample.meta["question_type"]]
+        _save_image(sample, folder / subtype / vqav2.IMAGE_NAME.format(subtype=subtype, image_id=image_id))
+        questions.append({"image_id": image_id, "question": sample.question, "question_id": image_id * 1000})
+        annotations.append({"question_id": image_id * 1000, "image_id": image_id, "question_type": question_type,
+                            "answer_type": answer_type, "multiple_choice_answer": answer,
+                            "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": k + 1}
+                                        for k in range(vqav2.ANSWERS_PER_QUESTION)]})
+    _write_json(folder / vqav2.QUESTIONS.format(split=subtype),
+                {**header, "task_type": "Open-Ended", "questions": questions})
+    _write_json(folder / vqav2.ANNOTATIONS.format(split=subtype), {**header, "annotations": annotations})
+
+
+def write_gqa(folder: Path, n: int, seed: int) -> None:
+    """`testdev_balanced_questions.json` and `images/`; every other question is a binary "verify" one."""
+    questions = {}
+    for index in range(n):
+        sample = vqa_sample(seed, SCENE_STREAM + index)
+        image_id, question_id = f"n{index:06d}", str(20_000_000 + index)
+        _save_image(sample, folder / gqa.IMAGES / f"{image_id}.jpg")
+        if index % 2:
+            question, answer = _verify_question(sample, random.Random(f"gqa:{seed}:{index}"))
+            structural, semantic, detailed = "verify", "obj", "existAttr"
+        else:
+            question, answer, detailed = sample.question, sample.answers[0], sample.meta["question_type"]
+            structural, semantic = "query", VQA_TYPES[detailed][2]
+        questions[question_id] = {
+            "imageId": image_id, "question": question, "answer": answer, "fullAnswer": f"The answer is {answer}.",
+            "isBalanced": True, "types": {"structural": structural, "semantic": semantic, "detailed": detailed},
+            "groups": {"global": None, "local": None}, "entailed": [], "equivalent": [question_id],
+            "semantic": [], "semanticStr": "", "annotations": {"question": {}, "answer": {}, "fullAnswer": {}}}
+    _write_json(folder / gqa.QUESTIONS.format(split="testdev_balanced"), questions)
+
+
+def write_docvqa(folder: Path, n: int, seed: int) -> None:
+    """`val/val_v1.0.json` (a `data` list) and `val/documents/*.png`."""
+    split, data = "val", []
+    for index in range(n):
+        sample = document_sample(seed, index)
+        document = f"syn{index:05d}"
+        image = f"documents/{document}_1.png"
+        _save_image(sample, folder / split / image)
+        data.append({"questionId": index + 1, "question": sample.question,
+                     "question_types": [DOC_QUESTION_TYPES[sample.meta["doc_type"]]], "image": image,
+                     "docId": index + 1, "ucsf_document_id": document, "ucsf_document_page_no": "1",
+                     "answers": sample.answers, "data_split": split})
+    _write_json(folder / split / docvqa.ANNOTATIONS.format(split=split),
+                {"dataset_name": "docvqa", "dataset_split": split, "dataset_version": "1.0", "data": data})
+
+
+def write_chartqa(folder: Path, n: int, seed: int) -> None:
+    """`test/test_human.json` (imgname, query, label) and `test/png/`."""
+    split, entries = "test", []
+    for index in range(n):
+        sample = chart_sample(seed, index)
+        imgname = f"syn{index:05d}.png"
+        _save_image(sample, folder / split / chartqa.IMAGES / imgname)
+        entries.append({"imgname": imgname, "query": sample.question, "label": sample.answers[0]})
+    _write_json(folder / split / chartqa.ANNOTATIONS.format(split=split, subset="human"), entries)
+
+
+def write_vqarad(folder: Path, n: int, seed: int) -> None:
+    """`VQA_RAD Dataset Public.json` and `VQA_RAD Image Folder/`, every question in the test split."""
+    entries = []
+    for index in range(n):
+        rng = random.Random(f"vqarad:{seed}:{index}")
+        organ = rng.choice(tuple(ORGAN_PARTS))
+        image, side = scan(rng)
+        question, answer, answer_type, question_type = _scan_question(side, organ, rng)
+        image_name = f"synpic{index:05d}.jpg"
+        path = folder / vqarad.IMAGES / image_name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, "JPEG", quality=95)
+        entries.append({"qid": index + 1, "image_name": image_name, "image_organ": organ, "answer": answer,
+                        "answer_type": answer_type, "question_type": question_type, "question": question,
+                        "phrase_type": "test_freeform"})
+    _write_json(folder / vqarad.ANNOTATIONS, entries)
+
+
+def write_aokvqa(folder: Path, n: int, seed: int) -> None:
+    """`aokvqa_v1p0_val.json` and COCO's `val2017/`; every fourth question is a difficult direct answer."""
+    split, entries = "val", []
+    for index in range(n):
+        sample = vqa_sample(seed, 2 * SCENE_STREAM + index)
+        rng = random.Random(f"aokvqa:{seed}:{index}")
+        answer, kind = sample.answers[0], sample.meta["question_type"]
+        choices = rng.sample([c for c in DISTRACTORS[kind] if c != answer], 3) + [answer]
+        rng.shuffle(choices)
+        _save_image(sample, folder / f"{split}2017" / f"{index + 1:012d}.jpg")
+        entries.append({"split": split, "image_id": index + 1, "question_id": f"syn{seed}q{index:05d}",
+                        "question": sample.question, "choices": choices, "correct_choice_idx": choices.index(answer),
+                        "direct_answers": [answer] * 10, "difficult_direct_answer": index % 4 == 3,
+                        "rationales": [f"Looking at the picture, the answer is {answer}."]})
+    _write_json(folder / aokvqa.ANNOTATIONS.format(split=split), entries)
+
+
+WRITERS: dict[str, Callable[[Path, int, int], None]] = {
+    "vqav2": write_vqav2, "gqa": write_gqa, "docvqa": write_docvqa, "chartqa": write_chartqa,
+    "vqarad": write_vqarad, "aokvqa": write_aokvqa,
+}
+"""Suite writers by the benchmark folder (`Benchmark.data_dir`) they fill."""
+
+
+def scan(rng: random.Random, size: int = 64) -> tuple[Image.Image, str | None]:
+    """A grayscale "scan": a dark field, a mid-gray body and, half the time, a bright blob in the
+    left or right half of the image (sides are the image's own, not radiological convention)."""
+    image = Image.new("L", (size, size), rng.randint(5, 25))
+    draw = ImageDraw.Draw(image)
+    margin = size // 8
+    draw.ellipse((margin, margin, size - margin, size - margin), fill=rng.randint(70, 110))
+    side = rng.choice(("left", "right")) if rng.random() < 0.5 else None
+    if side:
+        radius = rng.randint(size // 16, size // 10)
+        lo = (margin if side == "left" else size // 2) + radius + 2
+        x = rng.randint(lo, lo + size // 2 - margin - 2 * radius - 4)
+        y = rng.randint(size // 3, 2 * size // 3)
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=rng.randint(200, 255))
+    return image.filter(ImageFilter.GaussianBlur(1)), side
+
+
+def _scan_question(side: str | None, organ: str, rng: random.Random) -> tuple[str, str, str, str]:
+    """(question, answer, answer_type, question_type) about a scan: presence, side or location of the lesion."""
+    if side is None:
+        return rng.choice((("Is there an abnormality in this image?", "no", "CLOSED", "ABN"),
+                           ("Is this image normal?", "yes", "CLOSED", "ABN")))
+    asked = rng.choice(("left", "right"))
+    return rng.choice((("Is there an abnormality in this image?", "yes", "CLOSED", "ABN"),
+                       (f"Is the lesion on the {asked} side?", "yes" if asked == side else "no", "CLOSED", "POS"),
+                       ("Which side is the lesion on?", side, "OPEN", "POS"),
+                       ("Where is the lesion located?", f"{side} {ORGAN_PARTS[organ]}", "OPEN", "POS")))
+
+
+def _verify_question(sample: Sample, rng: random.Random) -> tuple[str, str]:
+    """A yes/no question on whether a shape of some colour is in the scene (GQA's "verify" structure)."""
+    color, shape = rng.choice(tuple(COLORS)), rng.choice(SHAPES)
+    present = any(o["color"] == color and o["shape"] == shape for o in sample.meta["objects"][0])
+    return f"Is there a {color} {shape} in the image?", "yes" if present else "no"
+
+
+def _save_image(sample: Sample, path: Path) -> None:
+    """The sample's (PNG) image at `path`, re-encoded as JPEG when the official files are JPEG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = sample.images[0].data
+    if path.suffix == ".png":
+        path.write_bytes(data)
+    else:
+        Image.open(io.BytesIO(data)).convert("RGB").save(path, "JPEG", quality=95)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+_INFO = {"description": "vlstack synthetic suite in the VQAv2 format", "version": "2.0", "year": 2024}
+_LICENSE = {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}

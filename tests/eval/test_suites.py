@@ -1,0 +1,48 @@
+"""The synthetic suites: official formats that the loaders read back, deterministic by seed."""
+
+import hashlib
+
+import pytest
+
+from vlstack.eval.benchmarks import BENCHMARKS
+from vlstack.eval.suites import WRITERS, write_suites
+
+
+@pytest.fixture(scope="module")
+def suites(tmp_path_factory):
+    return write_suites(tmp_path_factory.mktemp("suites"), n=4, seed=0)
+
+
+def perfect_answer(name, item):
+    return item.choices[item.meta["correct_choice_idx"]] if name == "aokvqa" else item.answers[0]
+
+
+def test_every_suite_round_trips_through_its_loader(suites):
+    assert set(suites) == {name for name, cls in BENCHMARKS.items() if cls.data_dir in WRITERS}
+    assert set(suites) >= {"vqav2", "gqa", "docvqa", "chartqa", "vqarad", "aokvqa", "aokvqa_da"}
+    for name, folder in suites.items():
+        bench = BENCHMARKS[name].from_root(folder)
+        assert len(bench.items) == (3 if name == "aokvqa_da" else 4)  # one difficult question left out
+        assert all(item.image.is_file() and item.question and item.answers for item in bench.items)
+        result = bench.score({item.id: perfect_answer(name, item) for item in bench.items})
+        assert result["metrics"][bench.primary] == pytest.approx(100.0), name
+        assert bench.score({})["metrics"][bench.primary] == 0.0
+
+
+def test_suites_are_deterministic_by_seed(tmp_path):
+    def digest(root):
+        return {p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+    write_suites(tmp_path / "a", n=2, seed=3)
+    write_suites(tmp_path / "b", n=2, seed=3)
+    write_suites(tmp_path / "c", n=2, seed=4)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+
+
+def test_vqarad_suite_has_closed_and_open_questions(tmp_path):
+    folder = write_suites(tmp_path, n=12, seed=0)["vqarad"]
+    bench = BENCHMARKS["vqarad"].from_root(folder)
+    kinds = {item.meta["answer_type"] for item in bench.items}
+    assert kinds == {"closed", "open"}
+    assert {item.answers[0] for item in bench.items if item.meta["answer_type"] == "closed"} <= {"yes", "no"}
