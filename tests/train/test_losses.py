@@ -85,3 +85,14 @@ def test_vtm_loss_is_mse_at_masked_positions_against_normalised_targets():
     predicted = torch.tensor([[[0.0, 1.0], [99.0, -99.0]]])
     masked = torch.tensor([[True, False]])
     assert vtm_loss(predicted, targets, masked).item() == pytest.approx((1 + 0) / 2, rel=1e-4)
+
+
+def test_hard_fraction_zero_draws_uniformly_among_valid_negatives():
+    torch.manual_seed(0)
+    similarity = torch.tensor([[0.0, 50.0, 0.0, 0.0]]).expand(4, 4).clone()
+    same = torch.eye(4, dtype=torch.bool)
+    draws = torch.stack([sample_hard_negatives(similarity, same, hard_fraction=0.0) for _ in range(600)])
+    shares = torch.stack([(draws[:, 0] == c).float().mean() for c in (1, 2, 3)])
+    assert (shares > 0.25).all()  # uniform over the three valid columns despite the spike
+    mixed = torch.stack([sample_hard_negatives(similarity, same, hard_fraction=0.5) for _ in range(600)])
+    assert 0.55 < (mixed[:, 0] == 1).float().mean() < 0.78  # 0.5 hard (all on column 1) + 0.5 * 1/3

@@ -41,19 +41,24 @@ def itc_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale:
     return (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets)) / 2
 
 
-def sample_hard_negatives(similarity: torch.Tensor, same: torch.Tensor, generator: torch.Generator | None = None
-                          ) -> torch.Tensor:
-    """For each row, the column of a negative drawn with probability softmax(similarity) (ALBEF).
+def sample_hard_negatives(similarity: torch.Tensor, same: torch.Tensor, hard_fraction: float = 1.0,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each row, the column of a negative: with probability `hard_fraction` drawn from
+    softmax(similarity) (ALBEF's hard negatives), otherwise uniformly.
 
     similarity: [B, B] ITC logits; same: [B, B] bool, True where a column is not a valid negative
     (the pair itself, or another sample with identical text/image). A row without any valid
     negative falls back to a uniform draw over the other columns.
     """
-    weights = similarity.detach().float().softmax(dim=1).masked_fill(same, 0.0)
-    empty = weights.sum(dim=1) == 0
+    valid = (~same).float()
+    hard = similarity.detach().float().softmax(dim=1) * valid
+    hard = hard / hard.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    uniform = valid / valid.sum(dim=1, keepdim=True).clamp(min=1)
+    weights = hard_fraction * hard + (1 - hard_fraction) * uniform
+    empty = valid.sum(dim=1) == 0
     if empty.any():
-        fallback = (~torch.eye(len(weights), dtype=torch.bool, device=weights.device)).float()
-        weights[empty] = fallback[empty]
+        others = (~torch.eye(len(weights), dtype=torch.bool, device=weights.device)).float()
+        weights[empty] = others[empty]
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)  # [B]
 
 

@@ -38,6 +38,10 @@ class PretrainLossConfig:
     """Share of text tokens picked for MLM (of those: 80% masked, 10% random, 10% kept)."""
     vtm_probability: float = 0.15
     """Share of patch tokens hidden from the fusion encoder for VTM."""
+    itm_hard_fraction: float = 0.5
+    """Share of ITM negatives mined from ITC similarities (the rest are uniform). Trained from
+    scratch, all-hard negatives stall ITM at the class prior: on the tiny preset, 0.50 held-out
+    accuracy after 300 steps, where a half-and-half mix learns."""
 
 
 class PretrainObjective:
@@ -82,8 +86,9 @@ class PretrainObjective:
     def _itm(self, model, image_tokens, text_hidden, attention, similarity, ids) -> tuple[torch.Tensor, float]:
         B = ids.shape[0]
         same_text = _same_rows(ids.masked_fill(attention == 0, -1))  # identical captions are not negatives
-        negative_text = sample_hard_negatives(similarity, same_text)  # [B]
-        negative_image = sample_hard_negatives(similarity.t(), same_text)  # [B]
+        hard = self.config.itm_hard_fraction
+        negative_text = sample_hard_negatives(similarity, same_text, hard)  # [B]
+        negative_image = sample_hard_negatives(similarity.t(), same_text, hard)  # [B]
         fused = model.fuse(
             torch.cat([image_tokens, image_tokens, image_tokens[negative_image]]),
             torch.cat([text_hidden, text_hidden[negative_text], text_hidden]),
