@@ -39,7 +39,7 @@ class DemoConfig:
             out_dir="runs/demo-quick",
             pretrain=PretrainConfig(
                 data=PretrainDataConfig(train_samples=1500, test_samples=200),
-                train=TrainConfig(steps=60, batch_size=32, lr=1e-3, warmup_steps=10, log_every=5),
+                train=TrainConfig(steps=100, batch_size=32, lr=1e-3, warmup_steps=10, log_every=5),
             ),
         )
 

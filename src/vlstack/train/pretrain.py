@@ -45,8 +45,8 @@ class PretrainConfig:
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("tiny"))
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=1e-3,
-                                                                      warmup_steps=30))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=250, batch_size=48, lr=1e-3,
+                                                                      warmup_steps=25))
     loss: PretrainLossConfig = field(default_factory=PretrainLossConfig)
     objective: Literal["mixed", "itc"] = "mixed"
     """mixed: 0.4 ITC + 0.3 ITM + 0.2 MLM + 0.1 VTM (weights in `loss`); itc: contrastive only."""
