@@ -105,3 +105,17 @@ def test_from_checkpoint(nano_model, tokenizer, tmp_path, scenes):
     direct = Engine(nano_model, tokenizer)
     request = _requests(scenes)[0]
     assert engine.generate([request])[0].token_ids == direct.generate([request])[0].token_ids
+
+
+def test_stream_returns_the_final_result(engine, scenes):
+    request = _requests(scenes)[0]
+    stream = engine.stream(request)
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as done:
+            final = done.value
+            break
+    assert final.text == "".join(pieces) and final.finish_reason in ("stop", "length")
+    assert final.token_ids == engine.generate([request])[0].token_ids

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Generator, Iterator, Literal
 
 import torch
 from PIL import Image
@@ -120,8 +120,9 @@ class Engine:
             results.extend(self._decode(requests[start : start + size]))
         return results
 
-    def stream(self, request: Request) -> Iterator[str]:
-        """Yield the answer's text as it is decoded; the pieces concatenate to `generate`'s text.
+    def stream(self, request: Request) -> Generator[str, None, Result]:
+        """Yield the answer's text as it is decoded; the pieces concatenate to `generate`'s text,
+        and the generator returns the final Result (finish reason, token ids).
 
         With stop strings, the last few characters are held back until they cannot be the
         start of a stop string, so nothing is streamed that the final text does not contain.
@@ -135,6 +136,7 @@ class Engine:
             if ready > sent:
                 yield result.text[sent:ready]
                 sent = ready
+        return result
 
     def visual_tokens(self, image: Image.Image) -> torch.Tensor:
         """The projected visual tokens [Nv, Dt] of one image, from the cache when seen before."""
