@@ -3,19 +3,31 @@
 Images are resized and normalised with the seed's mean/std at load time (shards
 keep the encoded images); texts are tokenised, right-padded, and checked against
 the model's length limit so an over-long sample is reported, not silently cut.
+`SampleCollator` does the same for whole `Sample`s: chat turns, `<image>`
+expansion to the model's visual-token count, labels on the assistant's text, and
+a length check after expansion that leaves a sample out with a logged reason
+instead of failing (or, on many GPUs, hanging) the batch.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from transformers import PreTrainedTokenizerBase
 
+from vlstack.data.schema import IMAGE_TOKEN, Sample
 from vlstack.errors import DataError
+from vlstack.models.tokenizer import IM_END, expand_image_placeholders
+
+logger = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+"""Label of a token the loss skips (prompt, padding, image slots)."""
 
 IMAGE_MEAN = (0.481, 0.457, 0.408)
 IMAGE_STD = (0.268, 0.261, 0.275)
@@ -62,3 +74,131 @@ def tokenize_texts(
         input_ids[row, : len(seq)] = torch.tensor(seq)
         attention_mask[row, : len(seq)] = 1
     return TextBatch(input_ids, attention_mask)
+
+
+# --- samples -> model batches ---------------------------------------------------------------
+
+
+@dataclass
+class CollateConfig:
+    num_image_tokens: int
+    """`<image>` slots per image in the LM input: `QwenImageModel.num_image_tokens()`."""
+    max_length: int = 2048
+    """Longest token sequence after `<image>` expansion; longer samples are left out of the batch."""
+    image_size: int = 384
+    mean: tuple[float, float, float] = IMAGE_MEAN
+    std: tuple[float, float, float] = IMAGE_STD
+
+
+def sample_messages(sample: Sample) -> list[dict[str, str]]:
+    """The chat turns a sample trains: its conversations, or question -> first answer, or images -> text.
+
+    Every image's `<image>` marker is in a user turn (in front, when the text names none), except in
+    interleaved text, where the markers stay where the images sit.
+    """
+    if sample.conversations:
+        roles = {"human": "user", "gpt": "assistant"}
+        return [{"role": roles[t["from"]], "content": t["value"]} for t in sample.conversations]
+    markers = "".join(IMAGE_TOKEN for _ in sample.images)
+    if sample.question:
+        question = sample.question if IMAGE_TOKEN in sample.question else f"{markers}\n{sample.question}"
+        return [{"role": "user", "content": question}, {"role": "assistant", "content": sample.answers[0]}]
+    if IMAGE_TOKEN in sample.text:
+        return [{"role": "assistant", "content": sample.text}]
+    return [{"role": "user", "content": markers}, {"role": "assistant", "content": sample.text}]
+
+
+class SampleCollator:
+    """`Sample`s -> a padded batch; a sample that cannot train is left out with a logged reason.
+
+    Returns `input_ids`, `attention_mask` and `labels` [B, T] (right-padded; labels are -100 except on
+    assistant text and the `<|im_end|>` that closes it), `pixel_values` [N_images, 3, S, S] in sample
+    order, `image_counts` [B], `ids`, and `rejected`: `{"id", "reason", "detail"}` for each sample
+    left out: `too_long` (over `max_length` after `<image>` expansion), `image_count` (markers and
+    images disagree), `no_supervised_tokens` or `undecodable_image`. A batch whose samples are all
+    left out has B = 0; skip it on every rank alike.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, cfg: CollateConfig):
+        self.tokenizer, self.cfg = tokenizer, cfg
+        self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
+
+    def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        rows, pixels, counts, ids, rejected = [], [], [], [], []
+        for sample in samples:
+            try:
+                input_ids, labels = self.encode(sample)
+                images = [image_to_tensor(_open_image(ref.data), self.cfg.image_size, self.cfg.mean, self.cfg.std)
+                          for ref in sample.images]  # [3, S, S] each
+            except SampleRejected as error:
+                rejected.append({"id": sample.id, "reason": error.reason, "detail": str(error)})
+                logger.warning("left out of the batch: sample %r (%s): %s", sample.id, error.reason, error)
+                continue
+            rows.append((input_ids, labels))
+            pixels.extend(images)
+            counts.append(len(images))
+            ids.append(sample.id)
+        width = max((len(r[0]) for r in rows), default=0)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # [B, T]
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B, T]
+        for row, (seq, target) in enumerate(rows):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, : len(seq)] = torch.tensor(target)
+            attention_mask[row, : len(seq)] = 1
+        size = self.cfg.image_size
+        return {
+            "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "pixel_values": torch.stack(pixels) if pixels else torch.zeros((0, 3, size, size)),  # [N, 3, S, S]
+            "image_counts": torch.tensor(counts, dtype=torch.long), "ids": ids, "rejected": rejected,
+        }
+
+    def encode(self, sample: Sample) -> tuple[list[int], list[int]]:
+        """Token ids with each `<image>` expanded, and labels; raises `SampleRejected`."""
+        messages = sample_messages(sample)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans, cursor = [], 0
+        for message in messages:  # character spans of the assistant turns' text in the rendered chat
+            start = text.index(message["content"], cursor)
+            cursor = start + len(message["content"])
+            if message["role"] == "assistant":
+                spans.append((start, cursor))
+        ids, labels, previous_supervised = encoded["input_ids"], [], False
+        for token, (begin, end) in zip(ids, encoded["offset_mapping"]):
+            supervised = token != self.image_id and any(a <= begin and end <= b for a, b in spans)
+            closes = token == self.im_end_id and previous_supervised
+            labels.append(token if supervised or closes else IGNORE_INDEX)
+            previous_supervised = supervised
+        markers = ids.count(self.image_id)
+        if markers != len(sample.images):
+            raise SampleRejected("image_count", f"{markers} {IMAGE_TOKEN} marker(s) for {len(sample.images)} image(s)")
+        if all(label == IGNORE_INDEX for label in labels):
+            raise SampleRejected("no_supervised_tokens", "no assistant text to learn from")
+        per_image = self.cfg.num_image_tokens
+        expanded = expand_image_placeholders(ids, self.image_id, per_image)
+        if len(expanded) > self.cfg.max_length:
+            raise SampleRejected("too_long", f"{len(expanded)} tokens with {markers} x {per_image} image slots, "
+                                             f"over max_length {self.cfg.max_length}")
+        expanded_labels: list[int] = []
+        for token, label in zip(ids, labels):
+            expanded_labels.extend([IGNORE_INDEX] * per_image if token == self.image_id else [label])
+        return expanded, expanded_labels
+
+
+class SampleRejected(DataError):
+    """A sample that cannot go into a batch; `reason` is a short code for counting."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _open_image(data: bytes | None) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:  # decoders raise many types on bad bytes
+        raise SampleRejected("undecodable_image", f"{type(exc).__name__}: {exc}") from exc
+    return image
