@@ -1,0 +1,156 @@
+"""The human side of an eval run: `report.md` and a self-contained `report.html` from `results.json`.
+
+Both are rendered from one list of blocks (headings, paragraphs, tables), so the two
+files always say the same thing. Each benchmark gets its numbers beside the seed
+article's, its question counts (missing, empty and not-asked predictions included, so
+a smaller denominator can never hide) and a few example predictions.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SEED_REFERENCE: dict[str, tuple[str, float]] = {
+    "vqav2": ("accuracy", 82.1),
+    "gqa": ("accuracy", 78.3),
+    "docvqa": ("anls", 86.7),
+    "chartqa": ("relaxed_accuracy", 74.2),
+    "vqarad": ("bleu_4", 68.9),
+    "aokvqa": ("mc_accuracy", 65.3),
+}
+"""The seed article's number for each benchmark, with the metric (in percent) it is compared to.
+The seed does not say whether its A-OKVQA 65.3% is multiple choice or direct answer; it sits
+beside multiple choice."""
+EXAMPLES = 3
+"""Example predictions shown per benchmark."""
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+Block = tuple[str, str] | Table
+"""("h1" | "h2" | "p", text) or a table."""
+
+
+def write_reports(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write `report.md` and `report.html` for `results` (as `run_eval` returns them) into `out_dir`."""
+    out = Path(out_dir)
+    blocks = report_blocks(results)
+    markdown, page = out / "report.md", out / "report.html"
+    markdown.write_text(to_markdown(blocks), encoding="utf-8")
+    page.write_text(to_html(blocks), encoding="utf-8")
+    return markdown, page
+
+
+def summary(results: dict[str, Any]) -> str:
+    """One line per benchmark: headline metric, seed reference, questions scored."""
+    lines = []
+    for name, bench in results["benchmarks"].items():
+        reference = SEED_REFERENCE.get(name)
+        seed = f" (seed {reference[1]:.1f})" if reference and reference[0] == bench["primary"] else ""
+        lines.append(f"{name}: {bench['primary']} {bench['metrics'][bench['primary']]:.1f}{seed} "
+                     f"on {bench['count']} questions, {bench['missing'] + bench['empty']} without an answer")
+    return "\n".join(lines)
+
+
+def report_blocks(results: dict[str, Any]) -> list[Block]:
+    versions = results["versions"]
+    blocks: list[Block] = [
+        ("h1", "vlstack evaluation"),
+        ("p", (f"Model: {results['model'] or 'an in-memory Engine'}. "
+               f"{results['seconds']} s, {results['tokens_per_second']} generated tokens/s; vlstack "
+               f"{versions['vlstack']}, torch {versions['torch']}, transformers {versions['transformers']}, "
+               f"{versions['machine']}.")),
+        ("p", ("Metrics are percentages over every question evaluated; a missing, empty or not-asked "
+               "prediction scores 0 and stays in the denominator.")),
+        Table(["benchmark", "metric", "ours", "seed article", "questions", "missing", "empty", "not asked"],
+              [[name, b["primary"], _number(b["metrics"][b["primary"]]), _reference(name, b["primary"]),
+                _questions(b), str(b["missing"]), str(b["empty"]), str(b["errors"])]
+               for name, b in results["benchmarks"].items()]),
+    ]
+    for name, bench in results["benchmarks"].items():
+        blocks += _benchmark_blocks(name, bench)
+    return blocks
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    lines = []
+    for block in blocks:
+        if isinstance(block, Table):
+            lines += [_md_row(block.header), "|" + "---|" * len(block.header), *map(_md_row, block.rows)]
+        else:
+            kind, text = block
+            lines.append({"h1": "# ", "h2": "## ", "p": ""}[kind] + text)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_html(blocks: list[Block]) -> str:
+    body = []
+    for block in blocks:
+        if isinstance(block, Table):
+            head = "".join(f"<th>{html.escape(cell)}</th>" for cell in block.header)
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+                           for row in block.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        else:
+            kind, text = block
+            body.append(f"<{kind}>{html.escape(text)}</{kind}>")
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>vlstack evaluation</title><style>"
+            "body{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem}"
+            "table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;"
+            "text-align:left}th{background:#f3f3f3}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _benchmark_blocks(name: str, bench: dict[str, Any]) -> list[Block]:
+    primary = bench["primary"]
+    metrics = sorted(bench["metrics"], key=lambda metric: metric != primary)
+    blocks: list[Block] = [
+        ("h2", name),
+        ("p", (f"{_questions(bench)} questions from {bench['folder']} in {bench['seconds']} s: "
+               f"{bench['count'] - bench['missing'] - bench['empty']} answered, {bench['missing']} missing "
+               f"({bench['errors']} not asked), {bench['empty']} empty.")),
+        Table(["metric", "ours", "seed article"],
+              [[metric, _number(bench["metrics"][metric]), _reference(name, metric)] for metric in metrics]),
+    ]
+    if "groups" in bench:
+        columns = sorted({key for group in bench["groups"].values() for key in group} - {"count"})
+        blocks.append(Table(["group", "questions", *columns],
+                            [[group, str(values["count"]), *(_number(values.get(c)) for c in columns)]
+                             for group, values in bench["groups"].items()]))
+    rows = bench["items"][:EXAMPLES]
+    scored = primary if primary in rows[0]["scores"] else next(iter(rows[0]["scores"]))  # BLEU is corpus-level
+    blocks.append(Table(["id", "question", "reference", "reply", "answer", scored],
+                        [[row["id"], row["question"], " / ".join(dict.fromkeys(row["answers"])),
+                          _reply(row), row["prediction"], _number(100.0 * row["scores"][scored])]
+                         for row in rows]))
+    return blocks
+
+
+def _reply(row: dict[str, Any]) -> str:
+    """What the model said, or why there is nothing to show."""
+    return row.get("error") or (row["raw"] or "").strip() or f"({row['status']})"
+
+
+def _questions(bench: dict[str, Any]) -> str:
+    """Questions scored, and of how many in the files when a limit cut them."""
+    return str(bench["count"]) if bench["count"] == bench["available"] else f"{bench['count']} of {bench['available']}"
+
+
+def _reference(name: str, metric: str) -> str:
+    reference = SEED_REFERENCE.get(name)
+    return _number(reference[1]) if reference and reference[0] == metric else "–"
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"

@@ -1,0 +1,94 @@
+"""The eval harness end to end on a nano checkpoint: plumbing and accounting, not accuracy."""
+
+import json
+
+import pytest
+
+from vlstack.cli import main
+from vlstack.errors import DataError, VlstackError
+from vlstack.eval.harness import SEED_BENCHMARKS, EvalConfig, run_eval
+from vlstack.eval.report import SEED_REFERENCE
+from vlstack.eval.suites import write_suites
+from vlstack.infer.engine import Engine
+
+FAST = {"max_new_tokens": 3, "batch_size": 2, "synthetic_items": 4}
+
+
+@pytest.fixture
+def checkpoint(tmp_path, nano_model, tokenizer):
+    directory = tmp_path / "ckpt"
+    nano_model.save_pretrained(directory, tokenizer=tokenizer)
+    return directory
+
+
+def test_every_seed_benchmark_end_to_end_on_synthetic_suites(tmp_path, checkpoint):
+    out = tmp_path / "eval"
+    results = run_eval(checkpoint, EvalConfig(out_dir=str(out), limit=3, **FAST))
+
+    assert json.loads((out / "results.json").read_text(encoding="utf-8")) == results
+    assert list(results["benchmarks"]) == SEED_BENCHMARKS
+    assert set(results["versions"]) >= {"vlstack", "torch", "transformers"}
+    assert results["config"]["limit"] == 3 and results["seconds"] > 0
+    for name, bench in results["benchmarks"].items():
+        assert (bench["count"], bench["available"], len(bench["items"])) == (3, 4, 3), name
+        statuses = [row["status"] for row in bench["items"]]
+        assert bench["missing"] == statuses.count("missing") == bench["errors"] == 0, name
+        assert bench["empty"] == statuses.count("empty")
+        assert all(isinstance(row["raw"], str) and row["question"] and row["answers"] for row in bench["items"])
+        assert 0.0 <= bench["metrics"][bench["primary"]] <= 100.0
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    for name, (_, reference) in SEED_REFERENCE.items():
+        assert f"## {name}" in markdown and f"<h2>{name}</h2>" in page
+        assert f"{reference:.1f}" in markdown and f"{reference:.1f}" in page
+    assert "| benchmark | metric | ours | seed article |" in markdown
+    assert "| 3 of 4 |" in markdown
+
+
+def test_cli_eval(tmp_path, checkpoint, capsys):
+    out = tmp_path / "eval"
+    code = main(["eval", "--model", str(checkpoint), "--benchmarks", "gqa, chartqa", "--out", str(out),
+                 "--limit", "2", *(arg for key, value in FAST.items() for arg in ("--set", f"{key}={value}"))])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert list(results["benchmarks"]) == ["gqa", "chartqa"]
+    assert [b["count"] for b in results["benchmarks"].values()] == [2, 2]
+    printed = capsys.readouterr().out
+    assert "gqa: accuracy" in printed and "(seed 78.3)" in printed and "report.md" in printed
+
+
+def test_unknown_benchmark_lists_the_registered_ones(capsys):
+    assert main(["eval", "--model", "nowhere", "--benchmarks", "vqav2,mmmu"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown benchmark 'mmmu'" in error and "chartqa" in error and "vqarad" in error
+    with pytest.raises(VlstackError, match="unknown benchmark 'nope'"):
+        EvalConfig(paths={"nope": "x"})
+
+
+def test_missing_data_is_a_clear_error_before_the_model_loads(tmp_path):
+    def evaluate(data_root):
+        run_eval(tmp_path / "no-checkpoint", EvalConfig(benchmarks=["gqa"], data_root=str(data_root),
+                                                        out_dir=str(tmp_path / "eval")))
+
+    with pytest.raises(DataError, match="data root .*absent is not a directory"):
+        evaluate(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VlstackError, match="gqa: data folder .* does not exist; pass --data-root"):
+        evaluate(tmp_path / "empty")
+    write_suites(tmp_path / "data", n=2)
+    (tmp_path / "data" / "gqa" / "testdev_balanced_questions.json").unlink()
+    with pytest.raises(DataError, match="GQA questions file .*testdev_balanced_questions.json does not exist"):
+        evaluate(tmp_path / "data")
+
+
+def test_an_unreadable_image_is_counted_not_dropped(tmp_path, nano_model, tokenizer):
+    folders = write_suites(tmp_path / "data", n=2)
+    (folders["gqa"] / "images" / "n000000.jpg").write_bytes(b"not an image")
+    results = run_eval(Engine(nano_model, tokenizer),
+                       EvalConfig(benchmarks=["gqa"], paths={"gqa": str(folders["gqa"])}, out_dir=str(tmp_path / "eval"),
+                                  max_new_tokens=3))
+    bench = results["benchmarks"]["gqa"]
+    assert (bench["count"], bench["missing"], bench["errors"]) == (2, 1, 1)
+    first = bench["items"][0]
+    assert first["status"] == "missing" and "cannot identify image" in first["error"] and first["raw"] is None
+    assert "1 missing (1 not asked)" in (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")
