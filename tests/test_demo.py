@@ -20,5 +20,7 @@ def test_quick_demo_runs_every_stage_and_learns(tmp_path, capsys):
     for name in ("report.md", "loss.png", "demo_config.yaml", "pretrain/train_log.jsonl"):
         assert (out / name).is_file(), name
     assert "R@1" in (out / "report.md").read_text()
+    assert set(report["stages"]["eval"]["benchmarks"]) >= {"vqav2", "gqa", "docvqa", "chartqa", "vqarad", "aokvqa"}
+    assert (out / "eval" / "results.json").is_file()
     QwenImageModel.from_pretrained(pretrain["checkpoint"])  # the saved checkpoint loads
     assert "held-out image->text R@1" in capsys.readouterr().out

@@ -17,6 +17,9 @@ commands:
   info      parameters per component of a model preset (vision / language / fusion / total)
   pretrain  joint pretraining (ITC + ITM + MLM + VTM) on 1 process, or DDP / FSDP2 under torchrun
   data      data tools: `data synth` writes a synthetic corpus (six kinds, optional defects) as shards
+  serve     an OpenAI-compatible API (/v1/chat/completions) and a chat page for a checkpoint
+  eval      benchmarks in their official formats (synthetic mini-suites without --data-root);
+            results.json + report.md/html
   demo      the whole stack end to end on a tiny model: data, tokenizer, pretraining,
             evaluation, checkpoint, report (runs/demo/report.md)
 
@@ -27,6 +30,7 @@ examples:
   vlstack demo --set pretrain.train.steps=1000 --set out_dir=runs/long
   vlstack pretrain --config configs/tiny.yaml --set train.steps=50
   torchrun --nproc_per_node=2 -m vlstack.cli pretrain --set train.parallel.mode=fsdp2
+  vlstack serve --model runs/demo/checkpoint --port 8000 --set batch_wait_ms=10
 """
 
 
@@ -72,6 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--resume", metavar="DIR", help="continue from OUT_DIR/checkpoint of an earlier run")
     pretrain.set_defaults(handler=_pretrain)
 
+    serve = _command(commands, "serve", "Serve a checkpoint behind an OpenAI-compatible API, with a chat page at /.",
+                     "Routes: /v1/chat/completions (streaming too), /v1/models, /health, /metrics. Every "
+                     "ServerConfig field can be --set, e.g. allowed_image_hosts=[images.example.com].")
+    serve.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")
+    serve.add_argument("--host", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, help="port (default: 8000)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: $VLSTACK_API_KEY; "
+                                         "the variable keeps the key out of the process list)")
+    serve.set_defaults(handler=_serve)
+
+    evaluate = _command(commands, "eval", "Evaluate a checkpoint on benchmarks in their official formats.",
+                        "Writes OUT/results.json (every prediction, metrics, config, versions, timing), OUT/report.md "
+                        "and OUT/report.html with the seed article's numbers beside ours. Without --data-root, "
+                        "synthetic mini-suites in the official formats are written to OUT/suites and evaluated.")
+    evaluate.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")
+    evaluate.add_argument("--benchmarks", metavar="A,B,...",
+                          help="comma-separated benchmark names (default: vqav2,gqa,docvqa,chartqa,vqarad,aokvqa)")
+    evaluate.add_argument("--data-root", metavar="DIR", help="folder with one sub-folder of official files per "
+                                                             "benchmark (vqav2/, gqa/, ...)")
+    evaluate.add_argument("--out", metavar="DIR", help="output directory (default: runs/eval)")
+    evaluate.add_argument("--limit", type=int, metavar="N", help="evaluate the first N questions of each benchmark")
+    evaluate.set_defaults(handler=_eval)
+
     _data_commands(commands)
     return parser
 
@@ -99,6 +126,19 @@ def _data_commands(commands) -> None:
     synth.add_argument("--image-size", type=int, help="pixels; default 64 for shape scenes, 256 for documents/charts")
     synth.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: %(default)s)")
     synth.set_defaults(handler=_data_synth)
+
+    clean = _command(data_commands, "clean",
+                     "Clean a shard directory: quality, text and relevance filters, PII, dedup.",
+                     "Writes OUT/shard-*.tar + manifest.jsonl (kept samples, each with the provenance of every "
+                     "step in meta.clean), OUT/rejected.jsonl (every dropped id with its reasons), OUT/clean.json "
+                     "and OUT/report.md with score histograms. See configs/clean.yaml for every setting.")
+    clean.add_argument("input", metavar="IN", help="input shard directory")
+    clean.add_argument("output", metavar="OUT", help="output directory (new, empty, or an earlier clean run)")
+    clean.add_argument("--config", help="a YAML recipe, e.g. configs/clean.yaml (default: built-in defaults)")
+    clean.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local processes or Ray Data (pip install 'vlstack[ray]') (default: %(default)s)")
+    clean.add_argument("--workers", type=int, help="processes or Ray actors (default: the config's workers)")
+    clean.set_defaults(handler=_data_clean)
 
 
 def _command(commands, name: str, summary: str, details: str) -> argparse.ArgumentParser:
@@ -167,12 +207,46 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from vlstack.config import apply_overrides
+    from vlstack.infer.server import ServerConfig, serve
+
+    flags = {"model": args.model, "host": args.host, "port": args.port, "api_key": args.api_key}
+    serve(apply_overrides(ServerConfig(**{k: v for k, v in flags.items() if v is not None}), args.overrides))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vlstack.config import apply_overrides
+    from vlstack.eval.harness import EvalConfig, run_eval
+    from vlstack.eval.report import summary
+
+    benchmarks = [name.strip() for name in args.benchmarks.split(",") if name.strip()] if args.benchmarks else None
+    flags = {"benchmarks": benchmarks, "data_root": args.data_root, "out_dir": args.out, "limit": args.limit}
+    config = apply_overrides(EvalConfig(**{k: v for k, v in flags.items() if v is not None}), args.overrides)
+    print(summary(run_eval(args.model, config)) + f"\nreport: {config.out_dir}/report.md")
+    return 0
+
+
 def _data_synth(args: argparse.Namespace) -> int:
     from vlstack.data.synthesize import synthesize
 
     summary = synthesize(args.kind, args.n, args.out, args.defects, args.seed, args.lang, split=args.split,
                          image_size=args.image_size, samples_per_shard=args.per_shard)
     print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
+def _data_clean(args: argparse.Namespace) -> int:
+    from vlstack.config import load_config
+    from vlstack.data.clean.pipeline import CleanConfig
+    from vlstack.data.clean.run import clean
+
+    config = load_config(CleanConfig, args.config, args.overrides)
+    summary = clean(args.input, args.output, config, executor=args.executor, workers=args.workers)
+    print(f"kept {summary['kept']} of {summary['total']}, rejected {summary['rejected']} "
+          f"({', '.join(f'{k} {v}' for k, v in summary['by_first_reason'].items()) or 'none'}); "
+          f"report: {summary['output']}/report.md")
     return 0
 
 

@@ -2,24 +2,21 @@
 
 Stages run in order and each adds a section to `report.json` / `report.md`; so far:
 pretraining (synthetic corpus, tokenizer, the tiny model, the mixed ITC + ITM + MLM
-+ VTM loss, a resumable checkpoint) and held-out retrieval / matching against
-chance. Like the CLI, this module sits on top of the library and nothing imports it.
++ VTM loss, a resumable checkpoint), held-out retrieval / matching against chance,
+and the six benchmarks on synthetic mini-suites through the inference Engine. Like
+the CLI, this module sits on top of the library and nothing imports it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-import transformers
-
-import vlstack
 from vlstack.config import save_yaml, to_dict
+from vlstack.eval.harness import EvalConfig, run_eval, versions
 from vlstack.train.pretrain import PretrainConfig, PretrainDataConfig, run_pretraining
 from vlstack.train.trainer import TrainConfig
 
@@ -31,6 +28,8 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     """The pretraining run; its out_dir is replaced by OUT_DIR/pretrain."""
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(synthetic_items=16))
+    """Benchmarks on synthetic mini-suites in the official formats; its out_dir is replaced by OUT_DIR/eval."""
 
     @classmethod
     def quick(cls) -> "DemoConfig":
@@ -41,6 +40,7 @@ class DemoConfig:
                 data=PretrainDataConfig(train_samples=1500, test_samples=200),
                 train=TrainConfig(steps=100, batch_size=32, lr=1e-3, warmup_steps=10, log_every=5),
             ),
+            eval=EvalConfig(synthetic_items=4),
         )
 
 
@@ -49,7 +49,7 @@ def run_demo(config: DemoConfig) -> dict:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(config, out / "demo_config.yaml")
-    report: dict = {"config": to_dict(config), "versions": _versions(), "stages": {}}
+    report: dict = {"config": to_dict(config), "versions": versions(), "stages": {}}
     started = time.perf_counter()
 
     t = time.perf_counter()
@@ -72,9 +72,18 @@ def run_demo(config: DemoConfig) -> dict:
     }
     _plot_losses(history, out / "loss.png")
 
+    t = time.perf_counter()
+    evaluation = run_eval(results["checkpoint"], dataclasses.replace(config.eval, out_dir=str(out / "eval")))
+    report["stages"]["eval"] = {
+        "benchmarks": {name: {"metric": b["primary"], "value": b["metrics"][b["primary"]], "questions": b["count"]}
+                       for name, b in evaluation["benchmarks"].items()},
+        "report": str(out / "eval" / "report.md"),
+        "seconds": round(time.perf_counter() - t, 1),
+    }
+
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    (out / "report.md").write_text(_markdown(report), encoding="utf-8")
+    (out / "report.md").write_text(_markdown(report, out), encoding="utf-8")
     return report
 
 
@@ -98,12 +107,7 @@ def _plot_losses(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _versions() -> dict[str, str]:
-    return {"vlstack": vlstack.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "machine": platform.machine()}
-
-
-def _markdown(report: dict) -> str:
+def _markdown(report: dict, out_dir: Path) -> str:
     p = report["stages"]["pretrain"]
     before, after = p["before_training"], p["after_training"]
     losses = ", ".join(f"{k} {v:.3f}" for k, v in p["final_losses"].items())
@@ -129,6 +133,17 @@ def _markdown(report: dict) -> str:
         f"| chance | {after['chance@1']:.3f} | {after['chance@5']:.3f} | {after['itm_chance']:.3f} |",
         f"| before training | {before['r@1']:.3f} | {before['r@5']:.3f} | {before['itm_accuracy']:.3f} |",
         f"| after training | {after['r@1']:.3f} | {after['r@5']:.3f} | {after['itm_accuracy']:.3f} |",
+        "",
+        "## Benchmarks (synthetic mini-suites in the official formats)",
+        "",
+        "The pretrained model has had no instruction tuning yet, so it does not answer questions: these",
+        "numbers check the evaluation path end to end, not the model. Full results: "
+        f"[{report['stages']['eval']['report']}]({Path(report['stages']['eval']['report']).relative_to(out_dir)}).",
+        "",
+        "| benchmark | metric | value | questions |",
+        "|---|---|---|---|",
+        *[f"| {name} | {b['metric']} | {b['value']:.1f} | {b['questions']} |"
+          for name, b in report["stages"]["eval"]["benchmarks"].items()],
         "",
     ]
     return "\n".join(lines)
