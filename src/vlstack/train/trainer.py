@@ -149,7 +149,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self._stop_requested = False
-        self._flops_per_step: int | None = None  # global, counted on the first step
+        self._flops_per_step: int | None = None  # all ranks, counted before the first step
         self._peak_flops: float | None = None  # one device, in the autocast precision
         self._tensorboard = None
 
@@ -162,16 +162,13 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._request_stop)
         if cfg.measure_mfu:
             self._peak_flops, _ = matmul_peak(_compute_dtype(cfg.precision), self.dist.device, sizes=(2048,))
+            self._flops_per_step = self._count_step_flops()
         skips_in_a_row, window_start, window_samples, window_tokens, window_steps = 0, time.perf_counter(), 0, 0, 0
         try:
             with progress_bar() as progress:
                 task = progress.add_task(description, total=cfg.steps, completed=self.step, status="")
                 while self.step < cfg.steps:
-                    if cfg.measure_mfu and self._flops_per_step is None:
-                        record, flops = count_flops(self.train_step)
-                        self._flops_per_step = flops * self.dist.world
-                    else:
-                        record = self.train_step()
+                    record = self.train_step()
                     skips_in_a_row = skips_in_a_row + 1 if record["skipped"] else 0
                     if skips_in_a_row > cfg.max_skips_in_a_row:
                         raise VlstackError(
@@ -240,7 +237,25 @@ class Trainer:
         record.update({name: mean_over_ranks(value, self.dist.device) for name, value in sums.items()})
         return {**record, "skipped": False, "samples": samples, "tokens": tokens}
 
-    def _skip(self, loss: float, reason: str, grad_norm: float | None = None) -> dict:
+    def _count_step_flops(self) -> int:
+        """FLOPs of one step (forward + backward, all ranks), counted on a rehearsal that changes
+        nothing: the data position is put back and the gradients dropped, so a resumed run and
+        an uninterrupted one do exactly the same arithmetic afterwards."""
+        position = self.data.state_dict()
+        batch = {k: v.to(self.dist.device) for k, v in self.data.next(self.dist.rank, self.dist.world).items()}
+        self.data.load_state_dict(position)
+
+        def forward_backward() -> None:
+            with torch.autocast(self.dist.device.type, dtype=_autocast_dtype(self.config.precision),
+                                enabled=self.config.precision != "fp32"):
+                loss, _ = self.module(batch)
+            loss.backward()
+
+        _, flops = count_flops(forward_backward)
+        self.optimizer.zero_grad(set_to_none=True)
+        return flops * self.config.grad_accum_steps * self.dist.world
+
+
         """Drop the step without touching the weights; the step counter does not advance."""
         self.optimizer.zero_grad(set_to_none=True)
         return {"step": self.step + 1, "loss": loss, "grad_norm": grad_norm, "skipped": True, "reason": reason,
