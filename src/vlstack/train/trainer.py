@@ -255,7 +255,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return flops * self.config.grad_accum_steps * self.dist.world
 
-
+    def _skip(self, loss: float, reason: str, grad_norm: float | None = None) -> dict:
         """Drop the step without touching the weights; the step counter does not advance."""
         self.optimizer.zero_grad(set_to_none=True)
         return {"step": self.step + 1, "loss": loss, "grad_norm": grad_norm, "skipped": True, "reason": reason,
