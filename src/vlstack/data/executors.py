@@ -10,7 +10,8 @@ the same sequence either way and keeps the same ids.
 - `run_local`: `multiprocessing` (forkserver) with `workers` processes, each
   limited to one thread of torch and OpenCV so N workers use N cores;
   `workers <= 1` runs in this process, which is easiest to debug. `process`
-  must be picklable, and so must whatever `read` yields.
+  must be picklable, and so must whatever `read` yields; a script that calls it
+  needs the `if __name__ == "__main__":` guard, as with any start method but fork.
 - `run_ray`: Ray Data; units are read by Ray tasks (`flat_map`) and batches are
   processed by an actor pool of `workers` actors (`map_batches`), each holding
   one copy of `process` (models are loaded once per actor, not per batch).
@@ -89,7 +90,7 @@ def run_ray(units: Sequence[U], read: Callable[[U], Iterable[T]], process: Calla
     # reading is light I/O: num_cpus=0 lets it run beside the `workers` actors, which hold every CPU
     dataset = dataset.flat_map(_ReadRows(read), num_cpus=0).map_batches(
         _RayApply, fn_constructor_kwargs={"process": process}, batch_size=batch_size,
-        concurrency=max(1, workers), batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=max(1, workers)), batch_format="numpy",
     )
     for row in dataset.iter_rows():
         yield pickle.loads(row["result"])

@@ -251,9 +251,9 @@ def test_damaged_shards_never_stop_the_run_and_lose_no_id(tmp_path, trusted):
     reason = {r["id"]: r["reason"] for r in records if r["id"] is not None}
     assert summary["unaccounted"] == [] and set(ids) == kept | set(reason) and not kept & set(reason)
     assert set(ids[:12]) <= kept  # the intact shard
-    assert {reason.get(i, "kept") for i in ids[12:24]} <= {"kept", "lost_in_shard", "unreadable_shard"}
-    assert {reason[i] for i in ids[12:24] if i in reason} and set(ids[24:31]) <= kept  # overwritten; truncated
-    assert {reason[i] for i in ids[31:36]} == {"unreadable_shard"}
+    overwritten = {reason.get(i, "kept") for i in ids[12:24]}  # read up to the damage, the rest reported
+    assert "lost_in_shard" in overwritten and overwritten <= {"kept", "lost_in_shard", "unreadable_shard"}
+    assert set(ids[24:31]) <= kept and {reason[i] for i in ids[31:36]} == {"unreadable_shard"}  # truncated
     assert (reason[ids[36]], reason[ids[37]]) == ("lost_in_shard", "missing_image")
     assert {reason[i] for i in ids[48:]} == {"missing_shard"}
     anonymous = sorted(r["reason"] for r in records if r["id"] is None)  # members without a readable id

@@ -8,6 +8,10 @@ should be dropped, a reason code for `rejected.jsonl`.
 - `privacy`: text PII → typed placeholders, face blurring, EXIF/GPS stripping
 - `dedup`: exact, perceptual-hash and MinHash-LSH duplicate detection
 - `normalize`: resize + mean/std at load time
+
+Put together: `pipeline` (CleanConfig and the per-sample stages), `run` (`clean()`:
+executors, the ordered dedup pass, output shards, `rejected.jsonl`), `report`
+(report.md and histograms) and `truth` (recall against injected defects).
 """
 
 from vlstack.data.clean.verdict import Verdict

@@ -53,7 +53,7 @@ def clean(input_dir: str | Path, output_dir: str | Path, config: CleanConfig | N
     tally = Tally(cfg.examples)
     dedup = Deduplicator(cfg.dedup) if cfg.dedup.enabled else None
     seen: set[str] = set()
-    started = time.perf_counter()
+    started, first = time.perf_counter(), None
     with (
         ShardWriter(out, cfg.samples_per_shard) as writer,
         (out / REJECTED).open("w", encoding="utf-8") as rejected,
@@ -63,6 +63,7 @@ def clean(input_dir: str | Path, output_dir: str | Path, config: CleanConfig | N
                                  total=len(expected) or None)
         results = run(units, read_unit, stages, workers=workers, batch_size=cfg.batch_size)
         for outcome in chain(map(_problem, problems), results):
+            first = first or time.perf_counter() - started  # workers start, models load: not throughput
             _ordered_checks(outcome, dedup, seen)
             if outcome.kept:
                 writer.write(outcome.sample)
@@ -77,7 +78,10 @@ def clean(input_dir: str | Path, output_dir: str | Path, config: CleanConfig | N
         "unaccounted": sorted(set(expected) - tally.ids),
         "relevance": "off" if stages.scorer is None else type(stages.scorer).__name__,
         "seconds": round(seconds, 2),
+        "startup_seconds": round(first or seconds, 2),
         "samples_per_second": round(tally.total / seconds, 1) if seconds > 0 else None,
+        "steady_samples_per_second": round((tally.total - 1) / (seconds - first), 1) if first and seconds > first
+        else None,
         "ground_truth": evaluate(input_dir, out),
     }
     save_yaml(cfg, out / "clean_config.yaml")
