@@ -20,6 +20,10 @@ def test_quick_demo_runs_every_stage_and_learns(tmp_path, capsys):
     for name in ("report.md", "loss.png", "demo_config.yaml", "pretrain/train_log.jsonl"):
         assert (out / name).is_file(), name
     assert "R@1" in (out / "report.md").read_text()
+    cleaning = report["stages"]["clean"]
+    assert cleaning["unaccounted"] == 0 and cleaning["kept"] + cleaning["rejected"] == cleaning["samples"]
+    assert min(cleaning["recall"].values()) >= 0.9 and cleaning["clean_wrongly_dropped_rate"] <= 0.1
+    assert (out / "clean" / "cleaned" / "report.md").is_file()
     assert set(report["stages"]["eval"]["benchmarks"]) >= {"vqav2", "gqa", "docvqa", "chartqa", "vqarad", "aokvqa"}
     assert (out / "eval" / "results.json").is_file()
     QwenImageModel.from_pretrained(pretrain["checkpoint"])  # the saved checkpoint loads

@@ -14,7 +14,7 @@ from PIL import Image
 
 from vlstack.config import load_config
 from vlstack.data.clean.pipeline import CleanConfig
-from vlstack.data.clean.relevance import calibrate_threshold
+from vlstack.data.clean.relevance import calibrate_scorer
 from vlstack.data.clean.run import REJECTED, clean
 from vlstack.data.defects import DEFECT_TYPES
 from vlstack.data.schema import Sample
@@ -95,10 +95,7 @@ def scorer_and_threshold(trusted):
     samples = [s for s in read_shards(trusted) if isinstance(s, Sample)]
     images, texts = [_decoded(s) for s in samples], [s.text for s in samples]
     scorer = NeighbourCaptionScorer(images[:TRUSTED_FIT], texts[:TRUSTED_FIT])
-    held_images, held_texts = images[TRUSTED_FIT:], texts[TRUSTED_FIT:]
-    rolled = held_texts[1:] + held_texts[:1]  # every caption paired with another picture
-    calibration = calibrate_threshold(scorer.score(held_images, held_texts), scorer.score(held_images, rolled),
-                                      max_clean_drop=0.02)
+    calibration = calibrate_scorer(scorer, images[TRUSTED_FIT:], texts[TRUSTED_FIT:], max_clean_drop=0.02)
     return scorer, calibration.threshold
 
 

@@ -88,6 +88,17 @@ def calibrate_threshold(
     return Calibration(float(candidates[best]), float(1 - clean_dropped[best]), float(mismatched_dropped[best]))
 
 
+def calibrate_scorer(scorer: RelevanceScorer, images: Sequence[Image.Image], texts: Sequence[str],
+                     max_clean_drop: float = 0.05) -> Calibration:
+    """Calibrate `scorer` on trusted pairs: each image with its own text (clean) and with the
+    next image's text (mismatched), so no hand-labelled negatives are needed."""
+    if len(images) < 2 or len(images) != len(texts):
+        raise DataError(f"calibration needs at least two trusted pairs, one text per image; got {len(images)} "
+                        f"images and {len(texts)} texts")
+    rolled = list(texts[1:]) + list(texts[:1])
+    return calibrate_threshold(scorer.score(images, texts), scorer.score(images, rolled), max_clean_drop)
+
+
 class EmbeddingScorer(ABC):
     """Cosine of L2-normalised image and text embeddings, computed in batches without gradients."""
 
