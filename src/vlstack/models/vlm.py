@@ -137,12 +137,7 @@ class QwenImageModel(nn.Module):
         if image_id is None:
             raise InputError("this model has no image_token_id; build it with a tokenizer that has <image>")
         visual = self.projector(self.encode_image(pixel_values))  # [N_img, Nv, Dt]
-        if n_slots != visual.shape[0] * visual.shape[1]:
-            raise InputError(
-                f"{visual.shape[0]} image(s) need {visual.shape[0]} x {visual.shape[1]} <image> tokens, the text has "
-                f"{n_slots}; expand each <image> placeholder with expand_image_placeholders() before tokenising"
-            )
-        return embeds.masked_scatter(is_image[..., None], visual.to(embeds.dtype))
+        return splice_features(embeds, is_image, visual, "<image>", "image")
 
     @torch.no_grad()
     def generate(
@@ -216,6 +211,20 @@ class QwenImageModel(nn.Module):
                 f"text of {input_ids.shape[1]} tokens{f' + {extra} new' if extra else ''} exceeds the language "
                 f"model's {limit} positions; truncate it or raise language.max_positions"
             )
+
+
+def splice_features(embeds: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, placeholder: str,
+                    what: str) -> torch.Tensor:
+    """Put `features` [N, M, Dt] (N inputs of M tokens each, in order) into `embeds` [B, T, Dt] where
+    the bool mask `slots` [B, T] marks the `placeholder` tokens; any modality splices this way."""
+    n_slots = int(slots.sum())
+    if n_slots != features.shape[0] * features.shape[1]:
+        raise InputError(
+            f"{features.shape[0]} {what}(s) need {features.shape[0]} x {features.shape[1]} {placeholder} tokens, "
+            f"the text has {n_slots}; expand each {placeholder} placeholder with expand_image_placeholders() "
+            "before tokenising"
+        )
+    return embeds.masked_scatter(slots[..., None], features.to(embeds.dtype))
 
 
 def _init_weights(module: nn.Module) -> None:
