@@ -1,9 +1,10 @@
-"""Process groups and model wrapping: single | ddp | fsdp2 (ZeRO-3).
+"""Process groups and model wrapping: single | ddp | fsdp2 (ZeRO-3) | deepspeed (ZeRO-3).
 
 Launch several processes with `torchrun --nproc_per_node=N`; on CPUs the gloo
 backend is used, on GPUs NCCL. FSDP2 (`fully_shard`) shards parameters, gradients
 and optimizer state per transformer block and once more for the remaining
-parameters at the root, which is PyTorch's native ZeRO-3.
+parameters at the root, which is PyTorch's native ZeRO-3. `deepspeed` hands the
+model to a DeepSpeed engine instead (see `deepspeed_engine.py`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,16 @@ from vlstack.models.language import decoder
 class ParallelConfig:
     """How the model is spread over processes."""
 
-    mode: Literal["single", "ddp", "fsdp2"] = "single"
-    """single: one process; ddp: replicated weights, averaged gradients; fsdp2: ZeRO-3 sharding."""
+    mode: Literal["single", "ddp", "fsdp2", "deepspeed"] = "single"
+    """single: one process; ddp: replicated weights, averaged gradients; fsdp2: ZeRO-3 sharding;
+    deepspeed: ZeRO-3 through a DeepSpeed engine (`pip install 'vlstack[deepspeed]'`)."""
     cpu_offload: bool = False
     """fsdp2 only: keep sharded parameters, gradients and optimizer state in CPU memory."""
+    deepspeed_config: str | None = None
+    """deepspeed only: a DeepSpeed config file (YAML or JSON), e.g. configs/deepspeed_zero3.yaml.
+    train.* fills the settings it leaves out and must agree with those it sets. None: plain ZeRO-3."""
+    nvme_path: str | None = None
+    """deepspeed only: the NVMe directory for a config that offloads to `nvme` (fills its nvme_path)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ def init_distributed(mode: str) -> DistInfo:
     if mode == "single":
         if world > 1:
             raise ConfigError(f"{world} processes were launched but parallel.mode is 'single'; "
-                              "set --set train.parallel.mode=ddp or fsdp2")
+                              "set --set train.parallel.mode=ddp, fsdp2 or deepspeed")
         return DistInfo(0, 1, _device(0))
     if "RANK" not in os.environ:
         raise ConfigError(f"parallel.mode={mode} needs a launcher: run under torchrun --nproc_per_node=N")
@@ -76,6 +83,9 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 
     targets = set(map(id, transformer_blocks(model)))
     wrap(model, check_fn=lambda module: id(module) in targets)
+    # a recomputed decoder layer would append its keys and values to the KV cache a second time
+    # (a shape error on padded batches); training needs no cache, generate() asks for one itself
+    model.language_model.config.use_cache = False
 
 
 def wrap_model(module: nn.Module, model: nn.Module, config: ParallelConfig, bf16: bool) -> nn.Module:

@@ -90,13 +90,17 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None) -> dict:
     if resume:
         trainer.resume(resume)
     history = trainer.fit(f"pretrain ({config.objective})")
+    trained = model
+    if config.train.parallel.mode == "deepspeed" and dist_info.is_main:
+        # ZeRO-3 leaves only this rank's shards in `model`; the exported checkpoint holds all weights
+        trained = QwenImageModel.from_pretrained(trainer.checkpoint_dir).to(dist_info.device)
     results = {
         "parameters": count_parameters(model_config),
         "world_size": dist_info.world,
         "steps": trainer.step,
         "history": history,
         "before_training": before,
-        "after_training": evaluate_pairs(model, test_set, test_captions) if dist_info.is_main else {},
+        "after_training": evaluate_pairs(trained, test_set, test_captions) if dist_info.is_main else {},
         "checkpoint": str(trainer.checkpoint_dir),
     }
     if dist_info.is_main:

@@ -9,6 +9,10 @@ took a different branch: skipping a step whose loss or gradient is not finite, a
 stopping on SIGTERM. Random numbers come from a generator seeded by (seed, step,
 rank) at every step, so the random state needs no saving and a resumed run draws
 exactly what the uninterrupted run drew.
+
+Under `parallel.mode=deepspeed` a DeepSpeed engine does backward, loss scaling,
+clipping and the optimizer step (`deepspeed_engine.py`); the loop, the schedule,
+logging, skipping and checkpoint layout stay the same.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from vlstack.config import to_dict
 from vlstack.data.loader import GlobalBatches
 from vlstack.errors import CheckpointError, VlstackError
 from vlstack.progress import progress_bar
+from vlstack.train import deepspeed_engine
 from vlstack.train.flops import count_flops, matmul_peak
 from vlstack.train.parallel import (
     DistInfo,
@@ -139,12 +144,18 @@ class Trainer:
         if config.compile:
             for block in transformer_blocks(model):
                 block.compile()
-        self.module = wrap_model(ObjectiveModule(model, objective), model, config.parallel,
-                                 bf16=config.precision == "bf16")
-        self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
-                                           betas=config.betas)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps, config.min_lr_ratio))
+        self.engine = None  # parallel.mode=deepspeed: owns backward, loss scaling, clipping and the step
+        if config.parallel.mode == "deepspeed":
+            self.engine = deepspeed_engine.build_engine(
+                ObjectiveModule(model, objective), parameter_groups(model, config.weight_decay), config,
+                self.dist.world, scheduler=lambda optimizer: _lr_schedule(optimizer, config))
+            self.module, self.optimizer, self.scheduler = self.engine, self.engine.optimizer, self.engine.lr_scheduler
+        else:
+            self.module = wrap_model(ObjectiveModule(model, objective), model, config.parallel,
+                                     bf16=config.precision == "bf16")
+            self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                                               betas=config.betas)
+            self.scheduler = _lr_schedule(self.optimizer, config)
         self.scaler = _grad_scaler(config, self.dist.device)
         self.step = 0
         self.history: list[dict] = []
@@ -210,32 +221,50 @@ class Trainer:
         torch.manual_seed(((cfg.seed * 1_000_003) + self.step) * 1_009 + self.dist.rank)
         self.optimizer.zero_grad(set_to_none=True)
         losses, sums, samples, tokens = [], {}, 0, 0
-        for _ in range(cfg.grad_accum_steps):
+        for micro in range(cfg.grad_accum_steps):
             batch = {k: v.to(self.dist.device) for k, v in self.data.next(self.dist.rank, self.dist.world).items()}
             with torch.autocast(self.dist.device.type, dtype=_autocast_dtype(cfg.precision),
                                 enabled=cfg.precision != "fp32"):
                 loss, metrics = self.module(batch)
-            if not all_ranks_agree(bool(torch.isfinite(loss)), self.dist.device):
+            finite = all_ranks_agree(bool(torch.isfinite(loss)), self.dist.device)
+            self._backward(loss, finite, last=micro == cfg.grad_accum_steps - 1)
+            if not finite:
                 return self._skip(loss.item(), "non-finite loss")
-            self.scaler.scale(loss / cfg.grad_accum_steps).backward()
             losses.append(loss.item())
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0.0) + value / cfg.grad_accum_steps
             samples += len(batch["input_ids"]) * self.dist.world
             tokens += int(batch["attention_mask"].sum()) * self.dist.world
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = _clip(self.model, cfg.grad_clip)
-        if not all_ranks_agree(math.isfinite(grad_norm), self.dist.device):
-            self.scaler.update()  # fp16: an overflow lowers the loss scale
+        applied, grad_norm = self._optimizer_step()
+        if not applied:
             return self._skip(sum(losses) / len(losses), "non-finite gradient", grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
         self.step += 1
         loss = mean_over_ranks(sum(losses) / len(losses), self.dist.device)
         record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
         record.update({name: mean_over_ranks(value, self.dist.device) for name, value in sums.items()})
         return {**record, "skipped": False, "samples": samples, "tokens": tokens}
+
+    def _backward(self, loss: torch.Tensor, finite: bool, last: bool) -> None:
+        """Accumulate one micro-batch's gradient (none for a non-finite loss: the step is dropped)."""
+        if self.engine is not None:
+            deepspeed_engine.backward_and_step(self.engine, loss, finite, last)
+        elif finite:
+            self.scaler.scale(loss / self.config.grad_accum_steps).backward()
+
+    def _optimizer_step(self) -> tuple[bool, float]:
+        """Unscale, clip and apply the accumulated gradient (the DeepSpeed engine already has);
+        returns whether it was applied (not if a gradient is non-finite on any rank) and its norm."""
+        if self.engine is not None:
+            return deepspeed_engine.step_outcome(self.engine)
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = _clip(self.model, self.config.grad_clip)
+        if not all_ranks_agree(math.isfinite(grad_norm), self.dist.device):
+            self.scaler.update()  # fp16: an overflow lowers the loss scale
+            return False, grad_norm
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return True, grad_norm
 
     def _count_step_flops(self) -> int:
         """FLOPs of one step (forward + backward, all ranks), counted on a rehearsal that changes
@@ -249,7 +278,11 @@ class Trainer:
             with torch.autocast(self.dist.device.type, dtype=_autocast_dtype(self.config.precision),
                                 enabled=self.config.precision != "fp32"):
                 loss, _ = self.module(batch)
-            loss.backward()
+            if self.engine is not None:
+                self.engine.set_gradient_accumulation_boundary(False)  # accumulate only, never step
+                self.engine.backward(loss)
+            else:
+                loss.backward()
 
         _, flops = count_flops(forward_backward)
         self.optimizer.zero_grad(set_to_none=True)
@@ -288,26 +321,43 @@ class Trainer:
             raise VlstackError("this Trainer has no out_dir to write checkpoints to")
         return self.out_dir / "checkpoint"
 
+    @property
+    def _state_dir(self) -> str:
+        """Where a checkpoint keeps the training state: DeepSpeed's own format, or DCP."""
+        return DCP_DIR if self.engine is None else deepspeed_engine.DEEPSPEED_DIR
+
     def save_checkpoint(self) -> Path:
-        """Write the resumable state (dcp/ + trainer_state.json) and the inference files, atomically."""
+        """Write the resumable state (dcp/ or deepspeed/, + trainer_state.json) and the inference files,
+        atomically."""
         target = self.checkpoint_dir
-        model_state, optim_state = get_state_dict(self.module, self.optimizer)
-        full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         staging = target.with_name(f".{target.name}.staging-{self.step}")
         if self.dist.is_main:
             staging.mkdir(parents=True, exist_ok=True)
         _barrier()
-        with _quiet_single_process_dcp():
-            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(staging / DCP_DIR))
+        full = self._save_training_state(staging / self._state_dir)
         if self.dist.is_main:
             with atomic_directory(target) as tmp:
-                (staging / DCP_DIR).rename(tmp / DCP_DIR)
+                (staging / self._state_dir).rename(tmp / self._state_dir)
                 (tmp / STATE_FILE).write_text(json.dumps(self._trainer_state(), indent=2), encoding="utf-8")
                 if self.export is not None:
                     self.export(tmp, {k.removeprefix("model."): v for k, v in full.items()})
             staging.rmdir()
         _barrier()
         return target
+
+    def _save_training_state(self, directory: Path) -> dict[str, torch.Tensor]:
+        """Every rank writes its part of the training state; returns the consolidated weights
+        for the inference export (on the main rank; empty on the others)."""
+        if self.engine is not None:
+            deepspeed_engine.save_state(self.engine, directory)
+            _barrier()
+            wanted = self.dist.is_main and self.export is not None
+            return deepspeed_engine.consolidated_weights(directory) if wanted else {}
+        model_state, optim_state = get_state_dict(self.module, self.optimizer)
+        full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        with _quiet_single_process_dcp():
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory))
+        return full
 
     def _trainer_state(self) -> dict:
         return {
@@ -323,28 +373,35 @@ class Trainer:
         """Restore weights, optimizer, schedule, loss scale and data position from a checkpoint."""
         directory = Path(directory)
         state_file = directory / STATE_FILE
-        if not state_file.is_file() or not (directory / DCP_DIR).is_dir():
-            raise CheckpointError(f"{directory} holds no training state ({STATE_FILE} and {DCP_DIR}/); "
-                                  "pass the `checkpoint` directory of an earlier run's out_dir")
+        if not state_file.is_file() or not (directory / self._state_dir).is_dir():
+            raise CheckpointError(f"{directory} holds no training state ({STATE_FILE} and {self._state_dir}/); "
+                                  "pass the `checkpoint` directory of an earlier run's out_dir (DeepSpeed runs "
+                                  f"keep theirs in {deepspeed_engine.DEEPSPEED_DIR}/, the other modes in {DCP_DIR}/)")
         try:
             state = json.loads(state_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{state_file} is corrupt ({exc}); resume from an intact checkpoint") from exc
+        if self.engine is not None:
+            deepspeed_engine.load_state(self.engine, directory / self._state_dir, state["world_size"],
+                                        self.dist.world)
+        else:
+            self._load_dcp(directory / DCP_DIR)
+        self.step = state["step"]
+        self.data.load_state_dict(state["data"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    def _load_dcp(self, directory: Path) -> None:
         model_state, optim_state = get_state_dict(self.module, self.optimizer)
         loaded = {"model": model_state, "optim": optim_state}
         try:
             # partial: parameters that never had a gradient (heads an objective does not use) have no
             # optimizer state in the checkpoint, and keep the fresh (empty) state they get here
             with _quiet_single_process_dcp():
-                dcp.load(loaded, checkpoint_id=str(directory / DCP_DIR),
-                         planner=DefaultLoadPlanner(allow_partial_load=True))
+                dcp.load(loaded, checkpoint_id=str(directory), planner=DefaultLoadPlanner(allow_partial_load=True))
         except Exception as exc:  # DCP raises several types for missing/mismatched entries
-            raise CheckpointError(f"cannot restore the training state from {directory / DCP_DIR}: {exc}") from exc
+            raise CheckpointError(f"cannot restore the training state from {directory}: {exc}") from exc
         set_state_dict(self.module, self.optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
-        self.step = state["step"]
-        self.data.load_state_dict(state["data"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
 
 
 def _autocast_dtype(precision: str) -> torch.dtype:
@@ -355,8 +412,13 @@ def _compute_dtype(precision: str) -> torch.dtype:
     return torch.float32 if precision == "fp32" else _autocast_dtype(precision)
 
 
+def _lr_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps, config.min_lr_ratio))
+
+
 def _grad_scaler(config: TrainConfig, device: torch.device):
-    enabled = config.precision == "fp16"
+    enabled = config.precision == "fp16" and config.parallel.mode != "deepspeed"  # DeepSpeed scales its own loss
     if config.parallel.mode == "fsdp2":
         from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
