@@ -53,8 +53,17 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], directory: str | Path, max_shard_size: int | str = "5GB") -> None:
-    """Write a model's state dict into `directory` (tensors that share storage are stored once)."""
-    save_torch_state_dict(state_dict, directory, max_shard_size=max_shard_size)
+    """Write a model's state dict into `directory` (tensors that share storage are stored once).
+
+    A tensor that views part of a larger buffer (as a gathered FSDP2 state dict can hold) is
+    copied out first: safetensors stores whole storages only. Tied weights stay shared.
+    """
+    whole = {name: tensor if _owns_storage(tensor) else tensor.clone() for name, tensor in state_dict.items()}
+    save_torch_state_dict(whole, directory, max_shard_size=max_shard_size)
+
+
+def _owns_storage(tensor: torch.Tensor) -> bool:
+    return tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
 
 
 def load_weights(model: nn.Module, directory: str | Path) -> None:

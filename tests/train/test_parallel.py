@@ -33,3 +33,21 @@ def test_ddp_and_fsdp2_follow_the_single_process_loss_curve(tmp_path):
     # ZeRO-3: each of 2 ranks holds about half the parameters and optimizer state
     ratio = fsdp2["bytes"] / ddp["bytes"]
     assert 0.45 < ratio < 0.6, ratio
+
+
+@pytest.mark.slow
+def test_pretrain_cli_under_fsdp2_exports_a_loadable_checkpoint(tmp_path):
+    """The README command on 2 ranks: the sharded state is gathered into one model.safetensors, and the
+    held-out evaluation runs on the exported model (rank 0 alone must not touch the shards)."""
+    from vlstack.models.vlm import QwenImageModel
+
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "vlstack.cli", "pretrain", "--config", str(root / "configs" / "nano.yaml"),
+               "--set", "train.parallel.mode=fsdp2", "--set", "train.steps=4", "--set", f"out_dir={out}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "pretrain.json").read_text())
+    assert results["world_size"] == 2 and {"r@1", "itm_accuracy"} <= set(results["after_training"])
+    QwenImageModel.from_pretrained(out / "checkpoint")

@@ -91,7 +91,7 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None) -> dict:
         trainer.resume(resume)
     history = trainer.fit(f"pretrain ({config.objective})")
     trained = model
-    if config.train.parallel.mode == "deepspeed" and dist_info.is_main:
+    if config.train.parallel.mode in ("fsdp2", "deepspeed") and dist_info.is_main:
         # ZeRO-3 leaves only this rank's shards in `model`; the exported checkpoint holds all weights
         trained = QwenImageModel.from_pretrained(trainer.checkpoint_dir).to(dist_info.device)
     results = {
