@@ -1,0 +1,1 @@
+"""Applications on top of the inference Engine: medical imaging, industrial inspection, embodied agents."""
