@@ -53,7 +53,7 @@ class DemoConfig:
     """What the demo builds and how long it trains."""
 
     out_dir: str = "runs/demo"
-    quick: bool = False
+    quick_apps: bool = False
     """Smaller application runs (the other stages take their sizes from their own configs)."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     """The pretraining run; its out_dir is replaced by OUT_DIR/pretrain."""
@@ -66,7 +66,7 @@ class DemoConfig:
         """A one-minute run of every stage (used by the tests)."""
         return cls(
             out_dir="runs/demo-quick",
-            quick=True,
+            quick_apps=True,
             pretrain=PretrainConfig(
                 data=PretrainDataConfig(train_samples=1500, test_samples=200),
                 train=TrainConfig(steps=100, batch_size=32, lr=1e-3, warmup_steps=10, log_every=5),
@@ -88,7 +88,7 @@ def run_demo(config: DemoConfig) -> dict:
     checkpoint = report["stages"]["pretrain"]["checkpoint"]
     report["stages"]["clean"] = _clean_stage(config.clean, checkpoint, out / "clean")
     report["stages"]["eval"] = _eval_stage(config.eval, checkpoint, out / "eval")
-    report["stages"]["apps"] = _apps_stage(checkpoint, out / "apps", config.quick)
+    report["stages"]["apps"] = _apps_stage(checkpoint, out / "apps", config.quick_apps)
 
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
