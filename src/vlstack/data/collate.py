@@ -94,11 +94,13 @@ def sample_messages(sample: Sample) -> list[dict[str, str]]:
     """The chat turns a sample trains: its conversations, or question -> first answer, or images -> text.
 
     Every image's `<image>` marker is in a user turn (in front, when the text names none), except in
-    interleaved text, where the markers stay where the images sit.
+    interleaved text, where the markers stay where the images sit. A conversation's `meta["system"]`
+    (OpenAI-style data) becomes a leading system message.
     """
     if sample.conversations:
         roles = {"human": "user", "gpt": "assistant"}
-        return [{"role": roles[t["from"]], "content": t["value"]} for t in sample.conversations]
+        system = [{"role": "system", "content": sample.meta["system"]}] if sample.meta.get("system") else []
+        return system + [{"role": roles[t["from"]], "content": t["value"]} for t in sample.conversations]
     markers = "".join(IMAGE_TOKEN for _ in sample.images)
     if sample.question:
         question = sample.question if IMAGE_TOKEN in sample.question else f"{markers}\n{sample.question}"
@@ -161,7 +163,12 @@ class SampleCollator:
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         spans, cursor = [], 0
         for message in messages:  # character spans of the assistant turns' text in the rendered chat
-            start = text.index(message["content"], cursor)
+            start = text.find(message["content"], cursor)
+            if start < 0:  # a chat template that drops or rewrites a turn: never a silent zero loss
+                if message["role"] == "assistant":
+                    raise SampleRejected("no_supervised_tokens", "the chat template does not render an assistant "
+                                                                 "turn's text; check tokenizer.chat_template")
+                continue
             cursor = start + len(message["content"])
             if message["role"] == "assistant":
                 spans.append((start, cursor))

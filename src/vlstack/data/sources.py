@@ -9,6 +9,8 @@ decoded here; the cleaning pipeline's decode stage judges them. Wrong arguments
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import io
 import json
@@ -62,6 +64,29 @@ def read_llava(path: str | Path, image_root: str | Path) -> Iterator[Item]:
     turn, as LLaVA's own preprocessing does. Text-only records are rejected
     (`no_image`): every vlstack sample has an image.
     """
+    yield from _instruction_records(path, image_root, lambda record: _llava_record)
+
+
+def read_messages(path: str | Path, image_root: str | Path) -> Iterator[Item]:
+    """OpenAI-style chat data: a JSON array or JSON lines of `{id?, messages}`.
+
+    A message is `{"role": "system" | "user" | "assistant", "content": ...}`, the content a
+    string or a list of parts: `{"type": "text", "text": ...}`, `{"type": "image_url",
+    "image_url": {"url": ...}}` or `{"type": "image", "image": ...}`, where the image is a path
+    under `image_root` or a `data:image/...;base64,` URL (a remote URL is `unsupported_image`:
+    nothing is downloaded). Parts are joined with newlines, each image becoming `<image>`; a
+    leading system message goes to `meta["system"]`. Text-only records are `no_image`.
+    """
+    yield from _instruction_records(path, image_root, lambda record: _messages_record)
+
+
+def read_conversations(path: str | Path, image_root: str | Path) -> Iterator[Item]:
+    """Instruction data in either format, chosen per record: `messages` (OpenAI) or `conversations` (LLaVA)."""
+    yield from _instruction_records(
+        path, image_root, lambda record: _messages_record if "messages" in record else _llava_record)
+
+
+def _instruction_records(path: str | Path, image_root: str | Path, parser_for) -> Iterator[Item]:
     path, image_root = _existing(path), _existing(image_root)
     records = _json_lines(path) if path.suffix == ".jsonl" else _json_array(path)
     for number, record in records:
@@ -69,21 +94,95 @@ def read_llava(path: str | Path, image_root: str | Path) -> Iterator[Item]:
             yield record
             continue
         sample_id = str(record.get("id", f"{path.stem}-{number}"))
-        where = f"{path}:{number}"
-        images = record.get("image")
-        images = [images] if isinstance(images, str) else images
-        turns = record.get("conversations")
-        well_formed = isinstance(images, list) and isinstance(turns, list) and all(isinstance(t, dict) for t in turns)
-        if not images:
-            yield Rejected(sample_id, "no_image", "text-only record", where)
-        elif not well_formed:
-            problem = "needs 'image' (a string or list) and 'conversations' (a list)"
-            yield Rejected(sample_id, "bad_record", problem, where)
-        else:
-            turns = [{"from": t.get("from"), "value": t.get("value")} for t in turns]
-            _add_image_token(turns)
-            meta = {"source": "llava", "image_paths": images}
-            yield _build(Sample(sample_id, "vqa", conversations=turns, meta=meta), image_root, images, where)
+        yield parser_for(record)(record, sample_id, image_root, f"{path}:{number}")
+
+
+def _llava_record(record: dict, sample_id: str, image_root: Path, where: str) -> Item:
+    images = record.get("image")
+    images = [images] if isinstance(images, str) else images
+    turns = record.get("conversations")
+    well_formed = isinstance(images, list) and isinstance(turns, list) and all(isinstance(t, dict) for t in turns)
+    if not images:
+        return Rejected(sample_id, "no_image", "text-only record", where)
+    if not well_formed:
+        return Rejected(sample_id, "bad_record", "needs 'image' (a string or list) and 'conversations' (a list)", where)
+    turns = [{"from": t.get("from"), "value": t.get("value")} for t in turns]
+    _add_image_token(turns)
+    meta = {"source": "llava", "image_paths": images}
+    return _build(Sample(sample_id, "vqa", conversations=turns, meta=meta), image_root, images, where)
+
+
+_MESSAGE_ROLES = {"user": "human", "assistant": "gpt"}
+
+
+def _messages_record(record: dict, sample_id: str, image_root: Path, where: str) -> Item:
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return Rejected(sample_id, "bad_record", "'messages' must be a list of {role, content} objects", where)
+    meta: dict[str, Any] = {"source": "messages"}
+    if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
+        meta["system"], messages = messages[0]["content"], messages[1:]
+    turns, images = [], []
+    for position, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role not in _MESSAGE_ROLES:
+            return Rejected(sample_id, "bad_record", f"message {position} has role {role!r}; after an optional "
+                                                     "leading system message, roles are user or assistant", where)
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+            return Rejected(sample_id, "bad_record", f"message {position}: content must be a string or a list of "
+                                                     "parts", where)
+        pieces = []
+        for part in parts:
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
+                pieces.append(part["text"])
+            elif part.get("type") in ("image", "image_url"):
+                pieces.append(IMAGE_TOKEN)
+                images.append(_image_reference(part))
+            else:
+                return Rejected(sample_id, "bad_record", f"message {position}: unknown part {part!r}", where)
+        turns.append({"from": _MESSAGE_ROLES[role], "value": "\n".join(pieces)})
+    if not images:
+        return Rejected(sample_id, "no_image", "text-only record", where)
+    sample = Sample(sample_id, "vqa", conversations=turns, meta=meta)
+    for position, reference in enumerate(images):
+        image = _image_bytes(reference, image_root)
+        if isinstance(image, str):
+            return Rejected(sample_id, image.split(":")[0], image.split(":", 1)[1].strip(), where)
+        extension, data = image
+        sample.images.append(ImageRef(image_name(position, len(images), extension), data))
+    meta["image_paths"] = [r for r in images if not r.startswith("data:")]
+    return _validated(sample, where)
+
+
+def _image_reference(part: dict) -> str:
+    """The path or URL of an image part (`image_url` may be a string or `{"url": ...}`)."""
+    value = part.get(part["type"])
+    value = value.get("url") if isinstance(value, dict) else value
+    return value if isinstance(value, str) else ""
+
+
+def _image_bytes(reference: str, root: Path) -> tuple[str, bytes] | str:
+    """(extension, bytes) of an image path or data URL, or "reason: detail" when it cannot be read."""
+    if reference.startswith("data:"):
+        header, _, payload = reference.partition(",")
+        extension = header.removeprefix("data:").split(";")[0].removeprefix("image/").replace("jpeg", "jpg")
+        if extension not in IMAGE_EXTENSIONS or ";base64" not in header:
+            return f"unsupported_image: a data URL must be data:image/<{'|'.join(IMAGE_EXTENSIONS)}>;base64,..."
+        try:
+            return extension, base64.b64decode(payload, validate=True)
+        except binascii.Error as error:
+            return f"unsupported_image: bad base64 in a data URL ({error})"
+    if reference.startswith(("http://", "https://")):
+        return f"unsupported_image: {reference} is remote; download it and give a path under the image root"
+    file = root / reference.removeprefix("file://")
+    extension = file.suffix.lower().lstrip(".")
+    if extension not in IMAGE_EXTENSIONS:
+        return f"unsupported_image: {reference!r}: not one of {IMAGE_EXTENSIONS}"
+    try:
+        return extension, file.read_bytes()
+    except OSError as error:
+        return f"missing_image: {file}: {error.strerror or error}"
 
 
 def read_coco_captions(path: str | Path, image_root: str | Path) -> Iterator[Item]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from vlstack.errors import DataError
+from vlstack.models.language import decoder
 from vlstack.models.vlm import QwenImageModel
 from vlstack.train.losses import (
     IGNORE_INDEX,
@@ -120,3 +123,80 @@ class PretrainObjective:
 def _same_rows(rows: torch.Tensor) -> torch.Tensor:
     """[B, B] bool: True where rows i and j are identical (the diagonal included)."""
     return (rows[:, None, :] == rows[None, :, :]).all(dim=-1)
+
+
+# --- instruction tuning: next-token loss on the assistant's tokens ---------------------------------
+
+
+def supervised_logits(model: QwenImageModel, batch: dict[str, torch.Tensor], prefix: str = ""
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LM logits [n, V] (fp32) at the positions that predict a labelled token, those labels [n], and the
+    batch row of each [n].
+
+    Reads `{prefix}input_ids`, `{prefix}attention_mask`, `{prefix}labels` [B, T] (right-padded, as
+    `vlstack.data.conversations.encode_conversations` writes them) and the images `pixel_values`
+    [B, K, 3, S, S] with `image_mask` [B, K], which fill the `<image>` slots. Rows without a label
+    are left out and the batch is cut to its longest row, so no compute goes to padding. Only the
+    picked positions go through the vocabulary head.
+    """
+    labels = batch[prefix + "labels"]
+    rows = (labels != IGNORE_INDEX).any(dim=1)  # [B]
+    if not rows.any():
+        raise DataError(f"a batch has no supervised token in '{prefix}labels': nothing to learn from (check the "
+                        "chat template and the assistant turns; the collator should have left such samples out)")
+    attention = batch[prefix + "attention_mask"][rows]
+    width = int(attention.sum(dim=1).max())
+    ids, attention, labels = batch[prefix + "input_ids"][rows, :width], attention[:, :width], labels[rows, :width]
+    pixels = batch["pixel_values"][rows][batch["image_mask"][rows]]  # [N_img, 3, S, S] in placeholder order
+    embeds = model.embed_inputs(ids, pixels if len(pixels) else None)  # [b, T, D]
+    hidden = decoder(model.language_model)(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
+    targets = labels[:, 1:]  # the token at t + 1 is predicted at position t
+    picked = targets != IGNORE_INDEX  # [b, T - 1]
+    logits = model.language_model.get_output_embeddings()(hidden[:, :-1][picked])  # [n, V]
+    row_of = rows.nonzero()[:, 0][picked.nonzero()[:, 0]]  # [n]
+    return logits.float(), targets[picked], row_of
+
+
+def sft_objective(model: QwenImageModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Supervised fine-tuning: mean cross-entropy over the assistant's tokens."""
+    logits, targets, _ = supervised_logits(model, batch)
+    loss = F.cross_entropy(logits, targets)
+    return loss, {"token_acc": (logits.argmax(dim=-1) == targets).float().mean().item()}
+
+
+def unlikelihood_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of -log(1 - p(target)) over tokens (Welleck et al. 2019): pushes each target token down."""
+    log_p = logits.log_softmax(dim=-1).gather(1, targets[:, None])[:, 0]  # [n]
+    return -torch.log1p(-log_p.exp().clamp(max=1 - 1e-6)).mean()
+
+
+@dataclass
+class SafetyLossConfig:
+    """The safety stage's loss: SFT with refusals up-weighted, plus unlikelihood on unsafe continuations."""
+
+    refusal_weight: float = 2.0
+    """Weight of each token of a refusal answer, against 1 for every other answer token."""
+    unlikelihood: float = 1.0
+    """Weight of the unlikelihood term on the compliant answers harmful requests must not get (0: off)."""
+
+
+class SafetyObjective:
+    """Weighted SFT cross-entropy (refusal rows count `refusal_weight` times) + `unlikelihood` x the
+    unlikelihood of each harmful request's unsafe continuation (`unsafe_*` tensors, `refusal` flags)."""
+
+    def __init__(self, config: SafetyLossConfig):
+        self.config = config
+
+    def __call__(self, model: QwenImageModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        logits, targets, rows = supervised_logits(model, batch)
+        weights = 1 + (cfg.refusal_weight - 1) * batch["refusal"][rows].float()  # [n]
+        token_loss = F.cross_entropy(logits, targets, reduction="none")  # [n]
+        loss = (weights * token_loss).sum() / weights.sum()
+        metrics = {"sft": token_loss.mean().item(), "token_acc": (logits.argmax(dim=-1) == targets).float().mean().item()}
+        if cfg.unlikelihood > 0 and bool((batch["unsafe_labels"] != IGNORE_INDEX).any()):
+            unsafe_logits, unsafe_targets, _ = supervised_logits(model, batch, prefix="unsafe_")
+            unlikely = unlikelihood_loss(unsafe_logits, unsafe_targets)
+            loss = loss + cfg.unlikelihood * unlikely
+            metrics["unlikelihood"] = unlikely.item()
+        return loss, metrics

@@ -1,0 +1,140 @@
+"""The reward model: the VLM backbone with a scalar head, trained with the Bradley–Terry loss on pairs.
+
+The score of (image, question, answer) is a linear head on the language model's hidden state at the
+last real token (the `<|im_end|>` that closes the answer), which has attended to the image and to the
+whole text. Bradley–Terry: p(chosen > rejected) = sigmoid(r_chosen - r_rejected), so the loss is
+-log sigmoid(r_chosen - r_rejected). A saved reward model is a checkpoint directory whose backbone
+files load like any other (`QwenImageModel.from_pretrained`), plus `reward_head.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vlstack import checkpoint
+from vlstack.align.logprobs import Batch, lm_hidden, load_engine
+from vlstack.align.preference import VQADataConfig, flatten_pairs, preference_data
+from vlstack.errors import CheckpointError
+from vlstack.models.vlm import QwenImageModel
+from vlstack.train.trainer import TrainConfig, Trainer
+
+HEAD_NAME = "reward_head.safetensors"
+
+
+class RewardModel(nn.Module):
+    def __init__(self, backbone: QwenImageModel):
+        super().__init__()
+        self.backbone = backbone
+        width = backbone.config.language.hidden_size
+        self.head = nn.Linear(width, 1)
+        nn.init.normal_(self.head.weight, std=1 / math.sqrt(width + 1))
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Scores [B] of right-padded rows (`input_ids`, `attention_mask`, `pixel_values`)."""
+        hidden = lm_hidden(self.backbone, batch)  # [B, T, D]
+        last = batch["attention_mask"].long().sum(dim=1) - 1  # [B]
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, D]
+        return self.head(pooled).squeeze(-1).float()  # [B]
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
+        with checkpoint.atomic_directory(directory) as tmp:
+            self.write_files(tmp, tokenizer)
+
+    def write_files(self, directory: Path, tokenizer=None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """The backbone's checkpoint files plus the head; `state_dict` (keys `backbone.*`, `head.*`)
+        replaces this module's own weights, as for `QwenImageModel.write_files`."""
+        state = self.state_dict() if state_dict is None else state_dict
+        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        head = {k.removeprefix("head."): v.contiguous() for k, v in state.items() if k.startswith("head.")}
+        self.backbone.write_files(directory, tokenizer, backbone)
+        save_file(head, str(directory / HEAD_NAME))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "RewardModel":
+        directory = Path(directory)
+        head_path = directory / HEAD_NAME
+        if not head_path.is_file():
+            raise CheckpointError(f"{directory} is not a reward model (no {HEAD_NAME}); train one with "
+                                  "`vlstack align --method reward` or RewardModel.save_pretrained()")
+        model = cls(QwenImageModel.from_pretrained(directory))
+        try:
+            head = load_file(str(head_path))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{head_path} is not a readable safetensors file ({exc})") from exc
+        try:
+            model.head.load_state_dict(head)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{head_path} does not fit the backbone in {directory}: {exc}") from exc
+        return model.eval()
+
+
+def reward_objective(model: RewardModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Bradley–Terry loss on a batch of pairs ([B, 2, T] rows, chosen first)."""
+    chosen, rejected = model(flatten_pairs(batch)).chunk(2)  # [B] each
+    margin = chosen - rejected
+    loss = -F.logsigmoid(margin).mean()
+    return loss, {"pair_accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item()}
+
+
+@torch.no_grad()
+def pair_accuracy(model: RewardModel, pairs: Batch, batch_size: int = 64) -> float:
+    """Share of pairs whose chosen response scores above the rejected one (chance: 0.5)."""
+    model.eval()
+    n = len(pairs["input_ids"])
+    correct = 0
+    for start in range(0, n, batch_size):
+        chosen, rejected = model(flatten_pairs({k: v[start : start + batch_size] for k, v in pairs.items()})).chunk(2)
+        correct += int((chosen > rejected).sum())
+    return correct / n
+
+
+@dataclass
+class RewardConfig:
+    """Reward-model training: start from a checkpoint's backbone, learn correct > wrong answers."""
+
+    checkpoint: str | None = None
+    """The checkpoint (normally the SFT one) whose backbone the reward model starts from."""
+    out_dir: str = "runs/reward"
+    data: VQADataConfig = field(default_factory=VQADataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=200, batch_size=16, lr=1e-4, warmup_steps=10, precision="fp32", log_every=10, measure_mfu=False,
+        tensorboard=False))
+
+
+def train_reward_model(config: RewardConfig) -> dict:
+    """Train on pairs from the train split, report held-out pair accuracy; writes OUT_DIR/reward.json and a
+    reward model at OUT_DIR/checkpoint (loadable with `RewardModel.from_pretrained`)."""
+    engine = load_engine(config.checkpoint)
+    torch.manual_seed(config.train.seed)
+    model = RewardModel(engine.model)
+    train = preference_data(engine, config.data, "train")
+    held_out = preference_data(engine, config.data, "test")
+    before = pair_accuracy(model, held_out)
+    out = Path(config.out_dir)
+    trainer = Trainer(model, reward_objective, config.train, train, out_dir=out,
+                      export=lambda directory, state: model.write_files(directory, engine.tokenizer, state))
+    history = trainer.fit("reward model")
+    results = {
+        "pair_accuracy_before": before,
+        "pair_accuracy": pair_accuracy(model, held_out),
+        "chance": 0.5,
+        "held_out_pairs": len(held_out["input_ids"]),
+        "steps": trainer.step,
+        "history": history,
+        "checkpoint": str(trainer.checkpoint_dir),
+    }
+    (out / "reward.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return results
+

@@ -1,0 +1,395 @@
+"""Progressive fine-tuning: stages run in order, each with its data, learning rate, freeze plan and loss.
+
+The seed's plan (`FinetuneConfig` defaults, `configs/finetune.yaml`): general
+instructions (lr 5e-5) -> domain adaptation with the vision tower frozen (2e-5) ->
+safety alignment, all unfrozen (1e-5); the preference stage follows with
+`vlstack align`. Each stage starts from the previous stage's exported model, trains
+with the shared `Trainer` (a frozen module's parameters have `requires_grad=False`,
+so they are not in the optimizer), optionally through LoRA adapters on the language
+model (PEFT), and exports `OUT_DIR/<nn>-<name>/model/` (config.yaml, model.safetensors,
+tokenizer/) with the adapters merged into the base weights, plus `stage.json` with its
+losses and held-out figures.
+
+Everything that can be wrong with a recipe (an unknown module in a freeze list, a
+stage with no data, an unknown dataset, a malformed conversation file) is an error
+before the first stage trains. A run that stops (SIGTERM, or a crash after a
+`train.save_every` checkpoint) continues with `resume=True`: finished stages are
+skipped and the interrupted one resumes exactly through the Trainer's own resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from vlstack import checkpoint
+from vlstack.align.evaluate import evaluate_samples
+from vlstack.config import save_yaml, to_dict
+from vlstack.data.collate import CollateConfig, SampleCollator
+from vlstack.data.conversations import check_conversations, encode_conversations, load_conversations
+from vlstack.data.instructions import DATASETS, instruction_samples
+from vlstack.data.schema import Sample
+from vlstack.errors import ConfigError
+from vlstack.infer.engine import Engine, EngineConfig
+from vlstack.models.config import ModelConfig
+from vlstack.models.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
+from vlstack.models.vlm import QwenImageModel
+from vlstack.train.objectives import SafetyLossConfig, SafetyObjective, sft_objective
+from vlstack.train.trainer import STATE_FILE, TrainConfig, Trainer
+
+logger = logging.getLogger(__name__)
+
+MODULES: dict[str, tuple[str, ...]] = {
+    "vision": ("vision",),
+    "projector": ("projector",),
+    "fusion": ("fusion", "itc", "itm", "mlm", "vtm"),
+    "language": ("language_model",),
+}
+"""Freezable parts of `QwenImageModel` -> its submodules. `fusion` is the fusion encoder with the
+pretraining heads (the generation path does not use them, so they never change in SFT anyway)."""
+FILE_DATASET = "file"
+"""The dataset name that reads conversations from `path` instead of generating them."""
+STAGE_FILE = "stage.json"
+MODEL_DIR = "model"
+INITIAL_DIR = "initial"
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass
+class DatasetSpec:
+    """One source of a stage's training conversations."""
+
+    name: str
+    """A synthetic dataset of `vlstack.data.instructions.DATASETS` (shapes_vqa, shapes_chat, grounding,
+    interleaved, documents_vqa, charts_vqa, safety), or `file` to read `path`."""
+    samples: int = 1000
+    """Conversations drawn from a synthetic dataset (train split); a file contributes all its records."""
+    lang: Literal["en", "zh"] = "en"
+    path: str | None = None
+    """A LLaVA (`conversations`) or OpenAI (`messages`) JSON / JSON-lines file, for name `file`."""
+    image_root: str | None = None
+    """The folder the file's image paths are relative to (default: the file's own folder)."""
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters on the language model (PEFT); merged into the base weights when the stage ends."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Names of the LM's linear layers that get adapters (Qwen2 names)."""
+
+
+@dataclass
+class StageConfig:
+    """One fine-tuning stage."""
+
+    name: str = "general"
+    """Letters, digits, `_` and `-`: it names the stage's folder."""
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    lr: float = 5e-5
+    steps: int = 300
+    batch_size: int = 32
+    freeze: list[str] = field(default_factory=list)
+    """Modules whose parameters do not train in this stage: vision, projector, fusion, language."""
+    lora: LoraSettings | None = None
+    """Train LoRA adapters instead of the LM's own weights (which are then frozen)."""
+    loss: Literal["sft", "safety"] = "sft"
+    """sft: cross-entropy on the assistant's tokens; safety: refusals up-weighted plus unlikelihood on
+    the compliant answers that harmful requests must not get (weights in `safety`)."""
+    safety: SafetyLossConfig = field(default_factory=SafetyLossConfig)
+
+
+@dataclass
+class FinetuneEvalConfig:
+    """Held-out checks after each stage (test split, greedy decoding through the Engine)."""
+
+    datasets: list[str] = field(default_factory=lambda: ["shapes_vqa", "safety"])
+    samples: int = 200
+    """Held-out conversations per dataset."""
+    lang: Literal["en", "zh"] = "en"
+    max_new_tokens: int = 24
+    batch_size: int = 16
+    every_stage: bool = True
+    """Evaluate after every stage (to see what each adds and what it costs), or only after the last."""
+
+
+def _seed_plan() -> list[StageConfig]:
+    general = [DatasetSpec("shapes_vqa", 4000), DatasetSpec("shapes_chat", 1000)]
+    return [
+        StageConfig("general", general, lr=5e-5, steps=300),
+        StageConfig("domain", [DatasetSpec("documents_vqa", 1000), DatasetSpec("charts_vqa", 1000),
+                               DatasetSpec("shapes_vqa", 1000)], lr=2e-5, steps=100, freeze=["vision"]),
+        StageConfig("safety", [DatasetSpec("safety", 2000), DatasetSpec("shapes_vqa", 1000)], lr=1e-5, steps=100,
+                    loss="safety"),
+    ]
+
+
+@dataclass
+class FinetuneConfig:
+    """A progressive fine-tuning run: where it starts, its stages in order, shared settings, output."""
+
+    base: str | None = "runs/pretrain/checkpoint"
+    """The checkpoint to start from (a pretraining run's checkpoint). None: a fresh `model` with a
+    tokenizer trained on the stages' conversations."""
+    model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("tiny"))
+    """Only used when `base` is None."""
+    stages: list[StageConfig] = field(default_factory=_seed_plan)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(warmup_steps=10, log_every=10))
+    """Settings every stage shares (precision, warmup, clipping, seed, ...); each stage sets its own lr,
+    steps and batch_size. `train.seed` also seeds the synthetic data and a fresh model."""
+    max_length: int = 256
+    """Longest conversation in tokens after `<image>` expansion; longer ones are left out with a reason."""
+    eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
+    out_dir: str = "runs/finetune"
+
+    @classmethod
+    def quick(cls, base: str | None, out_dir: str = "runs/finetune-quick") -> "FinetuneConfig":
+        """A few-second run of the three stages (the demo's `--quick` and the tests)."""
+        return cls(
+            base=base,
+            stages=[
+                StageConfig("general", [DatasetSpec("shapes_vqa", 256)], lr=1e-3, steps=12, batch_size=16),
+                StageConfig("domain", [DatasetSpec("charts_vqa", 32), DatasetSpec("shapes_vqa", 32)], lr=3e-4,
+                            steps=2, batch_size=16, freeze=["vision"]),
+                StageConfig("safety", [DatasetSpec("safety", 128), DatasetSpec("shapes_vqa", 64)], lr=3e-4,
+                            steps=6, batch_size=16, loss="safety"),
+            ],
+            train=TrainConfig(warmup_steps=2, log_every=2, measure_mfu=False, tensorboard=False),
+            eval=FinetuneEvalConfig(samples=32, every_stage=False, max_new_tokens=12),
+            out_dir=out_dir,
+        )
+
+
+# --- checks before any work -----------------------------------------------------------------------
+
+
+def check_config(config: FinetuneConfig) -> None:
+    """Raise a ConfigError for the first problem of the recipe, naming the field and the valid choices."""
+    if not config.stages:
+        raise ConfigError("stages is empty: list at least one stage")
+    names = [stage.name for stage in config.stages]
+    for index, stage in enumerate(config.stages):
+        where = f"stages[{index}] ({stage.name!r})"
+        if not _NAME.match(stage.name) or names.count(stage.name) > 1:
+            raise ConfigError(f"{where}: name must be unique and use only letters, digits, '_' and '-'")
+        unknown = [m for m in stage.freeze if m not in MODULES]
+        if unknown:
+            raise ConfigError(f"{where}.freeze: unknown module(s) {unknown}; valid modules: {', '.join(MODULES)}")
+        if stage.steps < 1 or stage.batch_size < 1 or stage.lr <= 0:
+            raise ConfigError(f"{where}: steps and batch_size must be at least 1 and lr above 0")
+        if not stage.datasets:
+            raise ConfigError(f"{where} has no data: list at least one dataset under datasets "
+                              f"(synthetic: {', '.join(DATASETS)}; or name: {FILE_DATASET} with a path)")
+        for spec in stage.datasets:
+            _check_dataset(spec, f"{where}.datasets")
+        if stage.lora is not None and (stage.lora.r < 1 or not stage.lora.target_modules):
+            raise ConfigError(f"{where}.lora: r must be at least 1 and target_modules non-empty")
+    unknown = [name for name in config.eval.datasets if name not in DATASETS]
+    if unknown:
+        raise ConfigError(f"eval.datasets: unknown dataset(s) {unknown}; valid datasets: {', '.join(DATASETS)}")
+
+
+def _check_dataset(spec: DatasetSpec, where: str) -> None:
+    if spec.name == FILE_DATASET:
+        if not spec.path or not Path(spec.path).is_file():
+            raise ConfigError(f"{where}: dataset 'file' needs a path to an existing file, got {spec.path!r}")
+    elif spec.name not in DATASETS:
+        raise ConfigError(f"{where}: unknown dataset {spec.name!r}; valid datasets: "
+                          f"{', '.join([*DATASETS, FILE_DATASET])}")
+    elif spec.samples < 1:
+        raise ConfigError(f"{where}: dataset {spec.name!r} has samples={spec.samples}; a stage needs data, use 1 or more")
+
+
+def stage_samples(stage: StageConfig, seed: int) -> list[Sample]:
+    """The stage's training conversations, checked (a malformed one is a DataError naming it)."""
+    samples: list[Sample] = []
+    for spec in stage.datasets:
+        if spec.name == FILE_DATASET:
+            samples += load_conversations(spec.path, spec.image_root or Path(spec.path).parent)
+        else:
+            samples += instruction_samples(spec.name, spec.samples, seed, "train", spec.lang)
+    check_conversations(samples, f"stage {stage.name!r}")
+    return samples
+
+
+# --- freezing and LoRA -------------------------------------------------------------------------------
+
+
+def freeze(model: QwenImageModel, modules: list[str]) -> None:
+    """Set `requires_grad=False` on the named modules' parameters (the Trainer's optimizer skips them)."""
+    for name in modules:
+        if name not in MODULES:
+            raise ConfigError(f"unknown module {name!r} in a freeze list; valid modules: {', '.join(MODULES)}")
+        for attribute in MODULES[name]:
+            getattr(model, attribute).requires_grad_(False)
+
+
+def add_lora(model: QwenImageModel, settings: LoraSettings) -> None:
+    """Wrap the language model with trainable LoRA adapters (its own weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=list(settings.target_modules))
+    try:
+        model.language_model = get_peft_model(model.language_model, lora)
+    except ValueError as error:  # PEFT's error for target modules the model does not have
+        raise ConfigError(f"lora.target_modules {settings.target_modules}: {error}") from error
+
+
+def merge_lora(model: QwenImageModel) -> None:
+    """Fold the adapters into the base weights: the plain language model comes back, same outputs."""
+    model.language_model = model.language_model.merge_and_unload()
+
+
+# --- the run -------------------------------------------------------------------------------------------
+
+
+def run_finetune(config: FinetuneConfig, resume: bool = False) -> dict:
+    """Run the stages in order; returns (and writes to OUT_DIR/finetune.json) losses and held-out figures.
+
+    With `resume`, finished stages (their `stage.json` exists) are skipped and an interrupted stage
+    continues from its checkpoint; without it, an `out_dir` that holds an earlier run is an error.
+    """
+    started = time.perf_counter()
+    check_config(config)
+    out = Path(config.out_dir)
+    if (out / "finetune_config.yaml").is_file() and not resume:
+        raise ConfigError(f"{out} holds an earlier fine-tuning run; resume it (--resume) or choose another out_dir")
+    seed = config.train.seed
+    data = {stage.name: stage_samples(stage, seed) for stage in config.stages}
+    held_out = {name: instruction_samples(name, config.eval.samples, seed, "test", config.eval.lang)
+                for name in config.eval.datasets}
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, out / "finetune_config.yaml")
+    start = Path(config.base) if config.base else _fresh_start(config, data, out / INITIAL_DIR)
+    if not (start / checkpoint.CONFIG_NAME).is_file():
+        raise ConfigError(f"base {str(start)!r} is not a checkpoint directory (no {checkpoint.CONFIG_NAME}); "
+                          "pass the checkpoint/ folder of a pretraining run")
+    results: dict = {"base": str(start), "stages": {}}
+    for index, stage in enumerate(config.stages, start=1):
+        last = index == len(config.stages)
+        evaluation = held_out if config.eval.every_stage or last else {}
+        result = _run_stage(config, stage, out / f"{index:02d}-{stage.name}", start, data, evaluation)
+        results["stages"][stage.name] = result
+        if result["status"] == "interrupted":
+            logger.warning("stage %r stopped at step %d; continue with resume", stage.name, result["step"])
+            break
+        start = Path(result["checkpoint"])
+    results["checkpoint"] = str(start)
+    results["eval"] = results["stages"][config.stages[-1].name].get("eval", {})
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "finetune.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    return results
+
+
+def _fresh_start(config: FinetuneConfig, data: dict[str, list[Sample]], directory: Path) -> Path:
+    """A new model and a tokenizer trained on every stage's conversations, saved once (a resumed run reuses it)."""
+    if (directory / checkpoint.CONFIG_NAME).is_file():
+        return directory
+    texts = [turn["value"] for samples in data.values() for s in samples for turn in s.conversations]
+    tokenizer = train_tokenizer(texts, vocab_size=config.model.language.vocab_size)
+    model_config = dataclasses.replace(config.model, image_token_id=special_token_ids(tokenizer).image)
+    torch.manual_seed(config.train.seed)
+    QwenImageModel(model_config).save_pretrained(directory, tokenizer)
+    return directory
+
+
+def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, start: Path,
+               data: dict[str, list[Sample]], held_out: dict[str, list[Sample]]) -> dict:
+    done = stage_dir / STAGE_FILE
+    if done.is_file():
+        saved = json.loads(done.read_text(encoding="utf-8"))
+        if saved["config"] != to_dict(stage):
+            raise ConfigError(f"stage {stage.name!r} finished with another config ({done}); restore it, or start "
+                              "a new run in another out_dir")
+        return {**saved, "status": "skipped (done)"}
+    t = time.perf_counter()
+    model = QwenImageModel.from_pretrained(start)
+    tokenizer = load_tokenizer(start / checkpoint.TOKENIZER_DIR)
+    freeze(model, stage.freeze)
+    if stage.lora is not None:
+        add_lora(model, stage.lora)
+    collator = SampleCollator(tokenizer, CollateConfig(num_image_tokens=model.num_image_tokens(),
+                                                       max_length=config.max_length,
+                                                       image_size=model.config.vision.image_size))
+    tensors, rejected = encode_conversations(data[stage.name], collator, unsafe=stage.loss == "safety",
+                                             description=f"encode {stage.name}")
+    objective = sft_objective if stage.loss == "sft" else SafetyObjective(stage.safety)
+    train = dataclasses.replace(config.train, lr=stage.lr, steps=stage.steps, batch_size=stage.batch_size)
+    trainer = Trainer(model, objective, train, tensors, out_dir=stage_dir)
+    resumable = stage_dir / "checkpoint"
+    if (resumable / STATE_FILE).is_file():
+        trainer.resume(resumable)
+    resumed_at = trainer.step
+    history = [r for r in trainer.fit(f"finetune: {stage.name}") if not r.get("skipped") and "loss" in r]
+    if trainer.step < stage.steps:
+        return {"status": "interrupted", "step": trainer.step}
+    if stage.lora is not None:
+        merge_lora(model)
+    exported = stage_dir / MODEL_DIR
+    model.save_pretrained(exported, tokenizer)
+    result = {
+        "status": "done",
+        "config": to_dict(stage),
+        "steps": trainer.step,
+        "resumed_at_step": resumed_at,
+        "samples": len(tensors["input_ids"]),
+        "rejected": dict(Counter(r["reason"] for r in rejected)),
+        "trainable_parameters": sum(p.numel() for group in trainer.optimizer.param_groups for p in group["params"]),
+        "first_loss": history[0]["loss"] if history else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        "train_seconds": round(time.perf_counter() - t, 1),
+        "checkpoint": str(exported),
+    }
+    if held_out:
+        result["eval"] = evaluate(model, tokenizer, held_out, config, data)
+    result["seconds"] = round(time.perf_counter() - t, 1)
+    done.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    shutil.rmtree(resumable, ignore_errors=True)  # the exported model replaces the resumable state
+    return result
+
+
+def evaluate(model: QwenImageModel, tokenizer: PreTrainedTokenizerBase, held_out: dict[str, list[Sample]], config: FinetuneConfig,
+             data: dict[str, list[Sample]]) -> dict[str, dict]:
+    """Held-out figures per dataset; the blind baseline comes from the same dataset's training samples."""
+    engine = Engine(model, tokenizer, EngineConfig(max_batch_size=config.eval.batch_size))
+    trained = [s for samples in data.values() for s in samples]
+    return {name: evaluate_samples(engine, samples, config.eval.max_new_tokens,
+                                   [s for s in trained if s.meta.get("dataset") == name], f"evaluate {name}")
+            for name, samples in held_out.items()}
+
+
+def summary(results: dict) -> str:
+    """A few lines for the terminal: each stage's losses, then the held-out figures of the last one."""
+    lines = []
+    for name, stage in results["stages"].items():
+        if stage["status"] == "interrupted":
+            lines.append(f"{name}: interrupted at step {stage['step']}; continue with --resume")
+            continue
+        lines.append(f"{name}: {stage['status']}, {stage['steps']} steps, loss {stage['first_loss']:.3f} -> "
+                     f"{stage['final_loss']:.3f}, {stage['samples']} conversations")
+    for name, figures in results["eval"].items():
+        line = f"held-out {name} accuracy {figures['accuracy']:.3f}"
+        if "blind_baseline" in figures:
+            line += f" (blind baseline {figures['blind_baseline']:.3f})"
+        if "harmful_refusal_rate" in figures:
+            line += (f", refusals on harmful requests {figures['harmful_refusal_rate']:.3f}, on safe look-alikes "
+                     f"{figures['safe_refusal_rate']:.3f}")
+        lines.append(line)
+    lines.append(f"checkpoint: {results['checkpoint']}")
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""Progressive fine-tuning on the nano preset: recipe errors, freezing, LoRA merging, stage resume."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from vlstack.align.stages import (
+    DatasetSpec,
+    FinetuneConfig,
+    FinetuneEvalConfig,
+    LoraSettings,
+    StageConfig,
+    add_lora,
+    freeze,
+    merge_lora,
+    run_finetune,
+)
+from vlstack.cli import main
+from vlstack.config import save_yaml
+from vlstack.data.collate import CollateConfig, SampleCollator
+from vlstack.data.conversations import encode_conversations
+from vlstack.data.instructions import instruction_samples
+from vlstack.errors import ConfigError, DataError
+from vlstack.models.config import ModelConfig
+from vlstack.models.vlm import QwenImageModel
+from vlstack.train.objectives import sft_objective, supervised_logits
+from vlstack.train.trainer import TrainConfig, Trainer
+
+
+def nano_run(out_dir, *stages: StageConfig, **train) -> FinetuneConfig:
+    """A from-scratch nano run: seconds per stage."""
+    return FinetuneConfig(
+        base=None, model=ModelConfig.from_preset("nano"), stages=list(stages), max_length=128,
+        train=TrainConfig(warmup_steps=1, log_every=1, measure_mfu=False, tensorboard=False, **train),
+        eval=FinetuneEvalConfig(datasets=[], every_stage=False), out_dir=str(out_dir))
+
+
+def stage(name="general", steps=3, **fields) -> StageConfig:
+    fields.setdefault("datasets", [DatasetSpec("shapes_vqa", 24)])
+    return StageConfig(name, steps=steps, batch_size=8, lr=3e-3, **fields)
+
+
+def weights(directory) -> dict[str, torch.Tensor]:
+    return QwenImageModel.from_pretrained(directory).state_dict()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(freeze=["vision", "encoder"]), "freeze: unknown module(s) ['encoder']; valid modules: vision, projector, "
+                                         "fusion, language"),
+    (dict(datasets=[]), "has no data: list at least one dataset"),
+    (dict(datasets=[DatasetSpec("shapes_vqa", 0)]), "a stage needs data"),
+    (dict(datasets=[DatasetSpec("shapes")]), "unknown dataset 'shapes'; valid datasets: shapes_vqa"),
+    (dict(datasets=[DatasetSpec("file", path="missing.json")]), "dataset 'file' needs a path to an existing file"),
+])
+def test_bad_recipes_fail_before_any_work(tmp_path, change, message):
+    config = nano_run(tmp_path / "run", stage("general"), stage("domain", **change))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_finetune(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_malformed_conversation_file_fails_before_training(tmp_path):
+    (tmp_path / "a.png").write_bytes(instruction_samples("shapes_vqa", 1)[0].images[0].data)
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps([{"id": "x", "image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nColor?"}, {"from": "gpt", "value": "red"},
+        {"from": "gpt", "value": "Really red."}]}]))
+    config = nano_run(tmp_path / "run", stage("general"), stage("mine", datasets=[DatasetSpec("file", path=str(path))]))
+    with pytest.raises(DataError, match="x: turn 2 is 'gpt' where 'human' was expected"):
+        run_finetune(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_frozen_modules_are_bit_identical_and_not_in_the_optimizer(tmp_path, nano_model, tokenizer):
+    freeze(nano_model, ["vision", "projector"])
+    samples = instruction_samples("shapes_vqa", 8)
+    collator = SampleCollator(tokenizer, CollateConfig(nano_model.num_image_tokens(), 128, image_size=32))
+    data, _ = encode_conversations(samples, collator)
+    trainer = Trainer(nano_model, sft_objective, TrainConfig(steps=1, batch_size=8, measure_mfu=False), data)
+    in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    frozen = [*nano_model.vision.parameters(), *nano_model.projector.parameters()]
+    assert not in_optimizer & {id(p) for p in frozen}
+    assert {id(p) for p in nano_model.language_model.parameters()} <= in_optimizer
+
+    config = nano_run(tmp_path / "run", stage("domain", freeze=["vision", "projector"]))
+    result = run_finetune(config)["stages"]["domain"]
+    before, after = weights(tmp_path / "run" / "initial"), weights(result["checkpoint"])
+    for name in before:
+        unchanged = torch.equal(before[name], after[name])
+        if name.startswith(("vision.", "projector.")):
+            assert unchanged, f"{name} changed although frozen"
+        elif name.startswith("language_model.model.layers.0.self_attn"):
+            assert not unchanged, f"{name} did not train"
+    total = sum(t.numel() for t in QwenImageModel.from_pretrained(result["checkpoint"]).parameters())
+    assert result["trainable_parameters"] == total - sum(p.numel() for p in frozen)
+
+
+def test_lora_merged_into_the_base_gives_the_same_outputs(nano_model, tokenizer):
+    collator = SampleCollator(tokenizer, CollateConfig(nano_model.num_image_tokens(), 128, image_size=32))
+    batch, _ = encode_conversations(instruction_samples("shapes_vqa", 4), collator)
+    plain_keys = set(nano_model.state_dict())
+    add_lora(nano_model, LoraSettings(r=4, alpha=8))
+    lora = {n: p for n, p in nano_model.named_parameters() if p.requires_grad and "lora_" in n}
+    assert lora and all(not p.requires_grad for n, p in nano_model.language_model.named_parameters()
+                        if "lora_" not in n)
+    torch.manual_seed(1)
+    for name, param in lora.items():
+        if "lora_B" in name:  # B starts at zero; give the adapters something to merge
+            torch.nn.init.normal_(param, std=0.05)
+    with torch.no_grad():
+        adapted, _, _ = supervised_logits(nano_model, batch)
+        merge_lora(nano_model)
+        merged, _, _ = supervised_logits(nano_model, batch)
+    assert set(nano_model.state_dict()) == plain_keys  # the plain architecture: loads like any checkpoint
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="lora.target_modules"):
+        add_lora(QwenImageModel(nano_model.config), LoraSettings(target_modules=["no_such_layer"]))
+
+
+def test_an_interrupted_run_resumes_at_its_stage_exactly(tmp_path, monkeypatch):
+    stages = (stage("general", steps=2), stage("tuned", steps=3, lora=LoraSettings(r=4), loss="safety",
+                                               datasets=[DatasetSpec("safety", 16), DatasetSpec("shapes_vqa", 8)]))
+    reference = run_finetune(nano_run(tmp_path / "reference", *stages))
+
+    interrupted = nano_run(tmp_path / "run", *stages, save_every=2)
+    original_step = Trainer.train_step
+
+    def crash_in_second_stage(self):
+        if self.out_dir.name == "02-tuned" and self.step == 2:
+            raise RuntimeError("power cut")
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_in_second_stage)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_finetune(interrupted)
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    with pytest.raises(ConfigError, match="holds an earlier fine-tuning run"):
+        run_finetune(interrupted)
+
+    resumed = run_finetune(interrupted, resume=True)
+    assert resumed["stages"]["general"]["status"] == "skipped (done)"
+    assert resumed["stages"]["tuned"]["resumed_at_step"] == 2 and resumed["stages"]["tuned"]["steps"] == 3
+    final, expected = weights(resumed["checkpoint"]), weights(reference["checkpoint"])
+    assert all(torch.equal(final[name], expected[name]) for name in expected)
+
+    interrupted.stages[0].lr = 1e-4
+    with pytest.raises(ConfigError, match="stage 'general' finished with another config"):
+        run_finetune(interrupted, resume=True)
+
+
+def test_cli_runs_a_recipe(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    config = nano_run(tmp_path / "unused", stage("general", steps=2))
+    config.eval = FinetuneEvalConfig(datasets=["shapes_vqa", "safety"], samples=4, max_new_tokens=4)
+    save_yaml(config, recipe)
+    assert main(["finetune", "--config", str(recipe), "--set", f"out_dir={tmp_path / 'run'}"]) == 0
+    out = capsys.readouterr().out
+    assert "shapes_vqa accuracy" in out and str(tmp_path / "run") in out
+    assert (tmp_path / "run" / "01-general" / "model" / "model.safetensors").is_file()
