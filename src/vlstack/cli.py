@@ -16,10 +16,20 @@ EPILOG = """\
 commands:
   info      parameters per component of a model preset (vision / language / fusion / total)
   pretrain  joint pretraining (ITC + ITM + MLM + VTM) on 1 process, or DDP / FSDP2 under torchrun
+  finetune  progressive instruction tuning: stages with their own data, lr, frozen modules, LoRA and
+            loss (sft | safety), a checkpoint per stage, resumable (--resume)
+  align     the preference stage: reward model (Bradley-Terry), PPO (KL penalty, GAE), DPO or GRPO
+            (verifiable rewards) on synthetic VQA, from a fine-tuned checkpoint
   data      data tools: `data synth` writes a synthetic corpus (six kinds, optional defects) as shards
   serve     an OpenAI-compatible API (/v1/chat/completions) and a chat page for a checkpoint
   eval      benchmarks in their official formats (synthetic mini-suites without --data-root);
-            results.json + report.md/html
+            results.json + report.md/html; --hallucination adds the detector's AUROC, POPE and CHAIR
+  quantize  int8 checkpoint (torchao; int8-dynamic | int8-weight-only) + accuracy/speed report vs fp32
+  export-onnx  vision tower + projector to ONNX (dynamic batch), ORT int8 dynamic/static, parity report
+  medical   a DICOM study folder -> de-identified findings per series (report.json/html, thumbnails)
+  inspect   defect inspection of an image folder or a video: detector, model analysis per defect
+            (report.jsonl streamed per frame, summary.json, report.html)
+  embodied  a checkpoint plans MiniGrid episodes as JSON steps: act, validate, replan; transcripts
   demo      the whole stack end to end on a tiny model: data, tokenizer, pretraining,
             evaluation, checkpoint, report (runs/demo/report.md)
 
@@ -29,8 +39,16 @@ examples:
   vlstack demo --quick
   vlstack demo --set pretrain.train.steps=1000 --set out_dir=runs/long
   vlstack pretrain --config configs/tiny.yaml --set train.steps=50
+  vlstack finetune --config configs/finetune.yaml --set base=runs/pretrain/checkpoint [--resume]
+  vlstack align --method grpo --config configs/align_grpo.yaml --set checkpoint=runs/finetune/03-safety/model
   torchrun --nproc_per_node=2 -m vlstack.cli pretrain --set train.parallel.mode=fsdp2
   vlstack serve --model runs/demo/checkpoint --port 8000 --set batch_wait_ms=10
+  vlstack eval --model runs/demo/checkpoint --benchmarks none --hallucination --set hallucination.pope_scenes=20
+  vlstack quantize --model runs/demo/checkpoint --method int8-dynamic --out runs/demo/int8
+  vlstack export-onnx --model runs/demo/checkpoint --out runs/demo/onnx
+  vlstack medical STUDY_DIR --model runs/demo/checkpoint --out runs/medical --lang en
+  vlstack inspect line.mp4 --model runs/demo/checkpoint --out runs/inspect --reference good_part.png
+  vlstack embodied --env MiniGrid-Empty-5x5-v0 --model runs/demo/checkpoint --out runs/embodied --episodes 5
 """
 
 
@@ -97,9 +115,58 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "benchmark (vqav2/, gqa/, ...)")
     evaluate.add_argument("--out", metavar="DIR", help="output directory (default: runs/eval)")
     evaluate.add_argument("--limit", type=int, metavar="N", help="evaluate the first N questions of each benchmark")
+    evaluate.add_argument("--hallucination", action="store_true",
+                          help="also evaluate hallucination on synthetic scenes: the entity-level detector's AUROC "
+                               "(its calibration is stored in CKPT), POPE and CHAIR; --benchmarks none for only this")
     evaluate.set_defaults(handler=_eval)
 
+    quantize = _command(commands, "quantize", "Quantize every Linear layer of a checkpoint to int8 (torchao).",
+                        "Writes OUT, an int8 checkpoint that the Engine, eval and serve load like any other "
+                        "(config.yaml, int8 model.safetensors, quantization.yaml, tokenizer/), and "
+                        "OUT/deployment_report.json: held-out retrieval and synthetic-suite accuracy against fp32, "
+                        "identical answers, weight bytes, speed of the Linear-heavy passes. --set sets "
+                        "DeploymentEvalConfig fields (heldout_pairs=64, benchmarks=[], kernel=torchao). "
+                        "Needs pip install 'vlstack[quantize]'.")
+    quantize.add_argument("--model", required=True, metavar="CKPT", help="fp32 checkpoint directory")
+    quantize.add_argument("--method", required=True, metavar="METHOD",
+                          help="int8-dynamic (int8 weights and activations) or int8-weight-only")
+    quantize.add_argument("--out", required=True, metavar="DIR", help="the int8 checkpoint to write")
+    quantize.set_defaults(handler=_quantize)
+
+    export_onnx = _command(commands, "export-onnx",
+                           "Export the image path (vision tower + projector) to ONNX, with ORT int8 copies.",
+                           "Writes OUT/vision.onnx (dynamic batch axis), OUT/vision.int8-dynamic.onnx, "
+                           "OUT/vision.int8-static.onnx (activation ranges calibrated on images), OUT/export.json "
+                           "(parity with PyTorch, max diff and cosine of each) and OUT/deployment_report.json "
+                           "(suite answers of an Engine on each; serve with one: --set engine.vision_onnx=OUT/vision.onnx). "
+                           "--set export.FIELD / eval.FIELD (export.calibration_dir=DIR). "
+                           "Needs pip install 'vlstack[onnx]'.")
+    export_onnx.add_argument("--model", required=True, metavar="CKPT", help="fp32 checkpoint directory")
+    export_onnx.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    export_onnx.set_defaults(handler=_export_onnx)
+
+    finetune = _command(commands, "finetune", "Fine-tune a checkpoint in progressive stages (SFT, safety).",
+                        "Runs the recipe's stages in order, each with its datasets, lr, frozen modules, optional "
+                        "LoRA and loss; writes OUT_DIR/<nn>-<stage>/model/ (LoRA merged) and stage.json per stage, "
+                        "and OUT_DIR/finetune.json with held-out VQA accuracy and refusal rates. The preference "
+                        "stage follows with `vlstack align`.")
+    finetune.add_argument("--config", help="a YAML recipe, e.g. configs/finetune.yaml (default: the seed's plan)")
+    finetune.add_argument("--resume", action="store_true",
+                          help="continue OUT_DIR: skip finished stages, resume the interrupted one")
+    finetune.set_defaults(handler=_finetune)
+
+    align = _command(commands, "align", "Align a checkpoint with a reward model, PPO, DPO or GRPO.",
+                     "Trains on synthetic VQA (exact answers: correct preferred over wrong) from --set "
+                     "checkpoint=DIR, normally the last fine-tuning stage's model. Writes OUT_DIR/align.json (reward, KL, "
+                     "held-out accuracy before and after), OUT_DIR/align_log.jsonl (PPO/GRPO, per iteration) "
+                     "and OUT_DIR/checkpoint. Recipes: configs/align_{ppo,dpo,grpo}.yaml.")
+    align.add_argument("--method", required=True, choices=("ppo", "dpo", "grpo", "reward"),
+                       help="reward: train a reward model for PPO's reward=model")
+    align.add_argument("--config", help="a YAML recipe, e.g. configs/align_grpo.yaml (default: the method's defaults)")
+    align.set_defaults(handler=_align)
+
     _data_commands(commands)
+    _app_commands(commands)
     return parser
 
 
@@ -207,6 +274,24 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from vlstack.align.stages import FinetuneConfig, run_finetune, summary
+    from vlstack.config import load_config
+
+    config = load_config(FinetuneConfig, args.config, args.overrides)
+    print(summary(run_finetune(config, resume=args.resume)))
+    return 0
+
+
+def _align(args: argparse.Namespace) -> int:
+    from vlstack.align.run import METHODS, run_alignment, summary
+    from vlstack.config import load_config
+
+    config = load_config(METHODS[args.method][0], args.config, args.overrides)
+    print(summary(run_alignment(config)))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from vlstack.config import apply_overrides
     from vlstack.infer.server import ServerConfig, serve
@@ -218,13 +303,35 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from vlstack.config import apply_overrides
+    from vlstack.eval.hallucination import HallucinationConfig
     from vlstack.eval.harness import EvalConfig, run_eval
     from vlstack.eval.report import summary
 
-    benchmarks = [name.strip() for name in args.benchmarks.split(",") if name.strip()] if args.benchmarks else None
-    flags = {"benchmarks": benchmarks, "data_root": args.data_root, "out_dir": args.out, "limit": args.limit}
+    benchmarks = None
+    if args.benchmarks:
+        benchmarks = [] if args.benchmarks == "none" else [n.strip() for n in args.benchmarks.split(",") if n.strip()]
+    flags = {"benchmarks": benchmarks, "data_root": args.data_root, "out_dir": args.out, "limit": args.limit,
+             "hallucination": HallucinationConfig() if args.hallucination else None}
     config = apply_overrides(EvalConfig(**{k: v for k, v in flags.items() if v is not None}), args.overrides)
     print(summary(run_eval(args.model, config)) + f"\nreport: {config.out_dir}/report.md")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from vlstack.config import apply_overrides
+    from vlstack.eval.deployment import DeploymentEvalConfig, quantization_summary, quantize_and_evaluate
+
+    config = apply_overrides(DeploymentEvalConfig(), args.overrides)
+    print(quantization_summary(quantize_and_evaluate(args.model, args.out, args.method, config)))
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from vlstack.config import apply_overrides
+    from vlstack.eval.deployment import OnnxDeploymentConfig, export_and_evaluate, onnx_summary
+
+    config = apply_overrides(OnnxDeploymentConfig(), args.overrides)
+    print(onnx_summary(export_and_evaluate(args.model, args.out, config)))
     return 0
 
 
@@ -247,6 +354,88 @@ def _data_clean(args: argparse.Namespace) -> int:
     print(f"kept {summary['kept']} of {summary['total']}, rejected {summary['rejected']} "
           f"({', '.join(f'{k} {v}' for k, v in summary['by_first_reason'].items()) or 'none'}); "
           f"report: {summary['output']}/report.md")
+    return 0
+
+
+def _app_commands(commands) -> None:
+    medical = _command(commands, "medical", "Findings per series of a DICOM study folder, de-identified first.",
+                       "Reads every file under STUDY_DIR, de-identifies it (PS3.15 basic profile subset; UIDs "
+                       "remapped with a keyed hash: set $VLSTACK_DEID_KEY to keep pseudonyms stable across runs), "
+                       "groups studies and series, renders the middle slice of each and asks the model about it. "
+                       "Writes OUT/report.json, OUT/report.html and OUT/thumbnails/; unusable files are listed "
+                       "with a reason. Every MedicalConfig field can be --set (e.g. show_paths=true).")
+    medical.add_argument("study_dir", metavar="STUDY_DIR", help="folder of DICOM files (searched recursively)")
+    medical.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")
+    medical.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    medical.add_argument("--lang", choices=("zh", "en"), help="language of the default prompt (default: zh)")
+    medical.add_argument("--prompt", help="the question asked about every series (default: the findings prompt)")
+    medical.set_defaults(handler=_medical)
+
+    inspect = _command(commands, "inspect", "Inspect an image folder or a video for surface defects.",
+                       "Each frame goes through the detector; each defect crop is analysed by the model. Writes "
+                       "OUT/report.jsonl (one line per frame, flushed as it goes), OUT/summary.json with frames/s, "
+                       "and OUT/report.html with annotated frames. Every InspectionConfig field can be --set "
+                       "(e.g. classical.threshold=6).")
+    inspect.add_argument("source", metavar="SOURCE", help="an image folder or a video file")
+    inspect.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")
+    inspect.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    inspect.add_argument("--reference", metavar="IMAGE", help="an image of a good part for the classical detector "
+                                                              "(default: detect local anomalies)")
+    inspect.add_argument("--yolo", metavar="WEIGHTS", help="use an ultralytics YOLO weights file as the detector "
+                                                           "(pip install ultralytics)")
+    inspect.add_argument("--lang", choices=("zh", "en"), help="language of the default prompt (default: zh)")
+    inspect.add_argument("--prompt", help="the question asked about every defect crop")
+    inspect.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    inspect.set_defaults(handler=_inspect)
+
+    embodied = _command(commands, "embodied", "Run MiniGrid episodes with a checkpoint as the planner.",
+                        "The model sees the agent's view and a depth map and replies with a JSON plan; each step "
+                        "is checked against the new state and a failure triggers a replan, within budgets. Writes "
+                        "OUT/episode-SEED/transcript.jsonl (+ frames) and OUT/summary.json. Every EmbodiedConfig "
+                        "field can be --set (e.g. episode.max_plans=3). Needs pip install 'vlstack[embodied]'.")
+    embodied.add_argument("--env", default="MiniGrid-Empty-5x5-v0", help="a MiniGrid environment id "
+                                                                          "(default: %(default)s)")
+    embodied.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")
+    embodied.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    embodied.add_argument("--episodes", type=int, help="number of episodes, on seeds 0, 1, ... (default: 1)")
+    embodied.set_defaults(handler=_embodied)
+
+
+def _medical(args: argparse.Namespace) -> int:
+    from vlstack.apps.medical import MedicalConfig, run_medical
+    from vlstack.config import apply_overrides
+
+    flags = {"language": args.lang, "prompt": args.prompt}
+    config = apply_overrides(MedicalConfig(**{k: v for k, v in flags.items() if v is not None}), args.overrides)
+    counts = run_medical(args.study_dir, args.model, args.out, config)["counts"]
+    print(f"{counts['studies']} studies, {counts['series']} series, {counts['answered']} answered, "
+          f"{counts['files_skipped']} files skipped; report: {args.out}/report.html")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from vlstack.apps.inspection import InspectionConfig, run_inspection
+    from vlstack.config import apply_overrides
+
+    flags = {"language": args.lang, "prompt": args.prompt, "reference": args.reference, "max_frames": args.max_frames,
+             "yolo_weights": args.yolo, "detector": "yolo" if args.yolo else None}
+    config = apply_overrides(InspectionConfig(**{k: v for k, v in flags.items() if v is not None}), args.overrides)
+    summary = run_inspection(args.source, args.model, args.out, config)
+    print(f"{summary['frames']} frames, {summary['defects']} defects in {summary['frames_with_defects']} frames, "
+          f"{summary['frames_per_second']} frames/s; report: {args.out}/report.html")
+    return 0
+
+
+def _embodied(args: argparse.Namespace) -> int:
+    from vlstack.apps.embodied import EmbodiedConfig, run_minigrid_episodes
+    from vlstack.config import apply_overrides
+
+    flags = {"episodes": args.episodes}
+    config = apply_overrides(EmbodiedConfig(**{k: v for k, v in flags.items() if v is not None}), args.overrides)
+    summary = run_minigrid_episodes(args.model, args.env, args.out, config)
+    print(f"{args.env}: success rate {summary['success_rate']:.2f} over {summary['episodes']} episode(s), "
+          f"mean plans {summary['mean_plans']:.1f}, mean steps {summary['mean_steps']:.1f}; "
+          f"summary: {args.out}/summary.json")
     return 0
 
 

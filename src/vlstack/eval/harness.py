@@ -28,6 +28,7 @@ import vlstack
 from vlstack.config import to_dict
 from vlstack.errors import ConfigError, DataError, VlstackError
 from vlstack.eval.benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
+from vlstack.eval.hallucination import HallucinationConfig, run_hallucination
 from vlstack.eval.report import write_reports
 from vlstack.eval.suites import write_suites
 from vlstack.infer.engine import Engine, EngineConfig, EngineStats, Request
@@ -58,6 +59,9 @@ class EvalConfig:
     """Seeds the synthetic suites and the sampling of every request (greedy decoding ignores it)."""
     synthetic_items: int = 32
     """Questions per synthetic suite, when `data_root` is None."""
+    hallucination: HallucinationConfig | None = None
+    """Also evaluate hallucination (the detector's AUROC, POPE, CHAIR on synthetic scenes; the detector's
+    calibration is stored in the checkpoint); None: skip it."""
 
     def __post_init__(self) -> None:
         for name in [*self.benchmarks, *self.paths]:
@@ -65,8 +69,9 @@ class EvalConfig:
         stray = sorted(set(self.paths) - set(self.benchmarks))
         if stray:
             raise ConfigError(f"'paths' names {', '.join(stray)}, which 'benchmarks' does not list")
-        if not self.benchmarks:
-            raise ConfigError(f"no benchmarks chosen; registered: {', '.join(sorted(BENCHMARKS))}")
+        if not self.benchmarks and self.hallucination is None:
+            raise ConfigError(f"no benchmarks chosen and no hallucination evaluation; registered: "
+                              f"{', '.join(sorted(BENCHMARKS))}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"'limit' must be at least 1 (or null for every question), got {self.limit}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -98,6 +103,9 @@ def run_eval(model: Engine | str | Path, config: EvalConfig) -> dict[str, Any]:
                            **({"error": errors[item.id]} if item.id in errors else {}))
             results["benchmarks"][name] = {**scored, "folder": str(folders[name]), "available": available,
                                            "errors": len(errors), "seconds": round(time.perf_counter() - t, 2)}
+    if config.hallucination is not None:
+        results["hallucination"] = run_hallucination(engine, config.hallucination, out / "hallucination",
+                                                     checkpoint=None if isinstance(model, Engine) else model)
     results["seconds"] = round(time.perf_counter() - started, 2)
     results["tokens_per_second"] = _tokens_per_second(before, engine.stats)
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")

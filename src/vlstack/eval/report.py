@@ -56,6 +56,12 @@ def summary(results: dict[str, Any]) -> str:
         seed = f" (seed {reference[1]:.1f})" if reference and reference[0] == bench["primary"] else ""
         lines.append(f"{name}: {bench['primary']} {bench['metrics'][bench['primary']]:.1f}{seed} "
                      f"on {bench['count']} questions, {bench['missing'] + bench['empty']} without an answer")
+    if "hallucination" in results:
+        h = results["hallucination"]
+        pope = ", ".join(f"{setting} {_number(100 * m['accuracy'])}" for setting, m in h["pope"].items())
+        chair = h["chair"]
+        lines.append(f"hallucination: detector AUROC {_number(100 * h['detector']['auroc'])}, POPE accuracy {pope}, "
+                     f"CHAIR_s {_number(100 * chair['chair_s'])}, CHAIR_i {_number(100 * chair['chair_i'])}")
     return "\n".join(lines)
 
 
@@ -67,16 +73,63 @@ def report_blocks(results: dict[str, Any]) -> list[Block]:
                f"{results['seconds']} s, {results['tokens_per_second']} generated tokens/s; vlstack "
                f"{versions['vlstack']}, torch {versions['torch']}, transformers {versions['transformers']}, "
                f"{versions['machine']}.")),
-        ("p", ("Metrics are percentages over every question evaluated; a missing, empty or not-asked "
-               "prediction scores 0 and stays in the denominator.")),
-        Table(["benchmark", "metric", "ours", "seed article", "questions", "missing", "empty", "not asked"],
-              [[name, b["primary"], _number(b["metrics"][b["primary"]]), _reference(name, b["primary"]),
-                _questions(b), str(b["missing"]), str(b["empty"]), str(b["errors"])]
-               for name, b in results["benchmarks"].items()]),
     ]
+    if results["benchmarks"]:
+        blocks += [
+            ("p", ("Metrics are percentages over every question evaluated; a missing, empty or not-asked "
+                   "prediction scores 0 and stays in the denominator.")),
+            Table(["benchmark", "metric", "ours", "seed article", "questions", "missing", "empty", "not asked"],
+                  [[name, b["primary"], _number(b["metrics"][b["primary"]]), _reference(name, b["primary"]),
+                    _questions(b), str(b["missing"]), str(b["empty"]), str(b["errors"])]
+                   for name, b in results["benchmarks"].items()]),
+        ]
     for name, bench in results["benchmarks"].items():
         blocks += _benchmark_blocks(name, bench)
+    if "hallucination" in results:
+        blocks += hallucination_blocks(results["hallucination"])
     return blocks
+
+
+def hallucination_blocks(h: dict[str, Any]) -> list[Block]:
+    """The hallucination section: detector AUROC and labels, POPE per setting, CHAIR (percentages)."""
+    detector, calibration, chair = h["detector"], h["detector"]["calibration"], h["chair"]
+    fitted = (f"fitted on {calibration['faithful']} faithful and {calibration['hallucinated']} hallucinated held-out "
+              f"entities (target error {_number(100 * calibration['error_rate'])}%)" if calibration["fitted"]
+              else "the seed's, not fitted for this model")
+    languages = detector["languages"]
+    first = next(iter(languages))
+    counts = [["faithful entities", *map(str, languages[first]["labels"]["faithful"].values())],
+              ["hallucinated entities", *map(str, languages[first]["labels"]["hallucinated"].values())],
+              ["entities of the model's captions", *map(str, chair["detector_labels"].values())]]
+    return [
+        ("h2", "hallucination"),
+        ("p", (f"Detector: entities of a caption scored with the model's ITC embeddings against every other "
+               f"colour / shape in context; thresholds {calibration['low']:.3f} / {calibration['high']:.3f} "
+               f"(seed 0.15 / 0.3), {fitted}. AUROC of faithful vs hallucinated captions (one object's "
+               f"colour or shape swapped for one absent from the image) on {detector['scenes']} test scenes; "
+               "chance 50.")),
+        Table(["captions", "AUROC", "entity AUROC", *(f"{kind} swaps" for kind in languages[first]["auroc_by_change"])],
+              [[lang, _number(100 * d["auroc"]), _number(100 * d["entity_auroc"]),
+                *(_number(100 * v) for v in d["auroc_by_change"].values())] for lang, d in languages.items()]),
+        Table(["labels", "hallucination", "uncertain", "reliable"], counts),
+        Table(["example caption", "true caption", "entities (score, label)"],
+              [[e["caption"], e["truth"], "; ".join(f"{x['text']} ({x['score']:.3f}, {x['label']})"
+                                                    for x in e["entities"])] for e in detector["examples"]]),
+        ("p", "POPE: yes/no questions on objects of synthetic scenes, half of them absent (chance accuracy 50)."),
+        Table(["setting", "accuracy", "precision", "recall", "f1", "yes ratio", "questions"],
+              [[setting, *(_number(100 * m[k]) for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")),
+                str(m["questions"])] for setting, m in h["pope"].items()]),
+        ("p", (f"CHAIR of the model's captions of {chair['captions']} scenes, beside true captions and captions with "
+               "one object swapped, which check the metric."
+               + ("" if chair["mentions"] else " The model's captions name no object of the lexicon, so CHAIR has "
+                  "nothing to judge (CHAIR_i is 0 by convention); a pretrained-only model does not caption yet."))),
+        Table(["captions", "CHAIR_s", "CHAIR_i", "object mentions", "hallucinated"],
+              [[name, _number(100 * c["chair_s"]), _number(100 * c["chair_i"]), str(c["mentions"]),
+                str(c["hallucinated_mentions"])] for name, c in [("model", chair), *chair["references"].items()]]),
+        Table(["model caption", "objects", "mentioned", "hallucinated"],
+              [[s["caption"].strip() or "(empty)", ", ".join(s["objects"]), ", ".join(s["mentioned"]) or "–",
+                ", ".join(s["hallucinated"]) or "–"] for s in chair["sentences"]]),
+    ]
 
 
 def to_markdown(blocks: list[Block]) -> str:

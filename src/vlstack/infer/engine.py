@@ -25,6 +25,7 @@ from vlstack import checkpoint
 from vlstack.data.collate import image_to_tensor
 from vlstack.errors import InputError
 from vlstack.infer.cache import FeatureCache, image_key
+from vlstack.infer.quantize import load_model
 from vlstack.models.tokenizer import IM_END, IMAGE, expand_image_placeholders, load_tokenizer, special_token_ids
 from vlstack.models.vlm import QwenImageModel
 
@@ -76,6 +77,9 @@ class EngineConfig:
     fast_path_max_new_tokens: int = 32
     """The token budget on the fast path (the seed uses max_length=32); 0 disables the fast path."""
     precision: Literal["fp32", "bf16"] = "fp32"
+    vision_onnx: str | None = None
+    """An ONNX file of the image path (`vlstack export-onnx`: vision tower + projector, fp32 or int8);
+    images are then encoded by ONNX Runtime instead of PyTorch. Needs the [onnx] extra."""
 
 
 @dataclass
@@ -102,12 +106,16 @@ class Engine:
         self._pad_id = ids.pad
         self.device = next(model.parameters()).device
         self.encode_images: Callable[[torch.Tensor], torch.Tensor] = self._encode_with_model
+        if self.config.vision_onnx:
+            from vlstack.infer.onnx import OrtVisualEncoder  # the [onnx] extra, imported only when asked for
+
+            self.encode_images = OrtVisualEncoder(self.config.vision_onnx, model)
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, config: EngineConfig | None = None) -> "Engine":
-        """Load a checkpoint directory (config.yaml, model.safetensors, tokenizer/)."""
+        """Load a checkpoint directory (config.yaml, model.safetensors, tokenizer/), fp32 or int8."""
         directory = Path(directory)
-        model = QwenImageModel.from_pretrained(directory)
+        model = load_model(directory)
         return cls(model, load_tokenizer(directory / checkpoint.TOKENIZER_DIR), config)
 
     # --- public API ----------------------------------------------------------------------
@@ -146,7 +154,7 @@ class Engine:
             return cached
         pixels = image_to_tensor(image, self.model.config.vision.image_size)[None].to(self.device)
         with torch.no_grad(), self._autocast():
-            tokens = self.model.projector(self.encode_images(pixels))[0].float()
+            tokens = self.encode_images(pixels)[0].float()
         self.cache.put(key, tokens)
         return tokens
 
@@ -168,7 +176,8 @@ class Engine:
     # --- decoding ------------------------------------------------------------------------
 
     def _encode_with_model(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels)
+        """pixels [B, 3, S, S] -> projected visual tokens [B, Nv, Dt]."""
+        return self.model.projector(self.model.encode_image(pixels))
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")

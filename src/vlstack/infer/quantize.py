@@ -1,0 +1,256 @@
+"""int8 quantization of every Linear layer: vision tower, language model, fusion, projector and heads.
+
+Two methods, both with per-channel symmetric int8 weights (torchao's `Int8Tensor`):
+- `int8-dynamic`: activations are quantized per call too, and the matmuls run in int8;
+- `int8-weight-only`: int8 weights, dequantized inside the matmul; activations stay fp32.
+
+Kernels. torchao quantizes and stores the weights everywhere. On CPU, torchao's int8
+matmul is slower than fp32 at this project's sizes (eager, and no better under
+torch.compile), while torch.ao's fbgemm/x86 dynamic Linear is faster than fp32 (measured:
+benchmarks/infer_throughput.py, benchmarks/RESULTS.md). So on CPU `int8-dynamic` runs on
+torch.ao's kernel: the same int8 weights and scales, repacked (`kernel="fbgemm"`); the
+activations are then quantized per tensor, over the full 8-bit range where the CPU has
+VNNI and a 7-bit range where it has not (torchao's `should_reduce_range`: overflow guard). `int8-weight-only` has no CPU kernel faster than fp32: it
+makes the weights 4x smaller, not faster.
+
+A quantized checkpoint is a checkpoint directory whose `model.safetensors` holds the int8
+weights and scales in torchao's safetensors layout (the tensor-subclass description sits
+in the file header), plus `quantization.yaml` naming the method. It is about 4x smaller
+than fp32 on the Linear weights, and `load_model` (hence `Engine.from_checkpoint`) loads
+it like any other checkpoint. Quantization is a deterministic function of the fp32
+weights, so quantizing in memory (`quantize_model`) gives the same model as saving and
+loading.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+from vlstack import checkpoint
+from vlstack.config import from_dict, read_yaml, save_yaml
+from vlstack.errors import CheckpointError, ConfigError
+from vlstack.models.config import ModelConfig
+from vlstack.models.vlm import QwenImageModel
+
+Method = Literal["int8-dynamic", "int8-weight-only"]
+Kernel = Literal["auto", "torchao", "fbgemm"]
+METHODS: tuple[str, ...] = ("int8-dynamic", "int8-weight-only")
+KERNELS: tuple[str, ...] = ("auto", "torchao", "fbgemm")
+QUANTIZATION_NAME = "quantization.yaml"
+
+
+@dataclass
+class QuantizationConfig:
+    """What `quantization.yaml` records next to the int8 weights."""
+
+    method: Method = "int8-dynamic"
+    """int8-dynamic: int8 weights and activations; int8-weight-only: int8 weights, fp32 activations."""
+    modules: str = "every nn.Linear (vision, language model incl. lm_head, fusion, projector, heads)"
+    """Which layers hold int8 weights (informational)."""
+
+    def __post_init__(self) -> None:
+        check_method(self.method)
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"unknown quantization method {method!r}; choose one of: {', '.join(METHODS)}")
+
+
+def check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ConfigError(f"unknown int8 kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
+
+
+def quantize_model(model: QwenImageModel, method: str, kernel: Kernel = "auto") -> QwenImageModel:
+    """Quantize every Linear layer of `model` in place (and return it) for inference.
+
+    `kernel` picks the int8-dynamic matmul: fbgemm (torch.ao, the fast one on CPU), torchao,
+    or auto (fbgemm on CPU, torchao elsewhere). int8-weight-only always runs on torchao.
+    """
+    check_method(method)
+    check_kernel(kernel)
+    _torchao_quantize(model, method)
+    _select_kernel(model, method, kernel)
+    return model.eval()
+
+
+def quantize_checkpoint(source: str | Path, out: str | Path, method: str) -> Path:
+    """Write an int8 checkpoint of the fp32 checkpoint `source` into `out` (atomically)."""
+    check_method(method)
+    source, out = Path(source), Path(out)
+    model = QwenImageModel.from_pretrained(source)
+    _torchao_quantize(model, method)
+    tensors, metadata = _flatten(model.state_dict())
+    with checkpoint.atomic_directory(out) as tmp:
+        save_yaml(model.config, tmp / checkpoint.CONFIG_NAME)
+        save_yaml(QuantizationConfig(method=method), tmp / QUANTIZATION_NAME)  # type: ignore[arg-type]
+        save_file(tensors, str(tmp / checkpoint.WEIGHTS_NAME), metadata=metadata)
+        if (source / checkpoint.TOKENIZER_DIR).is_dir():
+            shutil.copytree(source / checkpoint.TOKENIZER_DIR, tmp / checkpoint.TOKENIZER_DIR)
+    return out
+
+
+def quantization_of(directory: str | Path) -> QuantizationConfig | None:
+    """The quantization recorded in a checkpoint directory; None for an fp32 checkpoint."""
+    path = Path(directory) / QUANTIZATION_NAME
+    return from_dict(QuantizationConfig, read_yaml(path)) if path.is_file() else None
+
+
+def load_model(directory: str | Path, kernel: Kernel = "auto") -> QwenImageModel:
+    """The model of a checkpoint directory, fp32 or int8 (`quantization.yaml` says which)."""
+    directory = Path(directory)
+    check_kernel(kernel)
+    quantization = quantization_of(directory)
+    if quantization is None:
+        return QwenImageModel.from_pretrained(directory)
+    model = QwenImageModel(from_dict(ModelConfig, read_yaml(directory / checkpoint.CONFIG_NAME)))
+    _torchao_quantize(model, quantization.method)  # the int8 structure the saved tensors fill
+    state = _read_quantized(directory / checkpoint.WEIGHTS_NAME)
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the int8 weights in {directory} do not fit its config.yaml: {exc}") from exc
+    _select_kernel(model, quantization.method, kernel)
+    return model.eval()
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's weights as stored (int8 data + scales for quantized layers)."""
+    total = 0
+    for tensor in model.state_dict().values():
+        for part in tensor if isinstance(tensor, tuple) else (tensor,):  # torch.ao packs (weight, bias)
+            total += _tensor_bytes(part)
+    return total
+
+
+@torch.no_grad()
+def linear_heavy_seconds(model: QwenImageModel, batch: int = 8, tokens: int = 64, repeats: int = 5,
+                         seed: int = 0) -> dict[str, float]:
+    """Median wall seconds of the model's Linear-heavy passes (after one warm-up each): the image path
+    (vision tower + projector) on `batch` images, and a language-model prefill of `batch` x `tokens`."""
+    generator = torch.Generator().manual_seed(seed)
+    vision = model.config.vision
+    pixels = torch.randn(batch, vision.in_channels, vision.image_size, vision.image_size, generator=generator)
+    ids = torch.randint(model.config.language.vocab_size, (batch, tokens), generator=generator)
+    lm = model.language_model
+    return {
+        "image_path": _median_seconds(lambda: model.projector(model.encode_image(pixels)), repeats),
+        "lm_prefill": _median_seconds(lambda: lm(input_ids=ids, use_cache=False, logits_to_keep=1), repeats),
+    }
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+def _tensor_bytes(tensor) -> int:
+    if not isinstance(tensor, torch.Tensor):
+        return 0
+    if tensor.is_quantized:  # torch.ao per-channel int8: data + float scales
+        return tensor.numel() + tensor.q_per_channel_scales().numel() * 4
+    if hasattr(tensor, "qdata"):  # torchao Int8Tensor
+        return tensor.qdata.numel() + tensor.scale.numel() * tensor.scale.element_size()
+    return tensor.numel() * tensor.element_size()
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _torchao():
+    try:
+        from torchao import quantization
+    except ImportError as exc:
+        raise ConfigError("int8 quantization needs torchao: pip install 'vlstack[quantize]'") from exc
+    return quantization
+
+
+def _torchao_quantize(model: nn.Module, method: str) -> None:
+    """Replace the weight of every nn.Linear by a torchao Int8Tensor (per-output-channel scales)."""
+    check_method(method)
+    ao = _torchao()
+    config = (ao.Int8DynamicActivationInt8WeightConfig(set_inductor_config=False) if method == "int8-dynamic"
+              else ao.Int8WeightOnlyConfig(set_inductor_config=False))
+    ao.quantize_(model, config, filter_fn=lambda module, _name: isinstance(module, nn.Linear))
+
+
+def _select_kernel(model: nn.Module, method: str, kernel: Kernel) -> None:
+    """Move an int8-dynamic model onto fbgemm when asked, or by default on CPU; else it stays on torchao."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if method == "int8-dynamic" and (kernel == "fbgemm" or (kernel == "auto" and on_cpu)):
+        _to_fbgemm(model)
+
+
+class FbgemmInt8Linear(DynamicLinear):
+    """torch.ao's dynamic int8 Linear (fbgemm/x86 kernel) with a choosable activation range: torch.ao
+    always uses 7 bits, which only CPUs without VNNI need, and which costs accuracy (measured: held-out
+    R@5 of a trained nano model moved 2 points with 7 bits, 1 or less with 8)."""
+
+    reduce_range = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed_params._packed_params
+        return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=self.reduce_range).to(x.dtype)
+
+
+def _to_fbgemm(model: nn.Module) -> None:
+    """Swap each torchao int8 Linear for torch.ao's dynamic quantized Linear with the same int8 weights."""
+    from torchao.utils import should_reduce_range
+
+    reduce_range = should_reduce_range(torch.device("cpu"))
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            weight = getattr(child, "weight", None)
+            if not isinstance(child, nn.Linear) or not hasattr(weight, "qdata"):
+                continue
+            out_features = weight.shape[0]
+            with warnings.catch_warnings():  # torch.ao's quantized tensors are deprecated, with no CPU successor yet
+                warnings.filterwarnings("ignore", message="torch.quantize_per_tensor", category=UserWarning)
+                qweight = torch._make_per_channel_quantized_tensor(
+                    weight.qdata, weight.scale.reshape(-1).double(), torch.zeros(out_features, dtype=torch.long), 0)
+            swapped = FbgemmInt8Linear(child.in_features, out_features, bias_=child.bias is not None)
+            swapped.set_weight_bias(qweight, None if child.bias is None else child.bias.detach())
+            swapped.reduce_range = reduce_range
+            setattr(parent, name, swapped)
+
+
+def _flatten(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    tensors, metadata = flatten_tensor_state_dict(state)
+    return {k: v.contiguous() for k, v in tensors.items()}, metadata
+
+
+def _read_quantized(path: Path) -> dict[str, torch.Tensor]:
+    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+
+    try:
+        with safe_open(str(path), "pt") as file:
+            metadata = file.metadata() or {}
+        tensors = load_file(str(path))
+        state, leftover = unflatten_tensor_state_dict(tensors, metadata)
+    except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a readable int8 checkpoint ({exc}); write it with "
+                              "`vlstack quantize`") from exc
+    if leftover:
+        raise CheckpointError(f"{path} holds tensors its header does not describe: {sorted(leftover)[:5]}")
+    return state
