@@ -10,6 +10,10 @@ from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel
 
+# The tests' models are tiny: one intra-op thread runs them as fast as two on an idle machine and many
+# times faster on a busy one (spinning threads); multi-process tests start their own processes.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tokenizer():
