@@ -26,5 +26,16 @@ def test_quick_demo_runs_every_stage_and_learns(tmp_path, capsys):
     assert (out / "clean" / "cleaned" / "report.md").is_file()
     assert set(report["stages"]["eval"]["benchmarks"]) >= {"vqav2", "gqa", "docvqa", "chartqa", "vqarad", "aokvqa"}
     assert (out / "eval" / "results.json").is_file()
+    stages = report["stages"]
+    assert set(stages["finetune"]["stages"]) == {"general", "domain", "safety"}
+    assert stages["finetune"]["stages"]["general"]["final_loss"] < stages["finetune"]["stages"]["general"]["first_loss"]
+    assert 0.0 <= stages["align"]["held_out_reward_accuracy"] <= 1.0
+    assert stages["hallucination"]["auroc"] > 0.5 and set(stages["hallucination"]["pope"]) == {
+        "random", "popular", "adversarial"}
+    assert stages["deployment"]["figures"]["onnx"]["parity_max_abs_diff"] <= 1e-4
+    apps = stages["apps"]
+    assert apps["medical"]["identifier_leaks"] == [] and apps["inspection"]["recall"] >= 0.9
+    assert apps["pointcloud"]["test_accuracy"] > 0.6 and apps["embodied_scripted"]["success"]
     QwenImageModel.from_pretrained(pretrain["checkpoint"])  # the saved checkpoint loads
+    QwenImageModel.from_pretrained(stages["align"]["checkpoint"])
     assert "held-out image->text R@1" in capsys.readouterr().out
