@@ -21,7 +21,9 @@ only at the same stop ids or the token budget (the generated counts are in the J
 
 Run: `python benchmarks/infer_throughput.py` (the `small` preset; several minutes on 2 idle
 cores) or `--quick` (tiny preset, fewer rounds); writes benchmarks/out/infer_throughput.json
-(`--out`). The cores may be shared: the JSON records the load average before and after.
+(`--out`). The cores may be shared: the JSON records the load average before and after, and
+`--threads 1` keeps small ops from waiting on a descheduled second thread (on 2 oversubscribed
+cores a nano-sized vision pass took 316 ms with 2 threads and 1.4 ms with 1).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,7 +47,7 @@ from vlstack.data.collate import image_to_tensor
 from vlstack.data.synthetic import shape_scenes
 from vlstack.eval.deployment import feature_cache_figures
 from vlstack.infer.engine import Engine, EngineConfig, Request
-from vlstack.infer.quantize import linear_heavy_seconds, quantize_model
+from vlstack.infer.quantize import best_seconds, linear_heavy_passes, quantize_model
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import IM_END, special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel
@@ -117,31 +120,44 @@ def requests_for(round_index: int, n: int, max_new_tokens: int, image_size: int)
             for i, s in enumerate(scenes)]
 
 
-def timed(fn: Callable[[], list[int]]) -> tuple[float, int]:
-    started = time.perf_counter()
-    counts = fn()
-    return time.perf_counter() - started, sum(counts)
+@dataclass
+class Setting:
+    """One way of answering requests: a generate function (-> generated token counts) and an untimed
+    preparation before each timed call (e.g. clearing or priming the feature cache)."""
+
+    name: str
+    generate: Callable[[list[Request]], list[int]]
+    prepare: Callable[[list[Request]], object] = lambda requests: None
 
 
-def throughput(name: str, generate: Callable[[list[Request]], list[int]], batch: int, rounds: int,
-               max_new_tokens: int, image_size: int,
-               before_each: Callable[[list[Request]], object] = lambda requests: None) -> dict:
-    """tokens/s and per-request latency p50/p95 over `rounds` rounds of 8 requests at `batch`;
-    `before_each` runs, untimed, before each timed call with that call's requests."""
-    generate(requests_for(999, batch, max_new_tokens, image_size))  # warm-up, untimed
-    seconds, tokens, latencies = 0.0, 0, []
+def interleaved_throughput(settings: list[Setting], batch: int, rounds: int, max_new_tokens: int,
+                           image_size: int) -> list[dict]:
+    """tokens/s and per-request latency p50/p95 of each setting over `rounds` rounds of 8 requests at
+    `batch`. The settings take turns on each batch, so load from other jobs on shared cores falls on
+    all of them alike; `vs_hf` is the median over batches of the first setting's (HF's) time over this one's."""
+    for setting in settings:  # warm-up, untimed
+        setting.generate(requests_for(999, batch, max_new_tokens, image_size))
+    times: dict[str, list[float]] = {s.name: [] for s in settings}
+    tokens = dict.fromkeys(times, 0)
     for r in range(rounds):
         requests = requests_for(r, 8, max_new_tokens, image_size)
         for start in range(0, 8, batch):
             chunk = requests[start : start + batch]
-            before_each(chunk)
-            elapsed, count = timed(lambda chunk=chunk: generate(chunk))
-            seconds, tokens = seconds + elapsed, tokens + count
-            latencies += [elapsed] * batch  # every request of a batch finishes with it
-    latencies.sort()
-    return {"name": name, "batch": batch, "tokens": tokens, "seconds": round(seconds, 3),
-            "tokens_per_s": round(tokens / seconds, 2), "latency_p50_s": round(statistics.median(latencies), 4),
-            "latency_p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 4)}
+            for setting in settings:
+                setting.prepare(chunk)
+                started = time.perf_counter()
+                tokens[setting.name] += sum(setting.generate(chunk))
+                times[setting.name].append(time.perf_counter() - started)
+    rows, first = [], times[settings[0].name]
+    for setting in settings:
+        calls = times[setting.name]
+        latencies = sorted(t for t in calls for _ in range(batch))  # every request of a batch ends with it
+        rows.append({"name": setting.name, "batch": batch, "tokens": tokens[setting.name],
+                     "seconds": round(sum(calls), 3), "tokens_per_s": round(tokens[setting.name] / sum(calls), 2),
+                     "latency_p50_s": round(statistics.median(latencies), 4),
+                     "latency_p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 4),
+                     "vs_hf": round(statistics.median(f / t for f, t in zip(first, calls)), 2)})
+    return rows
 
 
 def clear(engine: Engine) -> Callable[[list[Request]], None]:
@@ -158,26 +174,14 @@ def engine_counts(engine: Engine) -> Callable[[list[Request]], list[int]]:
     return lambda requests: [len(r.token_ids) for r in engine.generate(requests)]
 
 
-@torch.no_grad()
-def mlp_seconds(model: QwenImageModel, batch: int = 8, text_tokens: int = 64, repeats: int = 5) -> dict[str, float]:
-    """Median seconds of the Linear layers alone: the first MLP block of the vision tower on `batch`
-    images' tokens, and of the LM on `batch` x `text_tokens` tokens."""
+def mlp_passes(model: QwenImageModel, batch: int = 8, text_tokens: int = 64) -> dict[str, Callable[[], object]]:
+    """The Linear layers alone: the first MLP block of the vision tower on `batch` images' tokens,
+    and of the LM on `batch` x `text_tokens` tokens."""
     vision_mlp, lm_mlp = model.vision.blocks[0].mlp, model.language_model.model.layers[0].mlp
     generator = torch.Generator().manual_seed(0)
     patches = torch.randn(batch, model.num_image_tokens(), model.config.vision.width, generator=generator)
     text = torch.randn(batch, text_tokens, model.config.language.hidden_size, generator=generator)
-    return {"vision_mlp": _median(lambda: vision_mlp(patches), repeats),
-            "lm_mlp": _median(lambda: lm_mlp(text), repeats)}
-
-
-def _median(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return {"vision_mlp": lambda: vision_mlp(patches), "lm_mlp": lambda: lm_mlp(text)}
 
 
 def same_lm_weights(engine: Engine, hf: HFRunner) -> bool:
@@ -197,8 +201,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of 8 requests per setting")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="tiny preset, 1 round, 16 new tokens")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice); on cores shared "
+                        "with other jobs use 1: a 2-thread op waits for both threads to be scheduled")
     parser.add_argument("--out", default="benchmarks/out/infer_throughput.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.preset, args.rounds, args.max_new_tokens = "tiny", 1, 16
     load_before = os.getloadavg()[0]
@@ -215,29 +223,23 @@ def main() -> None:
         "generation": [],
     }
     common = {"rounds": args.rounds, "max_new_tokens": args.max_new_tokens, "image_size": size}
+    int8 = {f"{method}/{kernel}": quantize_model(copy.deepcopy(model), method, kernel)
+            for method, kernel in INT8_VARIANTS}
+    int8_engine = Engine(int8["int8-dynamic/fbgemm"], tokenizer, config)
     for batch in (1, 8):
-        hf_row = throughput("hf_llava_generate", hf.generate, batch, **common)
-        cold = throughput("engine_cache_cold", engine_counts(engine), batch, before_each=clear(engine), **common)
-        warm = throughput("engine_cache_warm", engine_counts(engine), batch, before_each=prime(engine), **common)
-        for row in (hf_row, cold, warm):
-            row["vs_hf"] = round(row["tokens_per_s"] / hf_row["tokens_per_s"], 2)
-            result["generation"].append(row)
+        settings = [Setting("hf_llava_generate", hf.generate),
+                    Setting("engine_cache_cold", engine_counts(engine), clear(engine)),
+                    Setting("engine_cache_warm", engine_counts(engine), prime(engine))]
+        if batch == 8:
+            settings.append(Setting("engine_int8_dynamic_cache_cold", engine_counts(int8_engine), clear(int8_engine)))
+        result["generation"] += interleaved_throughput(settings, batch, **common)
     result["vision_path"] = feature_cache_figures(engine, images=16)
 
-    linear = {"fp32": {**mlp_seconds(model), **linear_heavy_seconds(model, repeats=5)}}
-    for method, kernel in INT8_VARIANTS:
-        int8 = quantize_model(copy.deepcopy(model), method, kernel)
-        seconds = {**mlp_seconds(int8), **linear_heavy_seconds(int8, repeats=5)}
-        linear[f"{method}/{kernel}"] = {**seconds, "speedup": {part: round(linear["fp32"][part] / s, 2)
-                                                              for part, s in seconds.items()}}
-        if (method, kernel) == INT8_VARIANTS[0]:
-            int8_engine = Engine(int8, tokenizer, config)
-            row = throughput("engine_int8_dynamic_cache_cold", engine_counts(int8_engine), 8,
-                             before_each=clear(int8_engine), **common)
-            fp32_row = next(r for r in result["generation"] if r["name"] == "engine_cache_cold" and r["batch"] == 8)
-            row["vs_fp32_engine"] = round(row["tokens_per_s"] / fp32_row["tokens_per_s"], 2)
-            result["generation"].append(row)
-    result["linear_heavy_seconds"] = linear
+    variants = {"fp32": model, **int8}
+    seconds = best_seconds({name: {**mlp_passes(m), **linear_heavy_passes(m)} for name, m in variants.items()})
+    result["linear_heavy_seconds"] = {
+        name: {**row, **({"speedup": {k: round(seconds["fp32"][k] / v, 2) for k, v in row.items()}}
+                         if name != "fp32" else {})} for name, row in seconds.items()}
     result["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                          "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version(),
@@ -256,7 +258,7 @@ def _print(result: dict) -> None:
     print(f"{'setting':34} {'batch':>5} {'tok/s':>8} {'p50 s':>8} {'p95 s':>8} {'vs HF':>6}")
     for row in result["generation"]:
         print(f"{row['name']:34} {row['batch']:>5} {row['tokens_per_s']:>8} {row['latency_p50_s']:>8} "
-              f"{row['latency_p95_s']:>8} {row.get('vs_hf', ''):>6}")
+              f"{row['latency_p95_s']:>8} {row['vs_hf']:>6}")
     vision = result["vision_path"]
     print(f"image path of a repeated image: cold {vision['cold_ms']} ms, warm {vision['warm_ms']} ms "
           f"({vision['speedup']}x)")

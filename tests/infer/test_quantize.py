@@ -108,6 +108,8 @@ def test_engine_loads_an_int8_checkpoint(fp32_checkpoint, tmp_path, requests):
     got = [r.token_ids for r in engine.generate(requests)]
     assert got == [r.token_ids for r in reference.generate(requests)]
     assert all(got) and len({tuple(t) for t in got}) > 1  # real, input-dependent answers
+    bf16 = Engine(engine.model, engine.tokenizer, EngineConfig(precision="bf16", fast_path_max_new_tokens=0))
+    assert all(r.token_ids for r in bf16.generate(requests))  # int8 layers take autocast's bf16 inputs
 
 
 def test_bad_method_bad_files_and_missing_torchao_are_clear_errors(fp32_checkpoint, tmp_path, monkeypatch):

@@ -4,14 +4,17 @@ Two methods, both with per-channel symmetric int8 weights (torchao's `Int8Tensor
 - `int8-dynamic`: activations are quantized per call too, and the matmuls run in int8;
 - `int8-weight-only`: int8 weights, dequantized inside the matmul; activations stay fp32.
 
-Kernels. torchao quantizes and stores the weights everywhere. On CPU, torchao's int8
-matmul is slower than fp32 at this project's sizes (eager, and no better under
-torch.compile), while torch.ao's fbgemm/x86 dynamic Linear is faster than fp32 (measured:
-benchmarks/infer_throughput.py, benchmarks/RESULTS.md). So on CPU `int8-dynamic` runs on
-torch.ao's kernel: the same int8 weights and scales, repacked (`kernel="fbgemm"`); the
-activations are then quantized per tensor, over the full 8-bit range where the CPU has
-VNNI and a 7-bit range where it has not (torchao's `should_reduce_range`: overflow guard). `int8-weight-only` has no CPU kernel faster than fp32: it
-makes the weights 4x smaller, not faster.
+Kernels. torchao quantizes and stores the weights everywhere. On CPU its int8-dynamic
+matmul gains little (1.2-1.6x over fp32 on the small preset with 1 thread, slower than
+fp32 with 2 threads for layers up to 512 wide; no better under torch.compile), while
+torch.ao's fbgemm/x86 dynamic Linear is 2.3-3.1x faster (benchmarks/RESULTS.md). So on
+CPU `int8-dynamic` runs on torch.ao's kernel by default: the same int8 weights and scales,
+repacked (`kernel="fbgemm"`). Its activations are quantized per tensor, not per token as
+in torchao: slightly less accurate, and a row's result depends on the other rows of its
+batch (`kernel="torchao"` quantizes per token); over the full 8-bit range where the CPU has VNNI,
+a 7-bit range where it has not (torchao's `should_reduce_range`: an overflow guard).
+`int8-weight-only` has no CPU kernel faster than fp32: it makes weights 4x smaller, not
+faster.
 
 A quantized checkpoint is a checkpoint directory whose `model.safetensors` holds the int8
 weights and scales in torchao's safetensors layout (the tensor-subclass description sits
@@ -26,9 +29,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -137,20 +140,34 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
-@torch.no_grad()
-def linear_heavy_seconds(model: QwenImageModel, batch: int = 8, tokens: int = 64, repeats: int = 5,
-                         seed: int = 0) -> dict[str, float]:
-    """Median wall seconds of the model's Linear-heavy passes (after one warm-up each): the image path
-    (vision tower + projector) on `batch` images, and a language-model prefill of `batch` x `tokens`."""
+def linear_heavy_passes(model: QwenImageModel, batch: int = 8, tokens: int = 64, seed: int = 0
+                        ) -> dict[str, Callable[[], object]]:
+    """The model's Linear-heavy forward passes, ready to time: the image path (vision tower +
+    projector) on `batch` images, and a language-model prefill of `batch` x `tokens`."""
     generator = torch.Generator().manual_seed(seed)
     vision = model.config.vision
     pixels = torch.randn(batch, vision.in_channels, vision.image_size, vision.image_size, generator=generator)
     ids = torch.randint(model.config.language.vocab_size, (batch, tokens), generator=generator)
     lm = model.language_model
-    return {
-        "image_path": _median_seconds(lambda: model.projector(model.encode_image(pixels)), repeats),
-        "lm_prefill": _median_seconds(lambda: lm(input_ids=ids, use_cache=False, logits_to_keep=1), repeats),
-    }
+    return {"image_path": lambda: model.projector(model.encode_image(pixels)),
+            "lm_prefill": lambda: lm(input_ids=ids, use_cache=False, logits_to_keep=1)}
+
+
+@torch.no_grad()
+def best_seconds(passes: dict[str, dict[str, Callable[[], object]]], repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Wall seconds of each variant's passes ({variant: {pass: fn}}): the best of `repeats` after one
+    warm-up, with the variants interleaved, so that other load on a shared machine hits them alike and
+    the minimum is the run least disturbed by it."""
+    best = {variant: {} for variant in passes}
+    for round_index in range(repeats + 1):
+        for variant, fns in passes.items():
+            for name, fn in fns.items():
+                started = time.perf_counter()
+                fn()
+                elapsed = time.perf_counter() - started
+                if round_index:  # round 0 warms up
+                    best[variant][name] = min(best[variant].get(name, elapsed), elapsed)
+    return best
 
 
 # --- internals -----------------------------------------------------------------------------
@@ -164,16 +181,6 @@ def _tensor_bytes(tensor) -> int:
     if hasattr(tensor, "qdata"):  # torchao Int8Tensor
         return tensor.qdata.numel() + tensor.scale.numel() * tensor.scale.element_size()
     return tensor.numel() * tensor.element_size()
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def _torchao():
@@ -201,15 +208,14 @@ def _select_kernel(model: nn.Module, method: str, kernel: Kernel) -> None:
 
 
 class FbgemmInt8Linear(DynamicLinear):
-    """torch.ao's dynamic int8 Linear (fbgemm/x86 kernel) with a choosable activation range: torch.ao
-    always uses 7 bits, which only CPUs without VNNI need, and which costs accuracy (measured: held-out
-    R@5 of a trained nano model moved 2 points with 7 bits, 1 or less with 8)."""
+    """torch.ao's dynamic int8 Linear (fbgemm/x86 kernel) with a choosable activation range (torch.ao
+    always uses 7 bits, which only CPUs without VNNI need); takes bf16 inputs too (under autocast)."""
 
     reduce_range = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self._packed_params._packed_params
-        return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=self.reduce_range).to(x.dtype)
+        return torch.ops.quantized.linear_dynamic(x.float(), packed, reduce_range=self.reduce_range).to(x.dtype)
 
 
 def _to_fbgemm(model: nn.Module) -> None:
