@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "Writes OUT/vision.onnx (dynamic batch axis), OUT/vision.int8-dynamic.onnx, "
                            "OUT/vision.int8-static.onnx (activation ranges calibrated on images), OUT/export.json "
                            "(parity with PyTorch, max diff and cosine of each) and OUT/deployment_report.json "
-                           "(suite answers of an Engine on each; serve with one: --set engine.vision_onnx=OUT/vision.onnx). "
+                           "(suite answers of an Engine on each; serve with one: "
+                           "--set engine.vision_onnx=OUT/vision.onnx). "
                            "--set export.FIELD / eval.FIELD (export.calibration_dir=DIR). "
                            "Needs pip install 'vlstack[onnx]'.")
     export_onnx.add_argument("--model", required=True, metavar="CKPT", help="fp32 checkpoint directory")
@@ -157,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     align = _command(commands, "align", "Align a checkpoint with a reward model, PPO, DPO or GRPO.",
                      "Trains on synthetic VQA (exact answers: correct preferred over wrong) from --set "
-                     "checkpoint=DIR, normally the last fine-tuning stage's model. Writes OUT_DIR/align.json (reward, KL, "
-                     "held-out accuracy before and after), OUT_DIR/align_log.jsonl (PPO/GRPO, per iteration) "
-                     "and OUT_DIR/checkpoint. Recipes: configs/align_{ppo,dpo,grpo}.yaml.")
+                     "checkpoint=DIR, normally the last fine-tuning stage's model. Writes OUT_DIR/align.json "
+                     "(reward, KL, held-out accuracy before and after), OUT_DIR/align_log.jsonl (PPO/GRPO, per "
+                     "iteration) and OUT_DIR/checkpoint. Recipes: configs/align_{ppo,dpo,grpo}.yaml.")
     align.add_argument("--method", required=True, choices=("ppo", "dpo", "grpo", "reward"),
                        help="reward: train a reward model for PPO's reward=model")
     align.add_argument("--config", help="a YAML recipe, e.g. configs/align_grpo.yaml (default: the method's defaults)")
@@ -293,16 +294,14 @@ def _align(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from vlstack.config import apply_overrides
     from vlstack.infer.server import ServerConfig, serve
 
     flags = {"model": args.model, "host": args.host, "port": args.port, "api_key": args.api_key}
-    serve(apply_overrides(ServerConfig(**{k: v for k, v in flags.items() if v is not None}), args.overrides))
+    serve(_configured(ServerConfig, flags, args.overrides))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from vlstack.config import apply_overrides
     from vlstack.eval.hallucination import HallucinationConfig
     from vlstack.eval.harness import EvalConfig, run_eval
     from vlstack.eval.report import summary
@@ -312,7 +311,7 @@ def _eval(args: argparse.Namespace) -> int:
         benchmarks = [] if args.benchmarks == "none" else [n.strip() for n in args.benchmarks.split(",") if n.strip()]
     flags = {"benchmarks": benchmarks, "data_root": args.data_root, "out_dir": args.out, "limit": args.limit,
              "hallucination": HallucinationConfig() if args.hallucination else None}
-    config = apply_overrides(EvalConfig(**{k: v for k, v in flags.items() if v is not None}), args.overrides)
+    config = _configured(EvalConfig, flags, args.overrides)
     print(summary(run_eval(args.model, config)) + f"\nreport: {config.out_dir}/report.md")
     return 0
 
@@ -403,10 +402,9 @@ def _app_commands(commands) -> None:
 
 def _medical(args: argparse.Namespace) -> int:
     from vlstack.apps.medical import MedicalConfig, run_medical
-    from vlstack.config import apply_overrides
 
     flags = {"language": args.lang, "prompt": args.prompt}
-    config = apply_overrides(MedicalConfig(**{k: v for k, v in flags.items() if v is not None}), args.overrides)
+    config = _configured(MedicalConfig, flags, args.overrides)
     counts = run_medical(args.study_dir, args.model, args.out, config)["counts"]
     print(f"{counts['studies']} studies, {counts['series']} series, {counts['answered']} answered, "
           f"{counts['files_skipped']} files skipped; report: {args.out}/report.html")
@@ -415,11 +413,10 @@ def _medical(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from vlstack.apps.inspection import InspectionConfig, run_inspection
-    from vlstack.config import apply_overrides
 
     flags = {"language": args.lang, "prompt": args.prompt, "reference": args.reference, "max_frames": args.max_frames,
              "yolo_weights": args.yolo, "detector": "yolo" if args.yolo else None}
-    config = apply_overrides(InspectionConfig(**{k: v for k, v in flags.items() if v is not None}), args.overrides)
+    config = _configured(InspectionConfig, flags, args.overrides)
     summary = run_inspection(args.source, args.model, args.out, config)
     print(f"{summary['frames']} frames, {summary['defects']} defects in {summary['frames_with_defects']} frames, "
           f"{summary['frames_per_second']} frames/s; report: {args.out}/report.html")
@@ -428,15 +425,21 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _embodied(args: argparse.Namespace) -> int:
     from vlstack.apps.embodied import EmbodiedConfig, run_minigrid_episodes
-    from vlstack.config import apply_overrides
 
     flags = {"episodes": args.episodes}
-    config = apply_overrides(EmbodiedConfig(**{k: v for k, v in flags.items() if v is not None}), args.overrides)
+    config = _configured(EmbodiedConfig, flags, args.overrides)
     summary = run_minigrid_episodes(args.model, args.env, args.out, config)
     print(f"{args.env}: success rate {summary['success_rate']:.2f} over {summary['episodes']} episode(s), "
           f"mean plans {summary['mean_plans']:.1f}, mean steps {summary['mean_steps']:.1f}; "
           f"summary: {args.out}/summary.json")
     return 0
+
+
+def _configured(cls, flags: dict, overrides: list[str]):
+    """A `cls` config from the command's flags (None: not given, keep the default), then the --set overrides."""
+    from vlstack.config import apply_overrides
+
+    return apply_overrides(cls(**{k: v for k, v in flags.items() if v is not None}), overrides)
 
 
 def _human(count: int) -> str:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from vlstack.align.dpo import DPOConfig
 from vlstack.align.run import run_alignment
-from vlstack.align.stages import FinetuneConfig, run_finetune
+from vlstack.align.stages import FinetuneConfig, eval_line, run_finetune
 from vlstack.apps.demos import inspection_demo, medical_demo
 from vlstack.apps.embodied import EmbodiedConfig, EpisodeConfig, run_minigrid_episodes, scripted_episode
 from vlstack.apps.pointcloud import ShapeClassificationConfig, shape_classification
@@ -361,7 +361,8 @@ def _deployment_markdown(d: dict) -> list[str]:
         f"- int8 dynamic quantization: held-out retrieval change in points: {_items(q['retrieval_delta_points'])}; "
         f"speed-up {_items(q['speedup'])}; weights {q['weight_bytes']['fp32'] / 1e6:.1f} MB -> "
         f"{q['weight_bytes']['int8'] / 1e6:.1f} MB.",
-        f"- ONNX vision + projector: max |ONNX Runtime - PyTorch| {o['parity_max_abs_diff']:.2e}; share of answers identical "
+        f"- ONNX vision + projector: max |ONNX Runtime - PyTorch| {o['parity_max_abs_diff']:.2e}; "
+        "share of answers identical "
         f"to PyTorch: {_items(o['identical_answers'])}.",
         f"- Image-feature cache: hit rate {c['hit_rate']:.2f}; vision path cold {c['cold_ms']:.1f} ms vs warm "
         f"{c['warm_ms']:.2f} ms.",
@@ -378,15 +379,8 @@ def _tuning_markdown(f: dict, a: dict) -> list[str]:
              "| stage | steps | loss | conversations | seconds |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {st['steps']} | {st['first_loss']:.3f} -> {st['final_loss']:.3f} | {st['samples']} | "
               f"{st['seconds']} |" for name, st in f["stages"].items()]
-    lines += ["", "Held-out after the safety stage:", ""]
-    for name, fig in f["eval"].items():
-        line = f"- {name}: accuracy {fig['accuracy']:.3f}"
-        if "blind_baseline" in fig:
-            line += f" (blind baseline {fig['blind_baseline']:.3f})"
-        if "harmful_refusal_rate" in fig:
-            line += (f"; refusals on harmful requests {fig['harmful_refusal_rate']:.3f}, on safe look-alikes "
-                     f"{fig['safe_refusal_rate']:.3f}")
-        lines.append(line)
+    lines += ["", "After the safety stage:", ""]
+    lines += [f"- {eval_line(name, figures)}" for name, figures in f["eval"].items()]
     lines += ["", f"DPO ({a['steps']} steps): held-out VQA accuracy {a['vqa_accuracy_before']:.3f} -> "
               f"{a['vqa_accuracy_after']:.3f}; held-out implicit-reward accuracy {a['held_out_reward_accuracy']:.3f} "
               "(chance 0.5).", ""]

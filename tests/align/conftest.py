@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlstack.align.logprobs import load_engine
+from vlstack.align.ppo import RolloutConfig, sampled_reward
 from vlstack.align.preference import VQADataConfig, vqa_samples
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import encode_conversations
@@ -47,3 +49,16 @@ def sft_checkpoint(nano_checkpoint, tmp_path_factory):
     directory = tmp_path_factory.mktemp("align") / "sft"
     model.save_pretrained(directory, tokenizer)
     return directory
+
+
+@pytest.fixture
+def reward_before_after():
+    """`(start, trained, data) -> (before, after)`: the mean exact-answer reward of each checkpoint on the
+    first 4 training prompts of `data`, over 64 fresh samples per prompt (how the RL tests judge a run)."""
+
+    def measure(start, trained, data: VQADataConfig) -> tuple[float, float]:
+        prompts, rollout = vqa_samples(4, data, "train"), RolloutConfig(max_new_tokens=4)
+        return tuple(sampled_reward(load_engine(str(checkpoint)), prompts, rollout, per_prompt=64)
+                     for checkpoint in (start, trained))
+
+    return measure

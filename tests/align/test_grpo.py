@@ -9,7 +9,7 @@ import torch
 
 from vlstack.align.grpo import GRPOConfig, GRPOObjective, group_advantages, k3_kl, run_grpo
 from vlstack.align.logprobs import load_engine, score_responses
-from vlstack.align.ppo import RolloutConfig, generate_rollouts, sampled_reward
+from vlstack.align.ppo import RolloutConfig, generate_rollouts
 from vlstack.align.preference import VQADataConfig, vqa_samples
 from vlstack.cli import main
 from vlstack.errors import ConfigError
@@ -74,7 +74,7 @@ def test_cli_runs_grpo_from_the_recipe(nano_checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_grpo_raises_the_reward_with_a_bounded_kl(sft_checkpoint, tmp_path):
+def test_grpo_raises_the_reward_with_a_bounded_kl(sft_checkpoint, tmp_path, reward_before_after):
     """Four colour questions, 16 answers each per iteration, from the SFT warm-up (sampled answers right about
     half the time): after 10 iterations the policy's reward on them, measured on 64 fresh samples per prompt,
     is up by at least 0.1 and the KL to the reference stays under 1 nat per answer. (A handful of prompts keeps
@@ -86,9 +86,6 @@ def test_grpo_raises_the_reward_with_a_bounded_kl(sft_checkpoint, tmp_path):
                         train=TrainConfig(batch_size=16, lr=1e-4, warmup_steps=0, precision="fp32",
                                           measure_mfu=False, tensorboard=False))
     summary = run_grpo(config)
-    prompts = vqa_samples(4, data, "train")
-    rollout = RolloutConfig(max_new_tokens=4)
-    before = sampled_reward(load_engine(str(sft_checkpoint)), prompts, rollout, per_prompt=64)
-    after = sampled_reward(load_engine(summary["checkpoint"]), prompts, rollout, per_prompt=64)
+    before, after = reward_before_after(sft_checkpoint, summary["checkpoint"], data)
     assert after >= before + 0.1, (before, after, summary)
     assert summary["kl_max"] < 1.0, summary

@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from vlstack.align.logprobs import load_engine
 from vlstack.align.ppo import (
     KLConfig,
     KLController,
@@ -16,11 +15,10 @@ from vlstack.align.ppo import (
     clipped_value_loss,
     gae,
     run_ppo,
-    sampled_reward,
     token_rewards,
     whiten,
 )
-from vlstack.align.preference import VQADataConfig, vqa_samples
+from vlstack.align.preference import VQADataConfig
 from vlstack.align.reward import RewardModel
 from vlstack.errors import ConfigError
 from vlstack.infer.engine import Engine
@@ -124,7 +122,7 @@ def test_reward_can_come_from_a_reward_model(nano_checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_ppo_raises_the_reward_with_a_bounded_kl(sft_checkpoint, tmp_path):
+def test_ppo_raises_the_reward_with_a_bounded_kl(sft_checkpoint, tmp_path, reward_before_after):
     """Four colour questions, 64 rollouts per iteration, from the SFT warm-up: after 10 iterations the policy's
     reward on them, measured on 64 fresh samples per prompt, is up by at least 0.1 and the KL to the reference
     stays under 1 nat per answer (see the GRPO test for why a handful of prompts)."""
@@ -134,9 +132,6 @@ def test_ppo_raises_the_reward_with_a_bounded_kl(sft_checkpoint, tmp_path):
                        train=TrainConfig(batch_size=16, lr=1e-4, warmup_steps=0, precision="fp32", measure_mfu=False,
                                          tensorboard=False))
     summary = run_ppo(config)
-    prompts = vqa_samples(4, data, "train")
-    rollout = RolloutConfig(max_new_tokens=4)
-    before = sampled_reward(load_engine(str(sft_checkpoint)), prompts, rollout, per_prompt=64)
-    after = sampled_reward(load_engine(summary["checkpoint"]), prompts, rollout, per_prompt=64)
+    before, after = reward_before_after(sft_checkpoint, summary["checkpoint"], data)
     assert after >= before + 0.1, (before, after, summary)
     assert summary["kl_max"] < 1.0, summary

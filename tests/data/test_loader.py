@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
 
 from vlstack.data.collate import IGNORE_INDEX, CollateConfig, SampleCollator, sample_messages
 from vlstack.data.loader import ShardDataset, ShardStream

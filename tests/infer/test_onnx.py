@@ -32,26 +32,10 @@ from vlstack.models.vlm import QwenImageModel
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tokenizer):
-    """A nano checkpoint whose LM weights are sharpened, so that greedy outputs depend on the image."""
-    config = ModelConfig.from_preset("nano")
-    config.image_token_id = special_token_ids(tokenizer).image
-    torch.manual_seed(0)
-    model = QwenImageModel(config)
-    with torch.no_grad():
-        for param in model.language_model.parameters():
-            if param.ndim == 2:
-                param.normal_(0, 0.5)
-    directory = tmp_path_factory.mktemp("onnx") / "fp32"
-    model.save_pretrained(directory, tokenizer)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def exported(checkpoint, tmp_path_factory):
+def exported(sharpened_checkpoint, tmp_path_factory):
     """One run of `vlstack export-onnx` (export, ORT int8 dynamic + static, parity, Engine on each)."""
     out = tmp_path_factory.mktemp("onnx") / "export"
-    assert main(["export-onnx", "--model", str(checkpoint), "--out", str(out),
+    assert main(["export-onnx", "--model", str(sharpened_checkpoint), "--out", str(out),
                  "--set", "export.calibration_images=8", "--set", "export.check_images=6",
                  "--set", "eval.benchmarks=[vqav2]", "--set", "eval.suite_items=3"]) == 0
     return out
@@ -73,8 +57,8 @@ def test_export_writes_three_models_and_a_report(exported, capsys):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_onnx_runtime_matches_pytorch_on_a_dynamic_batch_axis(exported, checkpoint, pixels, batch):
-    model = QwenImageModel.from_pretrained(checkpoint)
+def test_onnx_runtime_matches_pytorch_on_a_dynamic_batch_axis(exported, sharpened_checkpoint, pixels, batch):
+    model = QwenImageModel.from_pretrained(sharpened_checkpoint)
     encoder = OrtVisualEncoder(exported / VISION_ONNX, model)
     assert isinstance(encoder.session.get_inputs()[0].shape[0], str)  # a symbolic (dynamic) batch axis
     reference, got = visual_tokens(model, pixels[:batch]), encoder(pixels[:batch])
@@ -84,20 +68,21 @@ def test_onnx_runtime_matches_pytorch_on_a_dynamic_batch_axis(exported, checkpoi
 
 @pytest.mark.parametrize(("filename", "quantized_op"), [(INT8_DYNAMIC_ONNX, "DynamicQuantizeLinear"),
                                                          (INT8_STATIC_ONNX, "QuantizeLinear")])
-def test_ort_int8_models_are_quantized_and_stay_close(exported, checkpoint, pixels, filename, quantized_op):
+def test_ort_int8_models_are_quantized_and_stay_close(exported, sharpened_checkpoint, pixels, filename,
+                                                     quantized_op):
     ops = {node.op_type for node in onnx.load(str(exported / filename)).graph.node}
     assert quantized_op in ops
     assert (exported / filename).stat().st_size < 0.5 * (exported / VISION_ONNX).stat().st_size
-    model = QwenImageModel.from_pretrained(checkpoint)
+    model = QwenImageModel.from_pretrained(sharpened_checkpoint)
     reference, got = visual_tokens(model, pixels), OrtVisualEncoder(exported / filename)(pixels)
     cosine = torch.nn.functional.cosine_similarity(reference, got, dim=-1)
     assert cosine.min() > 0.99
     assert 0 < float((got - reference).abs().max()) < 0.05 * float(reference.abs().max())
 
 
-def test_engine_with_onnx_vision_gives_the_pytorch_greedy_outputs(exported, checkpoint):
-    model = QwenImageModel.from_pretrained(checkpoint)
-    torch_engine = Engine.from_checkpoint(checkpoint, EngineConfig(fast_path_max_new_tokens=0))
+def test_engine_with_onnx_vision_gives_the_pytorch_greedy_outputs(exported, sharpened_checkpoint):
+    model = QwenImageModel.from_pretrained(sharpened_checkpoint)
+    torch_engine = Engine.from_checkpoint(sharpened_checkpoint, EngineConfig(fast_path_max_new_tokens=0))
     onnx_engine = Engine(model, torch_engine.tokenizer, EngineConfig(fast_path_max_new_tokens=0,
                                                                      vision_onnx=str(exported / VISION_ONNX)))
     questions = ["what is on the left?", "how many shapes are there?", "describe it", "is there a circle?"]
@@ -116,22 +101,22 @@ def test_an_onnx_model_of_another_size_is_refused(exported, tokenizer):
         Engine(QwenImageModel(config), tokenizer, EngineConfig(vision_onnx=str(exported / VISION_ONNX)))
 
 
-def test_missing_onnxruntime_names_the_extra(exported, monkeypatch, checkpoint, tokenizer):
+def test_missing_onnxruntime_names_the_extra(exported, monkeypatch, sharpened_checkpoint, tokenizer):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ConfigError, match=r"pip install 'vlstack\[onnx\]'"):
         OrtVisualEncoder(exported / VISION_ONNX)
     with pytest.raises(ConfigError, match=r"vlstack\[onnx\]"):
-        Engine(QwenImageModel.from_pretrained(checkpoint), tokenizer,
+        Engine(QwenImageModel.from_pretrained(sharpened_checkpoint), tokenizer,
                EngineConfig(vision_onnx=str(exported / VISION_ONNX)))
 
 
-def test_bad_inputs_are_clear_errors(checkpoint, tmp_path):
+def test_bad_inputs_are_clear_errors(sharpened_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="vlstack export-onnx"):
         OrtVisualEncoder(tmp_path / "absent.onnx")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="calibration_dir"):
         calibration_pixels(OnnxExportConfig(calibration_dir=str(tmp_path / "empty")), 32)
-    int8 = quantize_checkpoint(checkpoint, tmp_path / "int8", "int8-dynamic")
+    int8 = quantize_checkpoint(sharpened_checkpoint, tmp_path / "int8", "int8-dynamic")
     with pytest.raises(CheckpointError, match="export the fp32 checkpoint"):
         export_checkpoint(int8, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -27,27 +27,9 @@ from vlstack.infer.quantize import (
     quantize_model,
     weight_bytes,
 )
-from vlstack.models.config import ModelConfig
-from vlstack.models.tokenizer import special_token_ids
 from vlstack.models.vlm import QwenImageModel
 
 METHODS = ["int8-dynamic", "int8-weight-only"]
-
-
-@pytest.fixture(scope="module")
-def fp32_checkpoint(tmp_path_factory, tokenizer):
-    """A nano checkpoint whose LM weights are sharpened, so that greedy outputs depend on the input."""
-    config = ModelConfig.from_preset("nano")
-    config.image_token_id = special_token_ids(tokenizer).image
-    torch.manual_seed(0)
-    model = QwenImageModel(config)
-    with torch.no_grad():
-        for param in model.language_model.parameters():
-            if param.ndim == 2:
-                param.normal_(0, 0.5)
-    directory = tmp_path_factory.mktemp("quantize") / "fp32"
-    model.save_pretrained(directory, tokenizer)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +47,8 @@ def _inputs():
 
 @pytest.mark.parametrize(("method", "kernel"),
                          [("int8-dynamic", "torchao"), ("int8-dynamic", "fbgemm"), ("int8-weight-only", "auto")])
-def test_every_linear_is_int8_and_outputs_stay_close(fp32_checkpoint, method, kernel):
-    fp32 = QwenImageModel.from_pretrained(fp32_checkpoint)
+def test_every_linear_is_int8_and_outputs_stay_close(sharpened_checkpoint, method, kernel):
+    fp32 = QwenImageModel.from_pretrained(sharpened_checkpoint)
     int8 = quantize_model(copy.deepcopy(fp32), method, kernel)
     linears = [m for m in int8.modules() if isinstance(m, nn.Linear)]
     if method == "int8-dynamic" and kernel == "fbgemm":
@@ -84,26 +66,26 @@ def test_every_linear_is_int8_and_outputs_stay_close(fp32_checkpoint, method, ke
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_int8_checkpoint_round_trip_is_exact_and_small(fp32_checkpoint, tmp_path, method):
-    out = quantize_checkpoint(fp32_checkpoint, tmp_path / "int8", method)
-    assert quantization_of(out).method == method and quantization_of(fp32_checkpoint) is None
+def test_int8_checkpoint_round_trip_is_exact_and_small(sharpened_checkpoint, tmp_path, method):
+    out = quantize_checkpoint(sharpened_checkpoint, tmp_path / "int8", method)
+    assert quantization_of(out).method == method and quantization_of(sharpened_checkpoint) is None
     assert {"config.yaml", "model.safetensors", QUANTIZATION_NAME, "tokenizer"} <= {p.name for p in out.iterdir()}
     with safe_open(str(out / "model.safetensors"), "pt") as file:
         names = file.keys()
         qkv = [k for k in names if k.startswith("vision.blocks.0.attn") and "qkv" in k]
         assert any(file.get_tensor(k).dtype == torch.int8 for k in qkv)
-    assert (out / "model.safetensors").stat().st_size < 0.6 * (fp32_checkpoint / "model.safetensors").stat().st_size
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (sharpened_checkpoint / "model.safetensors").stat().st_size
     loaded = load_model(out)
-    in_memory = quantize_model(QwenImageModel.from_pretrained(fp32_checkpoint), method)
+    in_memory = quantize_model(QwenImageModel.from_pretrained(sharpened_checkpoint), method)
     with torch.no_grad():
         a, b = loaded(*_inputs()), in_memory(*_inputs())
     assert torch.equal(a.image_embeds, b.image_embeds) and torch.equal(a.mlm_logits, b.mlm_logits)
 
 
-def test_engine_loads_an_int8_checkpoint(fp32_checkpoint, tmp_path, requests):
-    out = quantize_checkpoint(fp32_checkpoint, tmp_path / "int8", "int8-dynamic")
+def test_engine_loads_an_int8_checkpoint(sharpened_checkpoint, tmp_path, requests):
+    out = quantize_checkpoint(sharpened_checkpoint, tmp_path / "int8", "int8-dynamic")
     engine = Engine.from_checkpoint(out, EngineConfig(fast_path_max_new_tokens=0))
-    reference = Engine(quantize_model(QwenImageModel.from_pretrained(fp32_checkpoint), "int8-dynamic"),
+    reference = Engine(quantize_model(QwenImageModel.from_pretrained(sharpened_checkpoint), "int8-dynamic"),
                        engine.tokenizer, EngineConfig(fast_path_max_new_tokens=0))
     got = [r.token_ids for r in engine.generate(requests)]
     assert got == [r.token_ids for r in reference.generate(requests)]
@@ -112,23 +94,23 @@ def test_engine_loads_an_int8_checkpoint(fp32_checkpoint, tmp_path, requests):
     assert all(r.token_ids for r in bf16.generate(requests))  # int8 layers take autocast's bf16 inputs
 
 
-def test_bad_method_bad_files_and_missing_torchao_are_clear_errors(fp32_checkpoint, tmp_path, monkeypatch):
+def test_bad_method_bad_files_and_missing_torchao_are_clear_errors(sharpened_checkpoint, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="int8-dynamic, int8-weight-only"):
-        quantize_checkpoint(fp32_checkpoint, tmp_path / "x", "int4")
+        quantize_checkpoint(sharpened_checkpoint, tmp_path / "x", "int4")
     assert not (tmp_path / "x").exists()
-    out = quantize_checkpoint(fp32_checkpoint, tmp_path / "int8", "int8-weight-only")
+    out = quantize_checkpoint(sharpened_checkpoint, tmp_path / "int8", "int8-weight-only")
     (out / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="vlstack quantize"):
         load_model(out)
     monkeypatch.setitem(sys.modules, "torchao", None)
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)
     with pytest.raises(ConfigError, match=r"vlstack\[quantize\]"):
-        quantize_model(QwenImageModel.from_pretrained(fp32_checkpoint), "int8-dynamic")
+        quantize_model(QwenImageModel.from_pretrained(sharpened_checkpoint), "int8-dynamic")
 
 
-def test_cli_quantize_writes_the_checkpoint_and_the_report(fp32_checkpoint, tmp_path, capsys):
+def test_cli_quantize_writes_the_checkpoint_and_the_report(sharpened_checkpoint, tmp_path, capsys):
     out = tmp_path / "int8"
-    assert main(["quantize", "--model", str(fp32_checkpoint), "--method", "int8-dynamic", "--out", str(out),
+    assert main(["quantize", "--model", str(sharpened_checkpoint), "--method", "int8-dynamic", "--out", str(out),
                  "--set", "heldout_pairs=32", "--set", "benchmarks=[vqav2]", "--set", "suite_items=2",
                  "--set", "speed_repeats=1", "--set", "speed_batch=2", "--set", "speed_tokens=8"]) == 0
     report = json.loads((out / "deployment_report.json").read_text())
@@ -138,4 +120,4 @@ def test_cli_quantize_writes_the_checkpoint_and_the_report(fp32_checkpoint, tmp_
     assert quantization_of(out).method == "int8-dynamic"
     printed = capsys.readouterr().out
     assert "held-out R@1" in printed and "speed-up over fp32" in printed
-    assert main(["quantize", "--model", str(fp32_checkpoint), "--method", "fp8", "--out", str(tmp_path / "y")]) == 2
+    assert main(["quantize", "--model", str(sharpened_checkpoint), "--method", "fp8", "--out", str(tmp_path / "y")]) == 2

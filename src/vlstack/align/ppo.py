@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from vlstack.align.preference import (
     prompt_request,
     vqa_samples,
 )
-from vlstack.align.reward import RewardModel
+from vlstack.align.reward import RewardModel, scalar_head
 from vlstack.data.loader import GlobalBatches
 from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
@@ -205,10 +204,7 @@ class PolicyWithValue(nn.Module):
     def __init__(self, policy: QwenImageModel):
         super().__init__()
         self.policy = policy
-        width = policy.config.language.hidden_size
-        self.value_head = nn.Linear(width, 1)
-        nn.init.normal_(self.value_head.weight, std=1 / math.sqrt(width + 1))
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head = scalar_head(policy.config.language.hidden_size)
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.value_head(hidden).squeeze(-1).float()  # [B, L, D] -> [B, L]

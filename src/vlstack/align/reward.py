@@ -30,14 +30,20 @@ from vlstack.train.trainer import TrainConfig, Trainer
 HEAD_NAME = "reward_head.safetensors"
 
 
+def scalar_head(width: int) -> nn.Linear:
+    """A Linear(width -> 1) on LM hidden states (reward and value heads), initialised so the first
+    scores are small: std 1/sqrt(width + 1), zero bias."""
+    head = nn.Linear(width, 1)
+    nn.init.normal_(head.weight, std=1 / math.sqrt(width + 1))
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class RewardModel(nn.Module):
     def __init__(self, backbone: QwenImageModel):
         super().__init__()
         self.backbone = backbone
-        width = backbone.config.language.hidden_size
-        self.head = nn.Linear(width, 1)
-        nn.init.normal_(self.head.weight, std=1 / math.sqrt(width + 1))
-        nn.init.zeros_(self.head.bias)
+        self.head = scalar_head(backbone.config.language.hidden_size)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Scores [B] of right-padded rows (`input_ids`, `attention_mask`, `pixel_values`)."""

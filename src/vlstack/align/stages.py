@@ -212,7 +212,8 @@ def _check_dataset(spec: DatasetSpec, where: str) -> None:
         raise ConfigError(f"{where}: unknown dataset {spec.name!r}; valid datasets: "
                           f"{', '.join([*DATASETS, FILE_DATASET])}")
     elif spec.samples < 1:
-        raise ConfigError(f"{where}: dataset {spec.name!r} has samples={spec.samples}; a stage needs data, use 1 or more")
+        raise ConfigError(f"{where}: dataset {spec.name!r} has samples={spec.samples}; a stage needs data, "
+                          "use 1 or more")
 
 
 def stage_samples(stage: StageConfig, seed: int) -> list[Sample]:
@@ -364,8 +365,8 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     return result
 
 
-def evaluate(model: QwenImageModel, tokenizer: PreTrainedTokenizerBase, held_out: dict[str, list[Sample]], config: FinetuneConfig,
-             data: dict[str, list[Sample]]) -> dict[str, dict]:
+def evaluate(model: QwenImageModel, tokenizer: PreTrainedTokenizerBase, held_out: dict[str, list[Sample]],
+             config: FinetuneConfig, data: dict[str, list[Sample]]) -> dict[str, dict]:
     """Held-out figures per dataset; the blind baseline comes from the same dataset's training samples."""
     engine = Engine(model, tokenizer, EngineConfig(max_batch_size=config.eval.batch_size))
     trained = [s for samples in data.values() for s in samples]
@@ -383,13 +384,17 @@ def summary(results: dict) -> str:
             continue
         lines.append(f"{name}: {stage['status']}, {stage['steps']} steps, loss {stage['first_loss']:.3f} -> "
                      f"{stage['final_loss']:.3f}, {stage['samples']} conversations")
-    for name, figures in results["eval"].items():
-        line = f"held-out {name} accuracy {figures['accuracy']:.3f}"
-        if "blind_baseline" in figures:
-            line += f" (blind baseline {figures['blind_baseline']:.3f})"
-        if "harmful_refusal_rate" in figures:
-            line += (f", refusals on harmful requests {figures['harmful_refusal_rate']:.3f}, on safe look-alikes "
-                     f"{figures['safe_refusal_rate']:.3f}")
-        lines.append(line)
+    lines += [eval_line(name, figures) for name, figures in results["eval"].items()]
     lines.append(f"checkpoint: {results['checkpoint']}")
     return "\n".join(lines)
+
+
+def eval_line(name: str, figures: dict) -> str:
+    """One held-out dataset's figures in words: accuracy against its blind baseline, refusal rates."""
+    line = f"held-out {name} accuracy {figures['accuracy']:.3f}"
+    if "blind_baseline" in figures:
+        line += f" (blind baseline {figures['blind_baseline']:.3f})"
+    if "harmful_refusal_rate" in figures:
+        line += (f", refusals on harmful requests {figures['harmful_refusal_rate']:.3f}, on safe look-alikes "
+                 f"{figures['safe_refusal_rate']:.3f}")
+    return line

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlstack.eval.report import Table
+from vlstack.eval.report import Table, block_html
 
 
 @dataclass
@@ -33,18 +33,8 @@ Block = tuple[str, str] | Table | Gallery
 
 def write_page(path: str | Path, title: str, blocks: list[Block]) -> Path:
     path = Path(path)
-    body = []
-    for block in blocks:
-        if isinstance(block, Table):
-            head = "".join(f"<th>{html.escape(cell)}</th>" for cell in block.header)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-                           for row in block.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif isinstance(block, Gallery):
-            body.append('<div class="gallery">' + "".join(_figure(f) for f in block.figures) + "</div>")
-        else:
-            kind, text = block
-            body.append(f"<{kind}>{html.escape(text)}</{kind}>")
+    body = ['<div class="gallery">' + "".join(_figure(f) for f in block.figures) + "</div>"
+            if isinstance(block, Gallery) else block_html(block) for block in blocks]
     page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:80rem;margin:2rem auto;padding:0 1rem}"
             "table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;"

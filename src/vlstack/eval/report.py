@@ -144,17 +144,19 @@ def to_markdown(blocks: list[Block]) -> str:
     return "\n".join(lines)
 
 
+def block_html(block: Block) -> str:
+    """One table, heading or paragraph as HTML, its text escaped."""
+    if isinstance(block, Table):
+        head = "".join(f"<th>{html.escape(cell)}</th>" for cell in block.header)
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+                       for row in block.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    kind, text = block
+    return f"<{kind}>{html.escape(text)}</{kind}>"
+
+
 def to_html(blocks: list[Block]) -> str:
-    body = []
-    for block in blocks:
-        if isinstance(block, Table):
-            head = "".join(f"<th>{html.escape(cell)}</th>" for cell in block.header)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-                           for row in block.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        else:
-            kind, text = block
-            body.append(f"<{kind}>{html.escape(text)}</{kind}>")
+    body = [block_html(block) for block in blocks]
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>vlstack evaluation</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem}"
             "table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;"

@@ -193,7 +193,8 @@ class SafetyObjective:
         weights = 1 + (cfg.refusal_weight - 1) * batch["refusal"][rows].float()  # [n]
         token_loss = F.cross_entropy(logits, targets, reduction="none")  # [n]
         loss = (weights * token_loss).sum() / weights.sum()
-        metrics = {"sft": token_loss.mean().item(), "token_acc": (logits.argmax(dim=-1) == targets).float().mean().item()}
+        metrics = {"sft": token_loss.mean().item(),
+                   "token_acc": (logits.argmax(dim=-1) == targets).float().mean().item()}
         if cfg.unlikelihood > 0 and bool((batch["unsafe_labels"] != IGNORE_INDEX).any()):
             unsafe_logits, unsafe_targets, _ = supervised_logits(model, batch, prefix="unsafe_")
             unlikely = unlikelihood_loss(unsafe_logits, unsafe_targets)

@@ -1,0 +1,318 @@
+"""The hallucination evaluation on held-out synthetic scenes: calibrate and score the detector,
+then POPE and CHAIR through the Engine (`run_hallucination`, `summarize`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vlstack.config import to_dict
+from vlstack.data.synthetic import (
+    SceneObject,
+    ShapeScene,
+    caption_for,
+    shape_scene,
+    split_seed,
+)
+from vlstack.errors import ConfigError, VlstackError
+from vlstack.eval.hallucination.chair import chair
+from vlstack.eval.hallucination.detector import (
+    LABELS,
+    Calibration,
+    HallucinationDetector,
+    auroc,
+    fit_calibration,
+    hallucinate,
+)
+from vlstack.eval.hallucination.pope import POPE_SETTINGS, pope_probes
+from vlstack.eval.metrics import pope_metrics
+from vlstack.infer.engine import Engine, Request
+from vlstack.progress import progress_bar
+
+SCENE_STREAM = 5_000_000
+"""Scene-index offset of the hallucination scenes: no pretraining corpus or eval suite draws these."""
+
+
+@dataclass
+class HallucinationConfig:
+    """Hallucination evaluation on held-out synthetic shape scenes with known objects."""
+
+    calibration_scenes: int = 200
+    """Scenes (split "val") whose faithful and hallucinated captions fit the detector's thresholds."""
+    test_scenes: int = 200
+    """Scenes (split "test") for the detector's AUROC, faithful caption vs one with a swapped object/colour."""
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+    """Caption languages the detector is tested on (it calibrates on English)."""
+    calibrate: bool = True
+    """Fit the thresholds (and store them in the checkpoint); False keeps the stored ones (or the seed's)."""
+    error_rate: float = 0.05
+    """Calibration target: faithful entities labelled hallucination, hallucinated ones labelled reliable."""
+    pope_scenes: int = 50
+    """Test scenes with at least `pope_sample_num` different objects to ask POPE questions about."""
+    pope_sample_num: int = 2
+    """Positive (and as many negative) questions per scene; POPE uses 3 on COCO, our scenes hold at most 2."""
+    chair_scenes: int = 50
+    """Test scenes the model captions for CHAIR."""
+    caption_prompt: str = "Describe the image."
+    caption_max_new_tokens: int = 32
+    answer_max_new_tokens: int = 8
+    examples: int = 3
+    """Examples kept per section for the report."""
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> HallucinationConfig:
+        """A few seconds on a tiny model (the quick demo): fewer scenes, English only, short replies."""
+        return cls(calibration_scenes=60, test_scenes=60, languages=["en"], pope_scenes=6, chair_scenes=6,
+                   caption_max_new_tokens=24, answer_max_new_tokens=4)
+
+    def __post_init__(self) -> None:
+        bad = [lang for lang in self.languages if lang not in ("en", "zh")]
+        if bad:
+            raise ConfigError(f"'languages' may hold en and zh, got {bad}")
+        for name in ("calibration_scenes", "test_scenes", "pope_scenes", "pope_sample_num", "chair_scenes",
+                     "caption_max_new_tokens", "answer_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"'{name}' must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.error_rate < 1.0:
+            raise ConfigError(f"'error_rate' must be in [0, 1), got {self.error_rate}")
+        if self.pope_sample_num > 2:
+            raise ConfigError(f"'pope_sample_num' is {self.pope_sample_num}, but a synthetic scene holds at most "
+                              "2 objects")
+
+
+def run_hallucination(model: Engine | str | Path, config: HallucinationConfig, out_dir: str | Path | None = None,
+                      checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Calibrate the detector and measure its AUROC, then POPE and CHAIR through the Engine.
+
+    `model` is an Engine or a checkpoint directory; the calibration is read from and
+    written to `checkpoint` (by default the directory `model` names). With `out_dir`, the
+    POPE files (probes, answers, images, in POPE's formats) and `hallucination.json` go there.
+    """
+    started = time.perf_counter()
+    engine = model if isinstance(model, Engine) else Engine.from_checkpoint(model)
+    if checkpoint is None and not isinstance(model, Engine):
+        checkpoint = model
+    detector = HallucinationDetector(engine.model, engine.tokenizer,
+                                     Calibration.load(checkpoint) if checkpoint is not None else None)
+    out = Path(out_dir) if out_dir is not None else None
+    results: dict[str, Any] = {"config": to_dict(config)}
+    with progress_bar() as progress:
+        if config.calibrate:
+            scores = _entity_scores(detector, _pairs(config, "val", config.calibration_scenes), ["en"], progress,
+                                    "calibrate detector")["en"]
+            detector.calibration = fit_calibration(scores.faithful, scores.changed, config.error_rate)
+            if checkpoint is not None:
+                detector.calibration.save(checkpoint)
+        results["detector"] = evaluate_detector(detector, config, progress)
+        results["pope"] = evaluate_pope(engine, config, out, progress)
+        results["chair"] = evaluate_chair(engine, detector, config, progress)
+    results["seconds"] = round(time.perf_counter() - started, 2)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "hallucination.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+    return results
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of `run_hallucination`'s results: detector AUROC (overall and per kind of
+    swap), thresholds, label counts, POPE per setting, CHAIR."""
+    detector, chair_results = results["detector"], results["chair"]
+    first = next(iter(detector["languages"].values()))
+    return {
+        "auroc": detector["auroc"], "auroc_by_change": first["auroc_by_change"],
+        "thresholds": {k: detector["calibration"][k] for k in ("low", "high", "fitted")},
+        "labels": first["labels"],
+        "pope": {setting: {k: m[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio", "questions")}
+                 for setting, m in results["pope"].items()},
+        "chair": {k: chair_results[k] for k in ("chair_s", "chair_i", "captions", "mentions")},
+        "seconds": results["seconds"],
+    }
+
+
+@dataclass
+class _Pair:
+    """A scene, its objects after one was changed (`index`, `kind`), for faithful vs hallucinated captions."""
+
+    image: Image.Image
+    objects: list[SceneObject]
+    changed: list[SceneObject]
+    index: int
+    kind: str
+
+
+def _scenes(config: HallucinationConfig, split: str, n: int) -> list[ShapeScene]:
+    seed = split_seed(config.seed, split)
+    return [shape_scene(seed, SCENE_STREAM + i) for i in range(n)]
+
+
+def _pairs(config: HallucinationConfig, split: str, n: int) -> list[_Pair]:
+    rng = random.Random(f"hallucinate:{config.seed}:{split}")
+    pairs = []
+    for scene in _scenes(config, split, n):
+        changed, index, kind = hallucinate(scene.objects, rng)
+        pairs.append(_Pair(scene.image, scene.objects, changed, index, kind))
+    return pairs
+
+
+@dataclass
+class _Scores:
+    """Detector scores of faithful vs hallucinated synthetic captions."""
+
+    faithful: list[float] = field(default_factory=list)
+    """Every entity of the faithful captions."""
+    changed: list[float] = field(default_factory=list)
+    """The changed entity of each hallucinated caption."""
+    faithful_captions: list[float] = field(default_factory=list)
+    """Each faithful caption's lowest entity score."""
+    hallucinated_captions: list[float] = field(default_factory=list)
+
+
+def _entity_scores(detector: HallucinationDetector, pairs: list[_Pair], languages: Sequence[str], progress,
+                   description: str, batch_size: int = 32) -> dict[str, _Scores]:
+    """Scores of each pair's faithful and hallucinated caption, per language (each image is embedded once)."""
+    scores = {lang: _Scores() for lang in languages}
+    task = progress.add_task(description, total=len(pairs))
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        image_embeds = detector.image_embeddings([p.image for p in chunk])  # [n, E]
+        for lang, into in scores.items():
+            captions = [caption_for(p.objects, lang) for p in chunk] + [caption_for(p.changed, lang) for p in chunk]
+            detections = detector.detect_embedded(captions, torch.cat([image_embeds, image_embeds]))
+            for pair, good, bad in zip(chunk, detections[: len(chunk)], detections[len(chunk) :]):
+                if len(good) != len(pair.objects) or len(bad) != len(pair.changed):
+                    raise VlstackError(f"entity extraction found {len(good)} / {len(bad)} entities in synthetic "
+                                       f"captions of {len(pair.objects)} objects; the lexicon no longer covers the "
+                                       "scene vocabulary")
+                into.faithful += [d.score for d in good]
+                into.changed.append(bad[pair.index].score)
+                into.faithful_captions.append(min(d.score for d in good))
+                into.hallucinated_captions.append(min(d.score for d in bad))
+        progress.update(task, advance=len(chunk))
+    return scores
+
+
+def evaluate_detector(detector: HallucinationDetector, config: HallucinationConfig, progress) -> dict[str, Any]:
+    """AUROC of faithful vs hallucinated captions (and entities) on the test scenes, per language,
+    with the label counts of faithful and of hallucinated entities."""
+    pairs = _pairs(config, "test", config.test_scenes)
+    label = detector.calibration.label
+    languages = {}
+    for lang, scores in _entity_scores(detector, pairs, config.languages, progress, "detector AUROC").items():
+        good, bad = scores.faithful_captions, scores.hallucinated_captions
+        by_kind = {kind: auroc(good, [s for s, p in zip(bad, pairs) if p.kind == kind])
+                   for kind in sorted({p.kind for p in pairs})}
+        languages[lang] = {
+            "auroc": auroc(good, bad), "entity_auroc": auroc(scores.faithful, scores.changed),
+            "auroc_by_change": by_kind,
+            "labels": {"faithful": _label_counts(map(label, scores.faithful)),
+                       "hallucinated": _label_counts(map(label, scores.changed))},
+        }
+    examples = []
+    for pair in pairs[: config.examples]:
+        caption = caption_for(pair.changed, config.languages[0])
+        examples.append({"truth": caption_for(pair.objects, config.languages[0]), "caption": caption,
+                         "entities": [{"text": d.entity.text, "score": round(d.score, 4), "label": d.label,
+                                       "parts": {k: round(v, 4) for k, v in d.parts.items()}}
+                                      for d in detector.detect(caption, pair.image)]})
+    first = languages[config.languages[0]]
+    return {"auroc": first["auroc"], "entity_auroc": first["entity_auroc"],
+            "calibration": to_dict(detector.calibration), "scenes": len(pairs), "languages": languages,
+            "examples": examples}
+
+
+def evaluate_pope(engine: Engine, config: HallucinationConfig, out: Path | None, progress) -> dict[str, Any]:
+    """POPE's three settings on test scenes with enough objects; the probe and answer files go to `out/pope`."""
+    scenes, images = _pope_scenes(config)
+    if out is not None:
+        (out / "pope" / "images").mkdir(parents=True, exist_ok=True)
+        for name, image in images.items():
+            image.save(out / "pope" / "images" / name)
+    results = {}
+    replies: dict[tuple[str, str], str] = {}  # (question, image) -> reply: the settings share their positives
+    for setting in POPE_SETTINGS:
+        probes = pope_probes(scenes, setting, config.pope_sample_num, config.seed)
+        new = list(dict.fromkeys((p.text, p.image) for p in probes if (p.text, p.image) not in replies))
+        replies.update(zip(new, _generate(engine, [(text, images[image]) for text, image in new],
+                                          config.answer_max_new_tokens, config.seed, progress, f"POPE {setting}")))
+        answers = [replies[p.text, p.image] for p in probes]
+        metrics = pope_metrics(answers, [p.label for p in probes])
+        results[setting] = {**metrics, "questions": len(probes), "images": len(scenes),
+                            "examples": [{"question": p.text, "label": p.label, "answer": a}
+                                         for p, a in list(zip(probes, answers))[: config.examples]]}
+        if out is not None:
+            _write_lines(out / "pope" / f"synthetic_pope_{setting}.json", [p.to_json() for p in probes])
+            _write_lines(out / "pope" / f"synthetic_pope_{setting}_answers.json",
+                         [{"question_id": p.question_id, "question": p.text, "answer": a}
+                          for p, a in zip(probes, answers)])
+    return results
+
+
+def _pope_scenes(config: HallucinationConfig) -> tuple[dict[str, list[str]], dict[str, Image.Image]]:
+    """The first `pope_scenes` test scenes with `pope_sample_num` different objects: their objects ("red
+    circle") and their images, by image name."""
+    objects: dict[str, list[str]] = {}
+    images: dict[str, Image.Image] = {}
+    seed, index = split_seed(config.seed, "test"), 0
+    while len(objects) < config.pope_scenes:
+        scene = shape_scene(seed, SCENE_STREAM + index)
+        names = list(dict.fromkeys(f"{o.color} {o.shape}" for o in scene.objects))
+        if len(names) >= config.pope_sample_num:
+            objects[f"scene-{index:06d}.png"], images[f"scene-{index:06d}.png"] = names, scene.image
+        index += 1
+    return objects, images
+
+
+def evaluate_chair(engine: Engine, detector: HallucinationDetector, config: HallucinationConfig, progress
+                   ) -> dict[str, Any]:
+    """CHAIR of the model's captions of test scenes, with the detector's labels on their entities, beside
+    CHAIR of the true captions and of captions with a swapped object (which check the metric itself)."""
+    pairs = _pairs(config, "test", config.chair_scenes)
+    truth = [{o.shape for o in p.objects} for p in pairs]
+    captions = _generate(engine, [(config.caption_prompt, p.image) for p in pairs], config.caption_max_new_tokens,
+                         config.seed, progress, "CHAIR captions")
+    model = chair(captions, truth, detector.lexicon)
+    detections = detector.detect_batch(captions, [p.image for p in pairs])
+    model["detector_labels"] = _label_counts(d.label for row in detections for d in row)
+    model["sentences"] = model["sentences"][: config.examples]
+    references = {}
+    for name, objects in (("true captions", [p.objects for p in pairs]),
+                          ("swapped captions", [p.changed for p in pairs])):
+        scored = chair([caption_for(o) for o in objects], truth, detector.lexicon)
+        references[name] = {k: scored[k] for k in ("chair_s", "chair_i", "mentions", "hallucinated_mentions")}
+    return {**model, "references": references}
+
+
+def _generate(engine: Engine, prompts: list[tuple[str, Image.Image]], max_new_tokens: int, seed: int, progress,
+              description: str) -> list[str]:
+    """The Engine's replies to (question, image) prompts, a batch at a time."""
+    task = progress.add_task(description, total=len(prompts))
+    replies = []
+    size = engine.config.max_batch_size
+    for start in range(0, len(prompts), size):
+        requests = [Request.ask(question, image, max_new_tokens=max_new_tokens, seed=seed)
+                    for question, image in prompts[start : start + size]]
+        replies += [result.text for result in engine.generate(requests)]
+        progress.update(task, advance=len(requests))
+    return replies
+
+
+def _label_counts(labels: Iterable[str]) -> dict[str, int]:
+    counts = Counter(labels)
+    return {label: counts[label] for label in LABELS}
+
+
+def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    """JSON lines, as POPE's files are (one object per line, despite the .json name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
