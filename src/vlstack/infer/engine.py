@@ -3,8 +3,9 @@
 A request is a chat (messages with `<image>` placeholders) plus its images. The
 Engine renders the chat template, expands each placeholder into the model's visual
 token slots, looks the image's projected features up in a byte-bounded LRU cache
-(keyed by pixel hash, as the seed's engine does), left-pads the batch, prefills the
-language model once and decodes with its KV cache. Sampling is per request (greedy,
+(keyed by pixel hash, as the seed's engine does) and encodes a batch's misses in one
+vision pass, left-pads the batch, prefills the language model once and decodes with
+its KV cache; a row that finishes leaves the batch. Sampling is per request (greedy,
 temperature, top-k, top-p, seed), and so are stop strings and token budgets. Short
 questions take the seed's fast path: a smaller token budget.
 """
@@ -103,7 +104,6 @@ class Engine:
         ids = special_token_ids(tokenizer)
         self._image_id = ids.image
         self._stop_ids = {ids.eos, tokenizer.convert_tokens_to_ids(IM_END)}
-        self._pad_id = ids.pad
         self.device = next(model.parameters()).device
         self.encode_images: Callable[[torch.Tensor], torch.Tensor] = self._encode_with_model
         if self.config.vision_onnx:
@@ -137,7 +137,7 @@ class Engine:
         """
         hold = max((len(s) for s in request.params.stop), default=1) - 1
         sent = 0
-        for results in self._decode_steps([request]):
+        for results in self._decode_steps([request], live=True):
             result = results[0]
             finished = result.finish_reason is not None
             ready = len(result.text) if finished else max(sent, len(result.text) - hold)
@@ -148,15 +148,7 @@ class Engine:
 
     def visual_tokens(self, image: Image.Image) -> torch.Tensor:
         """The projected visual tokens [Nv, Dt] of one image, from the cache when seen before."""
-        key = image_key(image)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        pixels = image_to_tensor(image, self.model.config.vision.image_size)[None].to(self.device)
-        with torch.no_grad(), self._autocast():
-            tokens = self.encode_images(pixels)[0].float()
-        self.cache.put(key, tokens)
-        return tokens
+        return self._visual_tokens_of([image])[0]
 
     def prompt_ids(self, request: Request) -> list[int]:
         """Chat template -> token ids with each `<image>` expanded into its visual-token slots."""
@@ -179,6 +171,31 @@ class Engine:
         """pixels [B, 3, S, S] -> projected visual tokens [B, Nv, Dt]."""
         return self.model.projector(self.model.encode_image(pixels))
 
+    def _visual_tokens_of(self, images: list[Image.Image]) -> list[torch.Tensor]:
+        """The projected visual tokens [Nv, Dt] of each image: seen ones from the cache, the rest in ONE
+        vision pass (cheaper than one pass per image: larger matmuls, one Python walk), each distinct image once.
+
+        The cache is asked once per distinct image, so its misses count the images encoded."""
+        keys = [image_key(image) for image in images]
+        found: dict[str, torch.Tensor] = {}
+        missed: dict[str, Image.Image] = {}
+        for key, image in zip(keys, images):
+            if key not in found and key not in missed:
+                cached = self.cache.get(key)
+                if cached is None:
+                    missed[key] = image
+                else:
+                    found[key] = cached
+        if missed:
+            size = self.model.config.vision.image_size
+            pixels = torch.stack([image_to_tensor(image, size) for image in missed.values()]).to(self.device)
+            with torch.no_grad(), self._autocast():
+                encoded = self.encode_images(pixels).float()  # [B_miss, Nv, Dt]
+            for key, tokens in zip(missed, encoded):
+                found[key] = tokens.clone()  # its own storage, so the cache's byte count and eviction hold
+                self.cache.put(key, found[key])
+        return [found[key] for key in keys]
+
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
@@ -196,8 +213,12 @@ class Engine:
         return results
 
     @torch.no_grad()
-    def _decode_steps(self, requests: list[Request]) -> Iterator[list[Result]]:
-        """Prefill, then one token per step for every unfinished row; yields the results so far."""
+    def _decode_steps(self, requests: list[Request], live: bool = False) -> Iterator[list[Result]]:
+        """Prefill, then one token per step for every unfinished row. Yields the results after every
+        step when `live` (a stream reads the text as it grows), else once, at the end.
+
+        A row that finishes leaves the batch (its KV-cache row, attention and position go), so rows
+        that stop early cost no more compute while the others decode on."""
         started = time.perf_counter()
         prompts = [self.prompt_ids(r) for r in requests]
         budgets = [self._budget(r) for r in requests]
@@ -209,45 +230,52 @@ class Engine:
         tokens: list[list[int]] = [[] for _ in requests]
         texts = ["" for _ in requests]
         finish: list[str | None] = [None for _ in requests]
+        active = list(range(len(requests)))  # the request of each batch row still decoding
         with self._autocast():
             out = lm(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, cache=cache,
                      use_cache=True, logits_to_keep=1)
         while True:
-            logits = out.logits[:, -1].float()  # [B, V]
-            next_ids = torch.full((len(requests),), self._pad_id, dtype=torch.long)
-            for row, request in enumerate(requests):
-                if finish[row] is not None:
-                    continue
-                token = self._pick(logits[row], request.params, generators[row])
-                next_ids[row] = token
-                finish[row], texts[row] = self._advance(row, token, tokens, texts[row], request, budgets[row])
-            yield self._results(prompts, tokens, texts, finish)
-            if all(f is not None for f in finish):
+            logits = out.logits[:, -1].float()  # [len(active), V]
+            for row, i in enumerate(active):
+                token = self._pick(logits[row], requests[i].params, generators[i])
+                finish[i], texts[i] = self._advance(token, tokens[i], requests[i], budgets[i], live)
+            keep = [row for row, i in enumerate(active) if finish[i] is None]
+            if live or not keep:
+                yield self._results(prompts, tokens, texts, finish)
+            if not keep:
                 break
+            if len(keep) < len(active):
+                active = [active[row] for row in keep]
+                cache.batch_select_indices(torch.tensor(keep, device=self.device))
+                attention, positions = attention[keep], positions[keep]
+            next_ids = torch.tensor([[tokens[i][-1]] for i in active], device=self.device)  # [len(active), 1]
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
             with self._autocast():
-                out = lm(input_ids=next_ids[:, None].to(self.device), attention_mask=attention,
-                         position_ids=positions, cache=cache, use_cache=True)
+                out = lm(input_ids=next_ids, attention_mask=attention, position_ids=positions, cache=cache,
+                         use_cache=True)
         self.stats.requests += len(requests)
         self.stats.generated_tokens += sum(len(t) for t in tokens)
         self.stats.decode_seconds += time.perf_counter() - started
 
-    def _advance(self, row: int, token: int, tokens: list[list[int]], text: str, request: Request, budget: int
+    def _advance(self, token: int, ids: list[int], request: Request, budget: int, live: bool
                  ) -> tuple[str | None, str]:
-        """Record `token` for `row`; returns (finish reason or None, the text so far)."""
+        """Append `token` to the row's `ids`; returns (finish reason or None, the text so far).
+
+        The text is decoded only where it is read: at the end, and at every step of a live stream or
+        a row with stop strings; elsewhere an unfinished row's text is "" (decoding the whole row at
+        every step costs time quadratic in the answer's length)."""
         if token in self._stop_ids:
-            return "stop", text
-        tokens[row].append(token)
-        text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
+            return "stop", _settled(self.tokenizer.decode(ids, skip_special_tokens=True))
+        ids.append(token)
+        finished = len(ids) >= budget
+        if not (finished or live or request.params.stop):
+            return None, ""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
         for stop in request.params.stop:
             if stop and stop in text:
                 return "stop", text[: text.index(stop)]
-        if len(tokens[row]) >= budget:
-            return "length", text
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for its next byte
-            text = text[:-1]
-        return None, text
+        return ("length", text) if finished else (None, _settled(text))
 
     def _pick(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
         if params.temperature <= 0:
@@ -263,13 +291,14 @@ class Engine:
                                 ) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.model.language_model.get_input_embeddings()
         rows = []
+        visual = iter(self._visual_tokens_of([image for request in requests for image in request.images]))
         for request, ids in zip(requests, prompts):
             ids_tensor = torch.tensor(ids, device=self.device)
             is_image = ids_tensor == self._image_id
             row = embedding(ids_tensor.masked_fill(is_image, 0))  # [L, D]
             if request.images:
-                visual = torch.cat([self.visual_tokens(image) for image in request.images])  # [n * Nv, D]
-                row = row.masked_scatter(is_image[:, None], visual.to(row.dtype))
+                tokens = torch.cat([next(visual) for _ in request.images])  # [n * Nv, D]
+                row = row.masked_scatter(is_image[:, None], tokens.to(row.dtype))
             rows.append(row)
         width = max(len(r) for r in rows)
         embeds = torch.zeros(len(rows), width, rows[0].shape[-1], dtype=rows[0].dtype, device=self.device)
@@ -282,3 +311,8 @@ class Engine:
     def _results(self, prompts, tokens, texts, finish) -> list[Result]:
         return [Result(text=texts[i], token_ids=list(tokens[i]), finish_reason=finish[i],
                        prompt_tokens=len(prompts[i])) for i in range(len(prompts))]
+
+
+def _settled(text: str) -> str:
+    """`text` less a trailing incomplete multi-byte character (decoded as U+FFFD until its next byte comes)."""
+    return text.removesuffix("\ufffd")
