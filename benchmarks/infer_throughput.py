@@ -15,7 +15,9 @@ in one run, on the same prompts:
 3. fp32 vs int8 for each int8 variant: on the Linear layers alone (one MLP block of the
    vision tower and of the LM, at the token counts of a batch of 8), on the Linear-heavy
    passes (image path, LM prefill: attention, norms and the rest stay fp32), and the
-   Engine's tokens/s at batch 8 with int8-dynamic.
+   Engine's tokens/s at batch 8 with int8-dynamic;
+4. bf16 at batch 8 (the fast matmul path of CPUs with AVX-512 bf16): the Engine with bf16
+   autocast against Llava's generate under the same autocast.
 Models have random weights: speed does not depend on what they learned, and both sides stop
 only at the same stop ids or the token budget (the generated counts are in the JSON).
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -92,8 +95,8 @@ def llava_like(model: QwenImageModel) -> LlavaForConditionalGeneration:
 class HFRunner:
     """The same requests through `LlavaForConditionalGeneration.generate` (left-padded batch)."""
 
-    def __init__(self, llava: LlavaForConditionalGeneration, engine: Engine):
-        self.llava, self.engine = llava, engine
+    def __init__(self, llava: LlavaForConditionalGeneration, engine: Engine, bf16: bool = False):
+        self.llava, self.engine, self.bf16 = llava, engine, bf16
         ids = special_token_ids(engine.tokenizer)
         self.stop_ids = [ids.eos, engine.tokenizer.convert_tokens_to_ids(IM_END)]  # the Engine's stop ids
         self.pad_id = ids.pad
@@ -107,9 +110,10 @@ class HFRunner:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         size = self.engine.model.config.vision.image_size
         pixels = torch.stack([image_to_tensor(r.images[0], size) for r in requests])
-        out = self.llava.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, do_sample=False,
-                                  max_new_tokens=requests[0].params.max_new_tokens, eos_token_id=self.stop_ids,
-                                  pad_token_id=self.pad_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.llava.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, do_sample=False,
+                                      max_new_tokens=requests[0].params.max_new_tokens,
+                                      eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
         new = out[:, width:]
         return [int(((row != self.pad_id) & ~torch.isin(row, torch.tensor(self.stop_ids))).sum()) for row in new]
 
@@ -215,7 +219,8 @@ def main() -> None:
     size = model.config.vision.image_size
     config = EngineConfig(fast_path_max_new_tokens=0, max_batch_size=8)
     engine = Engine(model, tokenizer, config)
-    hf = HFRunner(llava_like(model), engine)
+    llava = llava_like(model)
+    hf = HFRunner(llava, engine)
     result: dict = {
         "preset": args.preset, "visual_tokens": model.num_image_tokens(), "max_new_tokens": args.max_new_tokens,
         "rounds": args.rounds, "lm_weights_identical_greedy": same_lm_weights(engine, hf),
@@ -226,12 +231,17 @@ def main() -> None:
     int8 = {f"{method}/{kernel}": quantize_model(copy.deepcopy(model), method, kernel)
             for method, kernel in INT8_VARIANTS}
     int8_engine = Engine(int8["int8-dynamic/fbgemm"], tokenizer, config)
+    bf16_engine = Engine(model, tokenizer, dataclasses.replace(config, precision="bf16"))
+    hf_bf16 = HFRunner(llava, bf16_engine, bf16=True)
     for batch in (1, 8):
         settings = [Setting("hf_llava_generate", hf.generate),
                     Setting("engine_cache_cold", engine_counts(engine), clear(engine)),
                     Setting("engine_cache_warm", engine_counts(engine), prime(engine))]
         if batch == 8:
-            settings.append(Setting("engine_int8_dynamic_cache_cold", engine_counts(int8_engine), clear(int8_engine)))
+            settings += [Setting("engine_int8_dynamic_cache_cold", engine_counts(int8_engine), clear(int8_engine)),
+                         Setting("hf_llava_generate_bf16_autocast", hf_bf16.generate),
+                         Setting("engine_bf16_cache_cold", engine_counts(bf16_engine), clear(bf16_engine)),
+                         Setting("engine_bf16_cache_warm", engine_counts(bf16_engine), prime(bf16_engine))]
         result["generation"] += interleaved_throughput(settings, batch, **common)
     result["vision_path"] = feature_cache_figures(engine, images=16)
 
