@@ -8,16 +8,6 @@ from vlstack.infer.engine import Engine, EngineConfig, Request
 from vlstack.models.tokenizer import IMAGE
 
 
-@pytest.fixture
-def engine(nano_model, tokenizer):
-    # a randomly initialised nano model repeats one token; sharper weights make outputs vary
-    with torch.no_grad():
-        for param in nano_model.language_model.parameters():
-            if param.ndim == 2:
-                param.normal_(0, 0.5)
-    return Engine(nano_model, tokenizer, EngineConfig(fast_path_max_new_tokens=0))
-
-
 @pytest.fixture(scope="module")
 def scenes():
     return shape_scenes(6, seed=1, image_size=32)

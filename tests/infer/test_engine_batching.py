@@ -4,18 +4,8 @@ import pytest
 import torch
 
 from vlstack.data.synthetic import shape_scenes
-from vlstack.infer.engine import Engine, EngineConfig, Request
+from vlstack.infer.engine import Engine, Request
 from vlstack.models.tokenizer import IMAGE
-
-
-@pytest.fixture
-def engine(nano_model, tokenizer):
-    # sharper LM weights than the random init, so that greedy outputs depend on the input
-    with torch.no_grad():
-        for param in nano_model.language_model.parameters():
-            if param.ndim == 2:
-                param.normal_(0, 0.5)
-    return Engine(nano_model, tokenizer, EngineConfig(fast_path_max_new_tokens=0))
 
 
 @pytest.fixture(scope="module")
