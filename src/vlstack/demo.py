@@ -162,9 +162,10 @@ def _clean_stage(config: DemoCleanConfig, checkpoint: str, out: Path) -> dict:
 
 
 def _finetune_stage(checkpoint: str, out: Path, quick: bool) -> dict:
-    """The seed's progressive plan: general -> domain (vision frozen) -> safety."""
+    """The seed's progressive plan, general -> domain (documents, charts, scans, surface defects) -> safety,
+    sized for the tiny model (`FinetuneConfig.demo`)."""
     shutil.rmtree(out, ignore_errors=True)
-    config = FinetuneConfig.quick(checkpoint, str(out)) if quick else FinetuneConfig(base=checkpoint, out_dir=str(out))
+    config = FinetuneConfig.quick(checkpoint, str(out)) if quick else FinetuneConfig.demo(checkpoint, str(out))
     results = run_finetune(config)
     return {
         "stages": {name: {k: stage.get(k) for k in ("steps", "first_loss", "final_loss", "samples", "seconds")}

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +14,13 @@ from vlstack.align.stages import (
     LoraSettings,
     StageConfig,
     add_lora,
+    check_config,
     freeze,
     merge_lora,
     run_finetune,
 )
 from vlstack.cli import main
-from vlstack.config import save_yaml
+from vlstack.config import load_config, save_yaml
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import encode_conversations
 from vlstack.data.instructions import instruction_samples
@@ -27,6 +29,9 @@ from vlstack.models.config import ModelConfig
 from vlstack.models.vlm import QwenImageModel
 from vlstack.train.objectives import sft_objective, supervised_logits
 from vlstack.train.trainer import TrainConfig, Trainer
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def nano_run(out_dir, *stages: StageConfig, **train) -> FinetuneConfig:
@@ -59,6 +64,15 @@ def test_bad_recipes_fail_before_any_work(tmp_path, change, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         run_finetune(config)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("recipe", ["seed plan", "configs/finetune.yaml", "demo", "quick"])
+def test_shipped_recipes_are_valid(recipe):
+    config = {"seed plan": FinetuneConfig, "demo": lambda: FinetuneConfig.demo("ckpt"),
+              "quick": lambda: FinetuneConfig.quick("ckpt"),
+              "configs/finetune.yaml": lambda: load_config(FinetuneConfig, ROOT / "configs" / "finetune.yaml")}[recipe]()
+    check_config(config)
+    assert [s.name for s in config.stages] == ["general", "domain", "safety"]
 
 
 def test_a_malformed_conversation_file_fails_before_training(tmp_path):

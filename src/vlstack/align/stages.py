@@ -158,14 +158,43 @@ class FinetuneConfig:
     out_dir: str = "runs/finetune"
 
     @classmethod
+    def demo(cls, base: str | None, out_dir: str = "runs/finetune-demo") -> "FinetuneConfig":
+        """The seed's plan sized for the `tiny` preset after the demo's few pretraining minutes.
+
+        Larger learning rates than the seed's (which suit a pretrained model of real size), fewer
+        steps, and the domain stage adds the applications' data (synthetic scans, surface-defect
+        crops) so the demo's medical and inspection runs get answers their reports can parse. Unlike
+        the seed, the domain stage trains the vision tower: a tiny tower pretrained on shape scenes
+        has never seen a scan: frozen, 66% of held-out "is there a lesion?" answers were right, trained,
+        97%. The safety stage uses the plain `sft` loss: at the sizes tried the
+        `safety` loss either refused nearly every request or few more harmful than safe ones."""
+        general = [DatasetSpec("shapes_vqa", 4000), DatasetSpec("shapes_chat", 1000)]
+        domain = [DatasetSpec("documents_vqa", 300), DatasetSpec("charts_vqa", 300), DatasetSpec("scans", 2000),
+                  DatasetSpec("surface_defects", 600), DatasetSpec("shapes_vqa", 600)]
+        safety = [DatasetSpec("safety", 2000), DatasetSpec("shapes_vqa", 1500), DatasetSpec("scans", 500)]
+        return cls(
+            base=base,
+            stages=[
+                StageConfig("general", general, lr=5e-4, steps=250, batch_size=32),
+                StageConfig("domain", domain, lr=5e-4, steps=200, batch_size=32),
+                StageConfig("safety", safety, lr=1e-4, steps=120, batch_size=32),
+            ],
+            train=TrainConfig(warmup_steps=10, log_every=10, measure_mfu=False, tensorboard=False),
+            eval=FinetuneEvalConfig(datasets=["shapes_vqa", "scans", "safety"], samples=100, max_new_tokens=40,
+                                    every_stage=False),
+            out_dir=out_dir,
+        )
+
+    @classmethod
     def quick(cls, base: str | None, out_dir: str = "runs/finetune-quick") -> "FinetuneConfig":
         """A few-second run of the three stages (the demo's `--quick` and the tests)."""
         return cls(
             base=base,
             stages=[
                 StageConfig("general", [DatasetSpec("shapes_vqa", 256)], lr=1e-3, steps=12, batch_size=16),
-                StageConfig("domain", [DatasetSpec("charts_vqa", 32), DatasetSpec("shapes_vqa", 32)], lr=3e-4,
-                            steps=2, batch_size=16, freeze=["vision"]),
+                StageConfig("domain", [DatasetSpec("charts_vqa", 32), DatasetSpec("scans", 32),
+                                       DatasetSpec("shapes_vqa", 32)], lr=3e-4, steps=2, batch_size=16,
+                            freeze=["vision"]),
                 StageConfig("safety", [DatasetSpec("safety", 128), DatasetSpec("shapes_vqa", 64)], lr=3e-4,
                             steps=6, batch_size=16, loss="safety"),
             ],
