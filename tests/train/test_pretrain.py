@@ -15,6 +15,7 @@ from vlstack.models.vlm import QwenImageModel
 
 ROOT = Path(__file__).resolve().parents[2]
 NANO = str(ROOT / "configs" / "nano.yaml")
+TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
 def _losses(log: Path) -> dict[int, float]:
@@ -62,3 +63,18 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
     expected, resumed = _losses(reference / "train_log.jsonl"), _losses(run / "train_log.jsonl")
     after = [step for step in expected if step > killed_at]
     assert after and [resumed[s] for s in after] == [expected[s] for s in after]  # bit-equal
+
+
+@pytest.mark.long
+def test_tiny_mixed_loss_pretraining_learns_retrieval_and_matching(tmp_path):
+    """The learning target: held-out image->text R@1 >= 0.6 (chance about 0.01) and ITM accuracy >= 0.85
+    (chance 0.5) with the tiny preset and the mixed loss. 600 steps of 64: about 11 minutes on 2 idle
+    CPU cores (R@1 0.83, ITM 0.98 when measured; 400 steps reached only 0.41 / 0.89)."""
+    out = tmp_path / "run"
+    overrides = ["train.steps=600", "train.batch_size=64", "train.warmup_steps=50", "train.tensorboard=false",
+                 f"out_dir={out}"]
+    assert main(["pretrain", "--config", TINY, *[arg for o in overrides for arg in ("--set", o)]]) == 0
+    after = json.loads((out / "pretrain.json").read_text())["after_training"]
+    assert after["chance@1"] < 0.02 and after["itm_chance"] == 0.5
+    assert after["r@1"] >= 0.6, after
+    assert after["itm_accuracy"] >= 0.85, after
