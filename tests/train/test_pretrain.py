@@ -68,7 +68,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
 @pytest.mark.long
 def test_tiny_mixed_loss_pretraining_learns_retrieval_and_matching(tmp_path):
     """The learning target: held-out image->text R@1 >= 0.6 (chance about 0.01) and ITM accuracy >= 0.85
-    (chance 0.5) with the tiny preset and the mixed loss. 600 steps of 64: about 11 minutes on 2 idle
+    (chance 0.5) with the tiny preset and the mixed loss. 600 steps of 64: about 14 minutes on 2 idle
     CPU cores (R@1 0.83, ITM 0.98 when measured; 400 steps reached only 0.41 / 0.89)."""
     out = tmp_path / "run"
     overrides = ["train.steps=600", "train.batch_size=64", "train.warmup_steps=50", "train.tensorboard=false",
