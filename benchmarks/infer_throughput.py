@@ -1,10 +1,11 @@
 """Inference speed: our Engine vs transformers' LlavaForConditionalGeneration, the feature cache, int8.
 
 Why: users compare a serving stack with what they already run (Hugging Face `generate`), and
-the Engine's two speed claims (the feature cache, int8) need numbers. Everything is measured
+the Engine's speed claims (its caches, int8) need numbers. Everything is measured
 in one run, on the same prompts:
 1. generation throughput (generated tokens/s) and latency p50/p95 at batch 1 and batch 8:
-   the Engine (feature cache cold: every image new; and warm: the same images again) against
+   the Engine (caches cold: every image new; and warm: the same images asked about before, so
+   their visual tokens and image-prefix KV states are cached) against
    `LlavaForConditionalGeneration` at identical sizes. The language model and the projector
    weights are copied into Llava (checked: text-only greedy decoding gives the same tokens);
    Llava's vision tower is a CLIP ViT of the same width, depth, heads, MLP and patch grid with
@@ -49,7 +50,7 @@ from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGener
 from vlstack.data.collate import image_to_tensor
 from vlstack.data.synthetic import shape_scenes
 from vlstack.eval.deployment import feature_cache_figures
-from vlstack.infer.engine import Engine, EngineConfig, Request
+from vlstack.infer.engine import Engine, EngineConfig, Request, SamplingParams
 from vlstack.infer.quantize import best_seconds, linear_heavy_passes, quantize_model
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import IM_END, special_token_ids, train_tokenizer
@@ -165,13 +166,15 @@ def interleaved_throughput(settings: list[Setting], batch: int, rounds: int, max
 
 
 def clear(engine: Engine) -> Callable[[list[Request]], None]:
-    """Cache cold: every image of the timed call is new to the Engine."""
-    return lambda requests: engine.cache.clear()
+    """Caches cold: every image of the timed call is new to the Engine."""
+    return lambda requests: engine.clear_caches()
 
 
 def prime(engine: Engine) -> Callable[[list[Request]], None]:
-    """Cache warm: the timed call's images were seen before (their visual tokens are cached)."""
-    return lambda requests: [engine.visual_tokens(r.images[0]) for r in requests]
+    """Caches warm: the timed call's images were asked about before (their visual tokens and image-prefix
+    KV states are cached)."""
+    return lambda requests: engine.generate([dataclasses.replace(r, params=SamplingParams(max_new_tokens=1))
+                                             for r in requests])
 
 
 def engine_counts(engine: Engine) -> Callable[[list[Request]], list[int]]:

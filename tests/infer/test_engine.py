@@ -4,7 +4,7 @@ import torch
 from vlstack.data.collate import image_to_tensor
 from vlstack.data.synthetic import shape_scenes
 from vlstack.errors import InputError
-from vlstack.infer.engine import Engine, EngineConfig, Request
+from vlstack.infer.engine import Engine, EngineConfig, Request, SamplingParams
 from vlstack.models.tokenizer import IMAGE
 
 
@@ -40,10 +40,39 @@ def test_engine_matches_the_models_own_generate(engine, scenes):
 def test_cached_and_uncached_outputs_are_identical(engine, scenes):
     request = _requests(scenes)[1]
     cold = engine.generate([request])[0]
-    assert engine.cache.stats().misses == 1
-    warm = engine.generate([request])[0]
-    assert engine.cache.stats().hits >= 1
-    assert warm.token_ids == cold.token_ids
+    assert (engine.cache.stats().misses, engine.prefix_cache.stats().misses) == (1, 1)
+    warm = engine.generate([request])[0]  # the image prefix's KV states from the cache: no vision, no image prefill
+    assert (engine.cache.stats().hits, engine.prefix_cache.stats().hits) == (0, 1)
+    engine.prefix_cache.clear()
+    features_only = engine.generate([request])[0]  # the image prefix prefilled again from cached visual tokens
+    assert engine.cache.stats().hits == 1
+    assert warm.token_ids == cold.token_ids == features_only.token_ids
+
+
+def test_a_cached_image_prefix_serves_other_questions_and_batches(engine, scenes):
+    """The prefix cache holds the prompt up to the image: a new question about a seen image reuses it,
+    in a batch with rows of other lengths, and answers as a cold engine does."""
+    first = [Request.ask("what colour is it?", scenes[0].image, max_new_tokens=8)]
+    engine.generate(first)
+    batch = [Request.ask("and on the left, which shape is there?", scenes[0].image, max_new_tokens=8),
+             Request.ask("shape?", scenes[1].image, max_new_tokens=8),
+             Request([{"role": "user", "content": "no image here"}], params=SamplingParams(max_new_tokens=8))]
+    warm = engine.generate(batch)
+    assert engine.prefix_cache.stats().hits == 1  # the first image's prefix; the second's is new
+    engine.clear_caches()
+    cold = [engine.generate([r])[0] for r in batch]
+    assert [r.token_ids for r in warm] == [r.token_ids for r in cold]
+    assert len({tuple(r.token_ids) for r in warm}) == 3
+
+
+def test_the_prefix_cache_stays_under_its_byte_bound(nano_model, tokenizer, scenes):
+    engine = Engine(nano_model, tokenizer, EngineConfig(fast_path_max_new_tokens=0))
+    engine.generate([Request.ask("what is it?", scenes[0].image, max_new_tokens=2)])
+    per_prefix = engine.prefix_cache.stats().bytes
+    bounded = Engine(nano_model, tokenizer, EngineConfig(prefix_cache_bytes=2 * per_prefix + 1))
+    bounded.generate([Request.ask("what is it?", s.image, max_new_tokens=2) for s in scenes])
+    stats = bounded.prefix_cache.stats()
+    assert len(scenes) > 2 and stats.entries == 2 and stats.bytes <= stats.max_bytes
 
 
 def test_sampling_is_reproducible_per_request_seed(engine, scenes):

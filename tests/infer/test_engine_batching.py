@@ -33,8 +33,12 @@ def test_a_batchs_new_images_are_encoded_in_one_pass_each_once(engine, images):
     assert vision_batches == [3]  # 3 distinct images, the duplicate encoded once
     stats = engine.cache.stats()
     assert (stats.misses, stats.hits, stats.entries) == (3, 0, 3)  # one lookup per distinct image
+    assert engine.prefix_cache.stats().misses == 3  # one image prefix per distinct image
     engine.generate(requests)
-    assert vision_batches == [3] and engine.cache.stats().hits == 3  # all cached: no vision pass
+    assert vision_batches == [3] and engine.prefix_cache.stats().hits == 3  # all cached: no vision pass
+    engine.prefix_cache.clear()
+    engine.generate(requests)
+    assert vision_batches == [3] and engine.cache.stats().hits == 3  # prefixes prefilled from cached features
 
 
 def test_a_batched_vision_pass_matches_one_image_passes(engine, images):
@@ -57,7 +61,7 @@ def test_multi_image_requests_get_their_own_images_in_order(engine, images):
     assert vision_batches == [2]
     single = []
     for request in requests:  # each request alone, its images encoded on their own
-        engine.cache.clear()
+        engine.clear_caches()
         single.append(engine.generate([request])[0].token_ids)
     assert batched == single
     assert batched[1] != batched[2]  # the order of the images matters to the answer

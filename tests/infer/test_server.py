@@ -311,7 +311,7 @@ def test_a_full_queue_is_503(engine, images):
 def test_metrics_parse_as_prometheus_text_and_count_requests(start, images):
     base = start()
     api = client(base)
-    for _ in range(2):  # the same image twice: the second is a cache hit
+    for _ in range(2):  # the same image twice: the second is a prefix-cache hit (so no image-feature lookup)
         api.chat.completions.create(model=MODEL, messages=ask(data_uri(images[0])), max_tokens=3, temperature=0)
     post(base, b"{not json")
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
@@ -323,7 +323,8 @@ def test_metrics_parse_as_prometheus_text_and_count_requests(start, images):
     latency = {s.name: s.value for s in families["vlstack_request_duration_seconds"].samples
                if s.labels["path"] == "/v1/chat/completions"}
     assert latency["vlstack_request_duration_seconds_count"] == 3
-    assert families["vlstack_image_cache_hit_rate"].samples[0].value == 0.5
+    assert families["vlstack_prefix_cache_hit_rate"].samples[0].value == 0.5
+    assert families["vlstack_image_cache_misses"].samples[0].value == 1
     assert families["vlstack_generated_tokens"].samples[0].value == 6
     assert families["vlstack_generated_tokens_per_second"].samples[0].value > 0
 

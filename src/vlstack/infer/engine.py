@@ -2,16 +2,25 @@
 
 A request is a chat (messages with `<image>` placeholders) plus its images. The
 Engine renders the chat template, expands each placeholder into the model's visual
-token slots, looks the image's projected features up in a byte-bounded LRU cache
-(keyed by pixel hash, as the seed's engine does) and encodes a batch's misses in one
-vision pass, left-pads the batch, prefills the language model once and decodes with
-its KV cache; a row that finishes leaves the batch. Sampling is per request (greedy,
+token slots and prefills the language model in two parts:
+
+- the prompt up to its last image slot (the *image prefix*: the chat's opening and the
+  images' visual tokens). Its key/value states come from a byte-bounded LRU cache keyed by
+  its token ids and the images' pixel hashes; the batch's unseen prefixes are prefilled in
+  one LM pass, their images' projected features coming from a second cache (keyed by pixel
+  hash, as the seed's engine does), the misses encoded in one vision pass;
+- the rest of the prompt (the question), on top of those states.
+
+A repeated image with the same chat opening (a second question about a photo) thus costs
+neither the vision tower nor the LM's pass over its visual tokens. The batch is left-padded
+and decodes with the KV cache; a row that finishes leaves the batch. Sampling is per request (greedy,
 temperature, top-k, top-p, seed), and so are stop strings and token budgets. Short
 questions take the seed's fast path: a smaller token budget.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +36,7 @@ from vlstack.data.collate import image_to_tensor
 from vlstack.errors import InputError
 from vlstack.infer.cache import FeatureCache, image_key
 from vlstack.infer.quantize import load_model
+from vlstack.models.language import decoder
 from vlstack.models.tokenizer import IM_END, IMAGE, expand_image_placeholders, load_tokenizer, special_token_ids
 from vlstack.models.vlm import QwenImageModel
 
@@ -72,6 +82,10 @@ class Result:
 @dataclass
 class EngineConfig:
     image_cache_bytes: int = 256 * 2**20
+    """Budget of the image-feature cache (projected visual tokens by pixel hash); 0 disables it."""
+    prefix_cache_bytes: int = 256 * 2**20
+    """Budget of the image-prefix cache (the LM's key/value states of a prompt up to its last image);
+    0 disables it."""
     max_batch_size: int = 8
     fast_path_chars: int = 15
     """Questions shorter than this many characters take the fast path (the seed's rule)."""
@@ -100,6 +114,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
         self.cache = FeatureCache(self.config.image_cache_bytes)
+        self.prefix_cache = FeatureCache(self.config.prefix_cache_bytes)
         self.stats = EngineStats()
         ids = special_token_ids(tokenizer)
         self._image_id = ids.image
@@ -145,6 +160,11 @@ class Engine:
                 yield result.text[sent:ready]
                 sent = ready
         return result
+
+    def clear_caches(self) -> None:
+        """Forget every cached image feature and image prefix (the next request computes them anew)."""
+        self.cache.clear()
+        self.prefix_cache.clear()
 
     def visual_tokens(self, image: Image.Image) -> torch.Tensor:
         """The projected visual tokens [Nv, Dt] of one image, from the cache when seen before."""
@@ -222,10 +242,12 @@ class Engine:
         started = time.perf_counter()
         prompts = [self.prompt_ids(r) for r in requests]
         budgets = [self._budget(r) for r in requests]
-        embeds, attention = self._left_padded_embeddings(requests, prompts)  # [B, L, D], [B, L]
-        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+        prefixes = [_image_prefix_length(ids, self._image_id) for ids in prompts]
         lm = self.model.language_model
-        cache = DynamicCache(config=lm.config)
+        cache, prefix_mask = self._batch_cache(self._prefix_states(requests, prompts, prefixes))
+        embeds, suffix_mask = self._left_padded_embeddings([ids[n:] for ids, n in zip(prompts, prefixes)])
+        attention = torch.cat([prefix_mask, suffix_mask], dim=1)  # [B, P + S]: padding is 0, wherever it is
+        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)[:, prefix_mask.shape[1] :]  # [B, S]
         generators = [torch.Generator().manual_seed(r.params.seed) for r in requests]
         tokens: list[list[int]] = [[] for _ in requests]
         texts = ["" for _ in requests]
@@ -287,17 +309,66 @@ class Engine:
             scores = TopPLogitsWarper(params.top_p)(None, scores)
         return int(torch.multinomial(scores.softmax(dim=-1), 1, generator=generator))
 
-    def _left_padded_embeddings(self, requests: list[Request], prompts: list[list[int]]
+    def _prefix_states(self, requests: list[Request], prompts: list[list[int]], prefixes: list[int]
+                       ) -> list[torch.Tensor | None]:
+        """Per request, the LM's key/value states of its image prefix (`prompts[i][:prefixes[i]]`):
+        [layers, 2, kv_heads, P, head_dim], None without images. Seen prefixes come from the prefix cache
+        (asked once per distinct prefix); the others are prefilled in ONE LM pass and cached."""
+        keys = [_prefix_key(ids[:n], r.images) if n else None for r, ids, n in zip(requests, prompts, prefixes)]
+        found: dict[str, torch.Tensor] = {}
+        missed: dict[str, tuple[list[int], list[Image.Image]]] = {}
+        for key, request, ids, n in zip(keys, requests, prompts, prefixes):
+            if key is not None and key not in found and key not in missed:
+                cached = self.prefix_cache.get(key)
+                if cached is None:
+                    missed[key] = (ids[:n], request.images)
+                else:
+                    found[key] = cached
+        if missed:
+            embeds, attention = self._left_padded_embeddings(*map(list, zip(*missed.values())))
+            positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+            cache = DynamicCache(config=self.model.language_model.config)
+            with self._autocast():
+                decoder(self.model.language_model)(inputs_embeds=embeds, attention_mask=attention,
+                                                   position_ids=positions, cache=cache, use_cache=True)
+            for row, (key, (ids, _)) in enumerate(missed.items()):
+                n = len(ids)  # stacking copies: the cached tensor has its own storage, as the cache counts it
+                found[key] = torch.stack([torch.stack([layer.keys[row, :, -n:], layer.values[row, :, -n:]])
+                                          for layer in cache.layers])
+                self.prefix_cache.put(key, found[key])
+        return [found[key] if key is not None else None for key in keys]
+
+    def _batch_cache(self, states: list[torch.Tensor | None]) -> tuple[DynamicCache, torch.Tensor]:
+        """Each row's prefix states, left-padded into one KV cache, and their attention mask [B, P]."""
+        cache = DynamicCache(config=self.model.language_model.config)
+        width = max((s.shape[3] for s in states if s is not None), default=0)
+        mask = torch.zeros(len(states), width, dtype=torch.long, device=self.device)
+        if width:
+            first = next(s for s in states if s is not None)
+            layers, _, heads, _, head_dim = first.shape
+            kv = first.new_zeros(layers, 2, len(states), heads, width, head_dim)
+            for row, state in enumerate(states):
+                if state is not None:
+                    kv[:, :, row, :, width - state.shape[3] :] = state
+                    mask[row, width - state.shape[3] :] = 1
+            for index in range(layers):
+                cache.update(kv[index, 0], kv[index, 1], index)
+        return cache, mask
+
+    def _left_padded_embeddings(self, prompts: list[list[int]], images: list[list[Image.Image]] | None = None
                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM input embeddings [B, L, D] of token rows with each row's `images` at its `<image>` slots, and
+        the attention mask [B, L]."""
+        images = images or [[] for _ in prompts]
         embedding = self.model.language_model.get_input_embeddings()
         rows = []
-        visual = iter(self._visual_tokens_of([image for request in requests for image in request.images]))
-        for request, ids in zip(requests, prompts):
+        visual = iter(self._visual_tokens_of([image for row_images in images for image in row_images]))
+        for ids, row_images in zip(prompts, images):
             ids_tensor = torch.tensor(ids, device=self.device)
             is_image = ids_tensor == self._image_id
             row = embedding(ids_tensor.masked_fill(is_image, 0))  # [L, D]
-            if request.images:
-                tokens = torch.cat([next(visual) for _ in request.images])  # [n * Nv, D]
+            if row_images:
+                tokens = torch.cat([next(visual) for _ in row_images])  # [n * Nv, D]
                 row = row.masked_scatter(is_image[:, None], tokens.to(row.dtype))
             rows.append(row)
         width = max(len(r) for r in rows)
@@ -311,6 +382,20 @@ class Engine:
     def _results(self, prompts, tokens, texts, finish) -> list[Result]:
         return [Result(text=texts[i], token_ids=list(tokens[i]), finish_reason=finish[i],
                        prompt_tokens=len(prompts[i])) for i in range(len(prompts))]
+
+
+def _image_prefix_length(ids: list[int], image_id: int) -> int:
+    """Tokens up to and including the last `<image>` slot (0 without images). The chat template puts
+    at least the assistant's opening after it, so the rest of the prompt is never empty."""
+    return max((i + 1 for i, token in enumerate(ids) if token == image_id), default=0)
+
+
+def _prefix_key(ids: list[int], images: list[Image.Image]) -> str:
+    """Cache key of an image prefix: its token ids and its images' pixel hashes."""
+    digest = hashlib.sha256(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
+    for image in images:
+        digest.update(image_key(image).encode())
+    return digest.hexdigest()
 
 
 def _settled(text: str) -> str:
