@@ -27,18 +27,21 @@ def test_worked_example():
     assert losses.item() == pytest.approx(math.log1p(math.exp(-0.15)), abs=1e-7)
 
 
-def _trl_sigmoid_loss(token_logps, completion_mask, ref_chosen, ref_rejected, beta):
-    """TRL's `DPOTrainer._compute_loss` (loss_type sigmoid, precomputed reference log-probs) on per-token
-    log-probs [2B, T - 1] of a [chosen; rejected] batch; the model and accelerator are stand-ins."""
+def _trl_loss(token_logps, completion_mask, ref_chosen, ref_rejected, beta, sft_weight=0.0):
+    """TRL's `DPOTrainer._compute_loss` (loss_type sigmoid, plus `sft` weighted `sft_weight` when given;
+    precomputed reference log-probs) on per-token log-probs [2B, T - 1] of a [chosen; rejected] batch; the
+    model and accelerator are stand-ins."""
     from trl.trainer.dpo_trainer import DPOTrainer
 
     n, width = token_logps.shape
+    losses = {"sigmoid": 1.0, **({"sft": sft_weight} if sft_weight else {})}
     outputs = SimpleNamespace(log_probs=token_logps, entropy=torch.zeros(n, width),
                               mean_logits=torch.zeros(n, width), is_top1=torch.zeros(n, width, dtype=torch.bool))
     accelerator = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x)
     trainer = SimpleNamespace(
-        model=SimpleNamespace(training=True), accelerator=accelerator, beta=beta, loss_types=["sigmoid"],
-        loss_weights=[1.0], ld_alpha=None, f_divergence_type="reverse_kl", precompute_ref_logps=True,
+        model=SimpleNamespace(training=True), accelerator=accelerator, beta=beta,
+        loss_types=list(losses), loss_weights=list(losses.values()),
+        ld_alpha=None, f_divergence_type="reverse_kl", precompute_ref_logps=True,
         aux_loss_enabled=False, use_weighting=False, label_smoothing=0.0, _tp_size=1, _total_train_tokens=0,
         _metrics={"train": defaultdict(list)})
     inputs = {"input_ids": torch.zeros(n, width + 1, dtype=torch.long), "attention_mask": torch.ones(n, width + 1),
@@ -46,20 +49,21 @@ def _trl_sigmoid_loss(token_logps, completion_mask, ref_chosen, ref_rejected, be
     return DPOTrainer._compute_loss(trainer, lambda **kwargs: outputs, inputs, return_outputs=False)
 
 
-def test_loss_equals_trls_dpo_loss_on_the_same_model_scores(nano_checkpoint):
+@pytest.mark.parametrize("sft_weight", [0.0, 0.5])
+def test_loss_equals_trls_dpo_loss_on_the_same_model_scores(nano_checkpoint, sft_weight):
     engine = load_engine(str(nano_checkpoint))
     pairs = preference_data(engine, VQADataConfig(train_items=6), "train")
     torch.manual_seed(1)
     pairs["ref_logps"] = pair_logps(engine.model, pairs) + torch.randn(6, 2)  # a reference that differs
-    objective = DPOObjective(beta=0.3)
+    objective = DPOObjective(beta=0.3, sft_weight=sft_weight)
     with torch.no_grad():
         ours, metrics = objective(engine.model, pairs)
         scores = score_responses(engine.model, flatten_pairs(pairs))
-    trl = _trl_sigmoid_loss(scores.logprobs, flatten_pairs(pairs)["response_mask"], pairs["ref_logps"][:, 0],
-                            pairs["ref_logps"][:, 1], beta=0.3)
+    trl = _trl_loss(scores.logprobs, flatten_pairs(pairs)["response_mask"], pairs["ref_logps"][:, 0],
+                    pairs["ref_logps"][:, 1], beta=0.3, sft_weight=sft_weight)
     torch.testing.assert_close(ours, trl, rtol=1e-6, atol=1e-6)
-    assert 0 < ours.item() and set(metrics) == {"reward_chosen", "reward_rejected", "reward_margin",
-                                                "reward_accuracy"}
+    rewards = {"reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy"}
+    assert 0 < ours.item() and set(metrics) == (rewards | {"chosen_nll"} if sft_weight else rewards)
 
 
 def test_against_its_own_reference_the_loss_is_log_2(nano_checkpoint):
@@ -84,6 +88,8 @@ def test_short_run_writes_an_aligned_checkpoint(nano_checkpoint, tmp_path):
     Engine.from_checkpoint(results["checkpoint"])  # the aligned policy loads for inference
 
 
-def test_beta_must_be_positive():
+def test_beta_must_be_positive_and_sft_weight_not_negative():
     with pytest.raises(ConfigError, match="beta must be positive"):
         DPOConfig(beta=0)
+    with pytest.raises(ConfigError, match="sft_weight must be 0"):
+        DPOConfig(sft_weight=-1)

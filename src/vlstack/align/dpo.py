@@ -5,6 +5,10 @@ one pair is -log sigmoid(beta * (rho_chosen - rho_rejected)), the loss TRL's DPO
 `loss_type="sigmoid"`. The reference is the starting policy, frozen; its log-probabilities of the fixed
 pairs are computed once before training (as TRL's `precompute_ref_log_probs`), which gives the same
 numbers as scoring every batch with it, without holding a second model during training.
+
+DPO only asks the chosen answer to gain on the rejected one, and both can lose likelihood at once, so
+greedy answers can get worse while the margin grows. `sft_weight` adds the chosen answers' mean token
+negative log-likelihood (TRL's `sft` loss term, as in RPO, Pang et al. 2024), which keeps them likely.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vlstack.align.logprobs import Batch, load_engine, score_responses
+from vlstack.align.logprobs import Batch, load_engine, masked_mean, score_responses
 from vlstack.align.preference import (
     VQADataConfig,
     answer_accuracy,
@@ -39,20 +43,28 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
 
 
 class DPOObjective:
-    """`loss(policy, batch)` on pairs ([B, 2, T] rows, chosen first) with `ref_logps` [B, 2]."""
+    """`loss(policy, batch)` on pairs ([B, 2, T] rows, chosen first) with `ref_logps` [B, 2]: the sigmoid
+    DPO loss, plus `sft_weight` x the chosen answers' mean token NLL."""
 
-    def __init__(self, beta: float):
+    def __init__(self, beta: float, sft_weight: float = 0.0):
         self.beta = beta
+        self.sft_weight = sft_weight
 
     def __call__(self, model: QwenImageModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected = score_responses(model, flatten_pairs(batch)).sequence_logprobs().chunk(2)  # [B] each
+        scores = score_responses(model, flatten_pairs(batch))
+        chosen, rejected = scores.sequence_logprobs().chunk(2)  # [B] each
         ref = batch["ref_logps"]
         losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], self.beta)
         margin = chosen_rewards - rejected_rewards
-        return losses.mean(), {"reward_chosen": chosen_rewards.mean().item(),
-                               "reward_rejected": rejected_rewards.mean().item(),
-                               "reward_margin": margin.mean().item(),
-                               "reward_accuracy": (margin > 0).float().mean().item()}
+        metrics = {"reward_chosen": chosen_rewards.mean().item(), "reward_rejected": rejected_rewards.mean().item(),
+                   "reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).float().mean().item()}
+        loss = losses.mean()
+        if self.sft_weight:
+            pairs = len(chosen)
+            chosen_nll = -masked_mean(scores.logprobs[:pairs], scores.mask[:pairs])
+            loss = loss + self.sft_weight * chosen_nll
+            metrics["chosen_nll"] = chosen_nll.item()
+        return loss, metrics
 
 
 @torch.no_grad()
@@ -76,6 +88,9 @@ class DPOConfig:
     out_dir: str = "runs/align-dpo"
     beta: float = 0.1
     """Strength of the implicit KL constraint (TRL's default 0.1); higher stays closer to the reference."""
+    sft_weight: float = 0.0
+    """Weight of the chosen answers' mean token NLL added to the DPO loss (TRL: `loss_type=["sigmoid", "sft"]`,
+    `loss_weights=[1, sft_weight]`); 0 is plain DPO."""
     data: VQADataConfig = field(default_factory=VQADataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=100, batch_size=16, lr=5e-5, warmup_steps=10, precision="fp32", log_every=10, measure_mfu=False,
@@ -86,6 +101,8 @@ class DPOConfig:
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ConfigError(f"beta must be positive, got {self.beta}")
+        if self.sft_weight < 0:
+            raise ConfigError(f"sft_weight must be 0 (plain DPO) or positive, got {self.sft_weight}")
 
     @classmethod
     def quick(cls, checkpoint: str, out_dir: str = "runs/align-dpo-quick") -> "DPOConfig":
@@ -110,7 +127,7 @@ def run_dpo(config: DPOConfig) -> dict:
     before = answer_accuracy(engine, held_out, config.max_new_tokens)
 
     out = Path(config.out_dir)
-    trainer = Trainer(policy, DPOObjective(config.beta), config.train, train_pairs, out_dir=out,
+    trainer = Trainer(policy, DPOObjective(config.beta, config.sft_weight), config.train, train_pairs, out_dir=out,
                       export=lambda directory, state: policy.write_files(directory, engine.tokenizer, state))
     history = trainer.fit("DPO")
     margins = config.beta * ((pair_logps(policy, held_out_pairs) - held_out_ref) @ torch.tensor([1.0, -1.0]))
