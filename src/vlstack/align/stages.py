@@ -167,7 +167,8 @@ class FinetuneConfig:
         the seed, the domain stage trains the vision tower: a tiny tower pretrained on shape scenes
         has never seen a scan: frozen, 66% of held-out "is there a lesion?" answers were right, trained,
         97%. The safety stage uses the plain `sft` loss: at the sizes tried the
-        `safety` loss either refused nearly every request or few more harmful than safe ones."""
+        `safety` loss either refused nearly every request or few more harmful than safe ones; `sft` at
+        3e-4 for 300 steps refused every held-out harmful request and none of the safe look-alikes."""
         general = [DatasetSpec("shapes_vqa", 4000), DatasetSpec("shapes_chat", 1000)]
         domain = [DatasetSpec("documents_vqa", 300), DatasetSpec("charts_vqa", 300), DatasetSpec("scans", 2000),
                   DatasetSpec("surface_defects", 600), DatasetSpec("shapes_vqa", 600)]
@@ -177,7 +178,7 @@ class FinetuneConfig:
             stages=[
                 StageConfig("general", general, lr=5e-4, steps=250, batch_size=32),
                 StageConfig("domain", domain, lr=5e-4, steps=200, batch_size=32),
-                StageConfig("safety", safety, lr=1e-4, steps=120, batch_size=32),
+                StageConfig("safety", safety, lr=3e-4, steps=300, batch_size=32),
             ],
             train=TrainConfig(warmup_steps=10, log_every=10, measure_mfu=False, tensorboard=False),
             eval=FinetuneEvalConfig(datasets=["shapes_vqa", "scans", "safety"], samples=100, max_new_tokens=40,

@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from vlstack.data.instructions import instruction_texts
 from vlstack.data.loader import pairs_to_tensors
 from vlstack.data.synthetic import shape_scenes
 from vlstack.eval.retrieval import evaluate_pairs
@@ -51,7 +52,8 @@ class PretrainConfig:
     objective: Literal["mixed", "itc"] = "mixed"
     """mixed: 0.4 ITC + 0.3 ITM + 0.2 MLM + 0.1 VTM (weights in `loss`); itc: contrastive only."""
     tokenizer: str | None = None
-    """A local tokenizer directory; by default a byte-level BPE is trained on the training captions."""
+    """A local tokenizer directory; by default a byte-level BPE is trained on the training captions and the
+    text of the instruction data fine-tuning uses (`vlstack.data.instructions.instruction_texts`)."""
     out_dir: str = "runs/pretrain"
 
 
@@ -67,7 +69,7 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None) -> dict:
     if config.tokenizer:
         tokenizer = load_tokenizer(config.tokenizer)
     else:
-        tokenizer = train_tokenizer(captions, vocab_size=model_config.language.vocab_size)
+        tokenizer = train_tokenizer(captions + instruction_texts(), vocab_size=model_config.language.vocab_size)
     specials = special_token_ids(tokenizer)
     model_config.image_token_id = specials.image
     torch.manual_seed(seed)
