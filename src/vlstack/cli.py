@@ -78,9 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_info)
 
     demo = _command(commands, "demo", "Run the whole stack end to end on a tiny model.",
-                    "Synthesises shape scenes, trains a tokenizer and a tiny Qwen-Image model with the "
-                    "contrastive loss, measures held-out image->text retrieval against chance, and writes "
-                    "OUT_DIR/report.md, report.json, loss.png and a checkpoint.")
+                    "Every stage on synthetic data, in order: pretraining with the mixed ITC + ITM + MLM + VTM "
+                    "loss (a tokenizer and a tiny model from scratch), cleaning a spoiled corpus, progressive "
+                    "fine-tuning (general, domain, safety), DPO, the six benchmarks, hallucination, deployment "
+                    "(int8, ONNX, the Engine's caches) and the applications. Each stage's output goes to "
+                    "OUT_DIR/<stage>/; OUT_DIR/report.md and report.json hold every figure against chance. "
+                    "About 14 minutes on 2 CPU cores; --quick, a minute or two.")
     demo.add_argument("--quick", action="store_true", help="a one-minute version of every stage")
     demo.add_argument("--config", help="a YAML recipe (see configs/demo.yaml)")
     demo.set_defaults(handler=_demo)
