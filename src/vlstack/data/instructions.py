@@ -189,8 +189,9 @@ def instruction_texts(samples_per_dataset: int = 100, seed: int = 0) -> list[str
     """The turns' text of `samples_per_dataset` samples of every dataset in every language (image markers
     removed): with the captions, the corpus a from-scratch tokenizer is trained on, so that fine-tuning's
     questions, answers and refusals are words rather than single characters. A tokenizer trained on the
-    shape captions alone has 325 tokens and spells "poison" in 7 pieces; the tiny model fine-tuned with it
-    refused 24% of the safe look-alikes, with this corpus none."""
+    shape captions alone has 325 tokens and spells "poison" in 7 pieces: after 300 safety steps the tiny model
+    refused 82% of held-out harmful requests and 24% of their safe look-alikes; with this corpus, 100% and
+    none (safety straight after the general stage)."""
     return [turn["value"].replace(IMAGE_TOKEN, "") for lang in REFUSALS for name in DATASETS
             for sample in instruction_samples(name, samples_per_dataset, seed, "train", lang)
             for turn in sample.conversations]
