@@ -22,10 +22,13 @@ NANO = str(Path(__file__).resolve().parents[2] / "configs" / "nano.yaml")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The nano recipe trained a little longer (fp32, 200 steps of 32): held-out retrieval above chance."""
+    """The nano recipe trained a little longer (fp32, 200 steps of 32): held-out retrieval above chance.
+    lr 1e-3: at 2e-3 R@5 on 500 held-out pairs swung between 0.04 and 0.14 over seeds since the tokenizer
+    also learns the instruction data's words; at 1e-3 it was 0.31 and 0.50. The tests score 1,000 held-out
+    pairs: on 500, fbgemm's per-tensor int8 moved R@1 by 1.2 points (6 pairs) on this model."""
     out = tmp_path_factory.mktemp("pretrain")
     run_pretraining(load_config(PretrainConfig, NANO, [
-        f"out_dir={out}", "train.steps=200", "train.batch_size=32", "train.lr=0.002", "train.precision=fp32",
+        f"out_dir={out}", "train.steps=200", "train.batch_size=32", "train.lr=0.001", "train.precision=fp32",
         "data.train_samples=1000", "data.test_samples=16", "train.tensorboard=false", "train.measure_mfu=false"]))
     return out / "checkpoint"
 
@@ -35,7 +38,7 @@ def trained(tmp_path_factory):
                          [("int8-dynamic", "fbgemm"), ("int8-dynamic", "torchao"), ("int8-weight-only", "auto")])
 def test_int8_keeps_held_out_retrieval_of_a_trained_model_within_one_point(trained, tmp_path, method, kernel):
     fp32 = load_model(trained)
-    config = DeploymentEvalConfig(heldout_pairs=500, benchmarks=[], speed_repeats=1)
+    config = DeploymentEvalConfig(heldout_pairs=1000, benchmarks=[], speed_repeats=1)
     report = compare_quantized(fp32, quantize_model(copy.deepcopy(fp32), method, kernel),
                                load_tokenizer(trained / "tokenizer"), config, tmp_path)
     retrieval = report["retrieval"]
