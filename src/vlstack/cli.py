@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "fine-tuning (general, domain, safety), DPO, the six benchmarks, hallucination, deployment "
                     "(int8, ONNX, the Engine's caches) and the applications. Each stage's output goes to "
                     "OUT_DIR/<stage>/; OUT_DIR/report.md and report.json hold every figure against chance. "
-                    "About 14 minutes on 2 CPU cores; --quick, a minute or two.")
+                    "About 15 minutes on 2 CPU cores; --quick, a minute or two.")
     demo.add_argument("--quick", action="store_true", help="a one-minute version of every stage")
     demo.add_argument("--config", help="a YAML recipe (see configs/demo.yaml)")
     demo.set_defaults(handler=_demo)

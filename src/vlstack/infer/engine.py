@@ -24,7 +24,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Generator, Iterator, Literal
+from typing import Callable, Generator, Iterator, Literal, TypeVar
 
 import torch
 from PIL import Image
@@ -39,6 +39,8 @@ from vlstack.infer.quantize import load_model
 from vlstack.models.language import decoder
 from vlstack.models.tokenizer import IM_END, IMAGE, expand_image_placeholders, load_tokenizer, special_token_ids
 from vlstack.models.vlm import QwenImageModel
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -197,15 +199,7 @@ class Engine:
 
         The cache is asked once per distinct image, so its misses count the images encoded."""
         keys = [image_key(image) for image in images]
-        found: dict[str, torch.Tensor] = {}
-        missed: dict[str, Image.Image] = {}
-        for key, image in zip(keys, images):
-            if key not in found and key not in missed:
-                cached = self.cache.get(key)
-                if cached is None:
-                    missed[key] = image
-                else:
-                    found[key] = cached
+        found, missed = _look_up(self.cache, keys, images)
         if missed:
             size = self.model.config.vision.image_size
             pixels = torch.stack([image_to_tensor(image, size) for image in missed.values()]).to(self.device)
@@ -315,15 +309,8 @@ class Engine:
         [layers, 2, kv_heads, P, head_dim], None without images. Seen prefixes come from the prefix cache
         (asked once per distinct prefix); the others are prefilled in ONE LM pass and cached."""
         keys = [_prefix_key(ids[:n], r.images) if n else None for r, ids, n in zip(requests, prompts, prefixes)]
-        found: dict[str, torch.Tensor] = {}
-        missed: dict[str, tuple[list[int], list[Image.Image]]] = {}
-        for key, request, ids, n in zip(keys, requests, prompts, prefixes):
-            if key is not None and key not in found and key not in missed:
-                cached = self.prefix_cache.get(key)
-                if cached is None:
-                    missed[key] = (ids[:n], request.images)
-                else:
-                    found[key] = cached
+        found, missed = _look_up(self.prefix_cache, keys,
+                                 [(ids[:n], r.images) for r, ids, n in zip(requests, prompts, prefixes)])
         if missed:
             embeds, attention = self._left_padded_embeddings(*map(list, zip(*missed.values())))
             positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
@@ -382,6 +369,22 @@ class Engine:
     def _results(self, prompts, tokens, texts, finish) -> list[Result]:
         return [Result(text=texts[i], token_ids=list(tokens[i]), finish_reason=finish[i],
                        prompt_tokens=len(prompts[i])) for i in range(len(prompts))]
+
+
+def _look_up(cache: FeatureCache, keys: list[str | None], items: list[T]
+             ) -> tuple[dict[str, torch.Tensor], dict[str, T]]:
+    """Ask `cache` once per distinct key (None: nothing to look up): (found key -> cached tensor, missed key ->
+    its first item), so the cache's miss count is the number of distinct items to compute."""
+    found: dict[str, torch.Tensor] = {}
+    missed: dict[str, T] = {}
+    for key, item in zip(keys, items):
+        if key is not None and key not in found and key not in missed:
+            cached = cache.get(key)
+            if cached is None:
+                missed[key] = item
+            else:
+                found[key] = cached
+    return found, missed
 
 
 def _image_prefix_length(ids: list[int], image_id: int) -> int:
