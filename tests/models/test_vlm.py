@@ -170,6 +170,23 @@ def test_generation_depends_on_the_image(nano_model, tokenizer):
     assert not torch.allclose(a.logits[0, -1], b.logits[0, -1])
 
 
+@pytest.mark.parametrize("size", [32, 48])
+def test_each_patch_token_gets_its_grid_position_and_prompts_none(nano_model, size):
+    """The LM's rotary positions only see the raster order: the 2-D position is added to the
+    projected patch tokens (the table resized for a grid other than the one it was built for)."""
+    pixels = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        projected = nano_model.projector(nano_model.encode_image(pixels))
+        features = nano_model.image_features(pixels)
+    grid = size // 8
+    prompts = nano_model.config.vision.num_prompts
+    assert features.shape == (2, prompts + grid * grid, 64) == projected.shape
+    assert torch.equal(features[:, :prompts], projected[:, :prompts])
+    added = features[:, prompts:] - projected[:, prompts:]
+    assert torch.allclose(added[0], added[1]) and added[0].std() > 0.5  # one table, at unit scale
+    assert torch.allclose(added[0], nano_model.patch_position((grid, grid))[0], atol=1e-6)
+
+
 def test_sampling_is_reproducible_with_a_seed(nano_model, tokenizer):
     prompt = _prompt(nano_model, tokenizer, "a")
     pixels = torch.randn(1, 3, 32, 32)

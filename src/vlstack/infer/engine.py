@@ -191,7 +191,7 @@ class Engine:
 
     def _encode_with_model(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, 3, S, S] -> projected visual tokens [B, Nv, Dt]."""
-        return self.model.projector(self.model.encode_image(pixels))
+        return self.model.image_features(pixels)
 
     def _visual_tokens_of(self, images: list[Image.Image]) -> list[torch.Tensor]:
         """The projected visual tokens [Nv, Dt] of each image: seen ones from the cache, the rest in ONE

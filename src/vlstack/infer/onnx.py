@@ -67,11 +67,10 @@ class VisualTokens(nn.Module):
 
     def __init__(self, model: QwenImageModel):
         super().__init__()
-        self.vision = model.vision
-        self.projector = model.projector
+        self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.vision(pixel_values))  # [B, Nv, Dv] -> [B, Nv, Dt]
+        return self.model.image_features(pixel_values)
 
 
 def export_vision(model: QwenImageModel, path: str | Path, opset: int = 18) -> Path:

@@ -149,7 +149,7 @@ def linear_heavy_passes(model: QwenImageModel, batch: int = 8, tokens: int = 64,
     pixels = torch.randn(batch, vision.in_channels, vision.image_size, vision.image_size, generator=generator)
     ids = torch.randint(model.config.language.vocab_size, (batch, tokens), generator=generator)
     lm = model.language_model
-    return {"image_path": lambda: model.projector(model.encode_image(pixels)),
+    return {"image_path": lambda: model.image_features(pixels),
             "lm_prefill": lambda: lm(input_ids=ids, use_cache=False, logits_to_keep=1)}
 
 

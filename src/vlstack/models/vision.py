@@ -31,29 +31,36 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid  # [B, gh*gw, D]
 
 
-class DynamicPositionEmbedding(nn.Module):
-    """Learned position table refined by a Conv1d along the sequence (seed section 1.2).
+class PositionTable(nn.Module):
+    """A learned position table for a `grid`×`grid` patch grid; for another grid it is resized
+    with 2-D bicubic interpolation, so a model built for one image size runs at others."""
 
-    The table is built for a `grid`×`grid` patch grid; for another grid it is
-    resized with 2-D bicubic interpolation before the convolution.
-    """
-
-    def __init__(self, width: int, grid: int):
+    def __init__(self, width: int, grid: int, std: float = 0.02):
         super().__init__()
         self.grid = grid
         self.table = nn.Parameter(torch.zeros(1, grid * grid, width))
-        nn.init.trunc_normal_(self.table, std=0.02)
-        self.conv = nn.Conv1d(width, width, kernel_size=3, padding=1)
+        nn.init.trunc_normal_(self.table, std=std)
 
     def forward(self, grid_hw: tuple[int, int]) -> torch.Tensor:
         """Position embeddings for a patch grid of (gh, gw): [1, gh*gw, D]."""
-        table = self.table
-        if grid_hw != (self.grid, self.grid):
-            width = table.shape[-1]
-            square = table.reshape(1, self.grid, self.grid, width).permute(0, 3, 1, 2)  # [1, D, g, g]
-            resized = F.interpolate(square, size=grid_hw, mode="bicubic", align_corners=False)
-            table = resized.permute(0, 2, 3, 1).reshape(1, grid_hw[0] * grid_hw[1], width)
-        return self.conv(table.transpose(1, 2)).transpose(1, 2)  # [1, gh*gw, D]
+        if grid_hw == (self.grid, self.grid):
+            return self.table
+        width = self.table.shape[-1]
+        square = self.table.reshape(1, self.grid, self.grid, width).permute(0, 3, 1, 2)  # [1, D, g, g]
+        resized = F.interpolate(square, size=grid_hw, mode="bicubic", align_corners=False)
+        return resized.permute(0, 2, 3, 1).reshape(1, grid_hw[0] * grid_hw[1], width)
+
+
+class DynamicPositionEmbedding(PositionTable):
+    """The position table refined by a Conv1d along the sequence (seed section 1.2)."""
+
+    def __init__(self, width: int, grid: int):
+        super().__init__(width, grid)
+        self.conv = nn.Conv1d(width, width, kernel_size=3, padding=1)
+
+    def forward(self, grid_hw: tuple[int, int]) -> torch.Tensor:
+        table = super().forward(grid_hw)  # [1, gh*gw, D]
+        return self.conv(table.transpose(1, 2)).transpose(1, 2)
 
 
 class GlobalAttention(SelfAttention):
