@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlstack.align import stages
 from vlstack.align.stages import (
     DatasetSpec,
     FinetuneConfig,
     FinetuneEvalConfig,
+    MODULES,
     LoraSettings,
     StageConfig,
     add_lora,
@@ -54,6 +56,8 @@ def weights(directory) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("change, message", [
     (dict(freeze=["vision", "encoder"]), "freeze: unknown module(s) ['encoder']; valid modules: vision, projector, "
                                          "fusion, language"),
+    (dict(lr_scale={"vit": 0.1}), "lr_scale: unknown module(s) ['vit']; valid modules: vision, projector"),
+    (dict(lr_scale={"vision": 0.0}), "lr_scale: multipliers must be above 0"),
     (dict(datasets=[]), "has no data: list at least one dataset"),
     (dict(datasets=[DatasetSpec("shapes_vqa", 0)]), "a stage needs data"),
     (dict(datasets=[DatasetSpec("shapes")]), "unknown dataset 'shapes'; valid datasets: shapes_vqa"),
@@ -94,7 +98,8 @@ def test_frozen_modules_are_bit_identical_and_not_in_the_optimizer(tmp_path, nan
     data, _ = encode_conversations(samples, collator)
     trainer = Trainer(nano_model, sft_objective, TrainConfig(steps=1, batch_size=8, measure_mfu=False), data)
     in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    frozen = [*nano_model.vision.parameters(), *nano_model.projector.parameters()]
+    frozen = [p for module in ("vision", "projector") for name in MODULES[module]
+              for p in getattr(nano_model, name).parameters()]
     assert not in_optimizer & {id(p) for p in frozen}
     assert {id(p) for p in nano_model.language_model.parameters()} <= in_optimizer
 
@@ -103,12 +108,27 @@ def test_frozen_modules_are_bit_identical_and_not_in_the_optimizer(tmp_path, nan
     before, after = weights(tmp_path / "run" / "initial"), weights(result["checkpoint"])
     for name in before:
         unchanged = torch.equal(before[name], after[name])
-        if name.startswith(("vision.", "projector.")):
+        if name.startswith(("vision.", "projector.", "patch_position.")):
             assert unchanged, f"{name} changed although frozen"
         elif name.startswith("language_model.model.layers.0.self_attn"):
             assert not unchanged, f"{name} did not train"
     total = sum(t.numel() for t in QwenImageModel.from_pretrained(result["checkpoint"]).parameters())
     assert result["trainable_parameters"] == total - sum(p.numel() for p in frozen)
+
+
+def test_a_stage_lr_scale_reaches_the_optimizer(tmp_path, monkeypatch):
+    rates = {}
+
+    class RecordingTrainer(Trainer):
+        def __init__(self, model, *args, **kwargs):
+            super().__init__(model, *args, **kwargs)
+            lr = {id(p): group["lr"] for group in self.optimizer.param_groups for p in group["params"]}
+            rates.update({module: {round(lr[id(p)], 9) for p in getattr(model, module).parameters()}
+                          for module in ("vision", "patch_position", "language_model")})
+
+    monkeypatch.setattr(stages, "Trainer", RecordingTrainer)
+    run_finetune(nano_run(tmp_path / "run", stage("general", steps=1, lr_scale={"vision": 0.1, "projector": 2.0})))
+    assert rates == {"vision": {3e-4}, "patch_position": {6e-3}, "language_model": {3e-3}}
 
 
 def test_lora_merged_into_the_base_gives_the_same_outputs(nano_model, tokenizer):

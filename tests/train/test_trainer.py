@@ -38,9 +38,24 @@ def _trainer(data, steps=40, out_dir=None, **overrides) -> Trainer:
 
 
 def test_weight_decay_skips_norms_and_biases():
-    decay, no_decay = parameter_groups(Regression(), 0.01)
-    assert [p.ndim for p in decay["params"]] == [2]
+    decay, no_decay = parameter_groups(Regression(), 0.01, lr=0.1, lr_scale={})
+    assert [p.ndim for p in decay["params"]] == [2] and decay["lr"] == 0.1
     assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+def test_lr_scale_sets_a_module_rate_that_the_schedule_keeps():
+    trainer = _trainer(_data(), steps=6, lr_scale={"norm": 0.1})
+    rates = lambda: {tuple(p.shape): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    trainer.fit()
+    after = rates()
+    assert after[(4,)] == pytest.approx(0.1 * after[(1, 4)])  # norm weight and bias vs the linear weight
+    assert after[(1,)] == after[(1, 4)]  # the linear bias keeps the base rate
+
+
+def test_an_lr_scale_prefix_that_matches_nothing_is_a_config_error():
+    with pytest.raises(VlstackError, match=r"train.lr_scale names \['vision'\], which match no parameter; "
+                                            r"top-level modules: \['linear', 'norm'\]"):
+        _trainer(_data(), lr_scale={"vision": 0.1})
 
 
 def test_warmup_then_cosine():

@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 MODULES: dict[str, tuple[str, ...]] = {
     "vision": ("vision",),
-    "projector": ("projector",),
+    "projector": ("projector", "patch_position"),
     "fusion": ("fusion", "itc", "itm", "mlm", "vtm"),
     "language": ("language_model",),
 }
@@ -106,6 +106,9 @@ class StageConfig:
     batch_size: int = 32
     freeze: list[str] = field(default_factory=list)
     """Modules whose parameters do not train in this stage: vision, projector, fusion, language."""
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    """Learning-rate multipliers of modules that train, e.g. {vision: 0.1}: the vision tower learns
+    at a tenth of `lr` (at the full rate of a tiny model's LM it forgets what pretraining taught it)."""
     lora: LoraSettings | None = None
     """Train LoRA adapters instead of the LM's own weights (which are then frozen)."""
     loss: Literal["sft", "safety"] = "sft"
@@ -166,7 +169,9 @@ class FinetuneConfig:
         crops) so the demo's medical and inspection runs get answers their reports can parse. Unlike
         the seed, the domain stage trains the vision tower: a tiny tower pretrained on shape scenes
         has never seen a scan: frozen, 66% of held-out "is there a lesion?" answers were right, trained,
-        97%. The safety stage uses the plain `sft` loss: at the sizes tried the
+        97%. The general stage trains the vision tower at a tenth of the rate (held-out shapes VQA,
+        first answer token: 0.705 -> 0.723; colour of the left or right object 0.60 -> 0.72). The
+        safety stage uses the plain `sft` loss: at the sizes tried the
         `safety` loss either refused nearly every request or few more harmful than safe ones; `sft` at
         3e-4 for 300 steps refused every held-out harmful request and none of the safe look-alikes."""
         general = [DatasetSpec("shapes_vqa", 4000), DatasetSpec("shapes_chat", 1000)]
@@ -176,7 +181,7 @@ class FinetuneConfig:
         return cls(
             base=base,
             stages=[
-                StageConfig("general", general, lr=5e-4, steps=250, batch_size=32),
+                StageConfig("general", general, lr=5e-4, steps=250, batch_size=32, lr_scale={"vision": 0.1}),
                 StageConfig("domain", domain, lr=5e-4, steps=200, batch_size=32),
                 StageConfig("safety", safety, lr=3e-4, steps=300, batch_size=32),
             ],
@@ -220,6 +225,11 @@ def check_config(config: FinetuneConfig) -> None:
         unknown = [m for m in stage.freeze if m not in MODULES]
         if unknown:
             raise ConfigError(f"{where}.freeze: unknown module(s) {unknown}; valid modules: {', '.join(MODULES)}")
+        unknown = [m for m in stage.lr_scale if m not in MODULES]
+        if unknown:
+            raise ConfigError(f"{where}.lr_scale: unknown module(s) {unknown}; valid modules: {', '.join(MODULES)}")
+        if any(scale <= 0 for scale in stage.lr_scale.values()):
+            raise ConfigError(f"{where}.lr_scale: multipliers must be above 0 (freeze a module to stop it training)")
         if stage.steps < 1 or stage.batch_size < 1 or stage.lr <= 0:
             raise ConfigError(f"{where}: steps and batch_size must be at least 1 and lr above 0")
         if not stage.datasets:
@@ -361,7 +371,9 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     tensors, rejected = encode_conversations(data[stage.name], collator, unsafe=stage.loss == "safety",
                                              description=f"encode {stage.name}")
     objective = sft_objective if stage.loss == "sft" else SafetyObjective(stage.safety)
-    train = dataclasses.replace(config.train, lr=stage.lr, steps=stage.steps, batch_size=stage.batch_size)
+    lr_scale = {prefix: scale for module, scale in stage.lr_scale.items() for prefix in MODULES[module]}
+    train = dataclasses.replace(config.train, lr=stage.lr, steps=stage.steps, batch_size=stage.batch_size,
+                                lr_scale=lr_scale)
     trainer = Trainer(model, objective, train, tensors, out_dir=stage_dir)
     resumable = stage_dir / "checkpoint"
     if (resumable / STATE_FILE).is_file():
@@ -420,10 +432,13 @@ def summary(results: dict) -> str:
 
 
 def eval_line(name: str, figures: dict) -> str:
-    """One held-out dataset's figures in words: accuracy against its blind baseline, refusal rates."""
+    """One held-out dataset's figures in words: accuracy against its blind baseline, per question type
+    (where there are several), refusal rates."""
     line = f"held-out {name} accuracy {figures['accuracy']:.3f}"
     if "blind_baseline" in figures:
         line += f" (blind baseline {figures['blind_baseline']:.3f})"
+    if len(figures.get("by_type", {})) > 1:
+        line += "; by question type: " + ", ".join(f"{kind} {value:.2f}" for kind, value in figures["by_type"].items())
     if "harmful_refusal_rate" in figures:
         line += (f", refusals on harmful requests {figures['harmful_refusal_rate']:.3f}, on safe look-alikes "
                  f"{figures['safe_refusal_rate']:.3f}")

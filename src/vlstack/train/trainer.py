@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
 from vlstack.checkpoint import atomic_directory
 from vlstack.config import to_dict
 from vlstack.data.loader import GlobalBatches
-from vlstack.errors import CheckpointError, VlstackError
+from vlstack.errors import CheckpointError, ConfigError, VlstackError
 from vlstack.progress import progress_bar
 from vlstack.train import deepspeed_engine
 from vlstack.train.flops import count_flops, matmul_peak
@@ -77,6 +77,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.01
     """Applied to matrices only; norms, biases and other 1-D parameters get none."""
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    """Learning-rate multipliers by parameter-name prefix: {"vision": 0.1} trains the vision tower at
+    a tenth of `lr` (LLaVA-OneVision tunes its vision tower at a fifth of the LM's rate)."""
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     """The cosine schedule decays to lr * min_lr_ratio."""
@@ -102,13 +105,24 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on weight matrices, none on norms, biases and scalars."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+def parameter_groups(model: nn.Module, weight_decay: float, lr: float, lr_scale: dict[str, float]) -> list[dict]:
+    """AdamW groups: decay on weight matrices, none on norms, biases and scalars; each at `lr` times
+    the multiplier of the first `lr_scale` prefix its name starts with (1 if none)."""
+    unknown = [prefix for prefix in lr_scale if not any(_has_prefix(name, prefix) for name, _ in model.named_parameters())]
+    if unknown:
+        top = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
+        raise ConfigError(f"train.lr_scale names {unknown}, which match no parameter; top-level modules: {top}")
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            scale = next((value for prefix, value in lr_scale.items() if _has_prefix(name, prefix)), 1.0)
+            groups.setdefault((scale, param.ndim >= 2), []).append(param)
+    return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
+            for (scale, decay), params in groups.items()]
+
+
+def _has_prefix(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -152,13 +166,13 @@ class Trainer:
         self.engine = None  # parallel.mode=deepspeed: owns backward, loss scaling, clipping and the step
         if config.parallel.mode == "deepspeed":
             self.engine = deepspeed_engine.build_engine(
-                ObjectiveModule(model, objective), parameter_groups(model, config.weight_decay), config,
+                ObjectiveModule(model, objective), parameter_groups(model, config.weight_decay, config.lr, config.lr_scale), config,
                 self.dist.world, scheduler=lambda optimizer: _lr_schedule(optimizer, config))
             self.module, self.optimizer, self.scheduler = self.engine, self.engine.optimizer, self.engine.lr_scheduler
         else:
             self.module = wrap_model(ObjectiveModule(model, objective), model, config.parallel,
                                      bf16=config.precision == "bf16")
-            self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+            self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay, config.lr, config.lr_scale), lr=config.lr,
                                                betas=config.betas)
             self.scheduler = _lr_schedule(self.optimizer, config)
         self.scaler = _grad_scaler(config, self.dist.device)
