@@ -440,6 +440,6 @@ def eval_line(name: str, figures: dict) -> str:
     if len(figures.get("by_type", {})) > 1:
         line += "; by question type: " + ", ".join(f"{kind} {value:.2f}" for kind, value in figures["by_type"].items())
     if "harmful_refusal_rate" in figures:
-        line += (f", refusals on harmful requests {figures['harmful_refusal_rate']:.3f}, on safe look-alikes "
+        line += (f"; refusals on harmful requests {figures['harmful_refusal_rate']:.3f}, on safe look-alikes "
                  f"{figures['safe_refusal_rate']:.3f}")
     return line
