@@ -169,8 +169,9 @@ class FinetuneConfig:
         crops) so the demo's medical and inspection runs get answers their reports can parse. Unlike
         the seed, the domain stage trains the vision tower: a tiny tower pretrained on shape scenes
         has never seen a scan: frozen, 66% of held-out "is there a lesion?" answers were right, trained,
-        97%. The general stage trains the vision tower at a tenth of the rate (held-out shapes VQA,
-        first answer token: 0.705 -> 0.723; colour of the left or right object 0.60 -> 0.72). The
+        97%. The general stage trains the vision tower at a tenth of the rate: at the full rate one run
+        lost the colours pretraining taught (held-out colour questions 0.14); at a tenth, held-out shapes
+        VQA (first answer token) was 0.723 against 0.705 at the full rate, within the run-to-run spread. The
         safety stage uses the plain `sft` loss: at the sizes tried the
         `safety` loss either refused nearly every request or few more harmful than safe ones; `sft` at
         3e-4 for 300 steps refused every held-out harmful request and none of the safe look-alikes."""
