@@ -223,12 +223,10 @@ def check_config(config: FinetuneConfig) -> None:
         where = f"stages[{index}] ({stage.name!r})"
         if not _NAME.match(stage.name) or names.count(stage.name) > 1:
             raise ConfigError(f"{where}: name must be unique and use only letters, digits, '_' and '-'")
-        unknown = [m for m in stage.freeze if m not in MODULES]
-        if unknown:
-            raise ConfigError(f"{where}.freeze: unknown module(s) {unknown}; valid modules: {', '.join(MODULES)}")
-        unknown = [m for m in stage.lr_scale if m not in MODULES]
-        if unknown:
-            raise ConfigError(f"{where}.lr_scale: unknown module(s) {unknown}; valid modules: {', '.join(MODULES)}")
+        for key, modules in (("freeze", stage.freeze), ("lr_scale", stage.lr_scale)):
+            unknown = [m for m in modules if m not in MODULES]
+            if unknown:
+                raise ConfigError(f"{where}.{key}: unknown module(s) {unknown}; valid modules: {', '.join(MODULES)}")
         if any(scale <= 0 for scale in stage.lr_scale.values()):
             raise ConfigError(f"{where}.lr_scale: multipliers must be above 0 (freeze a module to stop it training)")
         if stage.steps < 1 or stage.batch_size < 1 or stage.lr <= 0:

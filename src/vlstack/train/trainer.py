@@ -108,9 +108,10 @@ class TrainConfig:
 def parameter_groups(model: nn.Module, weight_decay: float, lr: float, lr_scale: dict[str, float]) -> list[dict]:
     """AdamW groups: decay on weight matrices, none on norms, biases and scalars; each at `lr` times
     the multiplier of the first `lr_scale` prefix its name starts with (1 if none)."""
-    unknown = [prefix for prefix in lr_scale if not any(_has_prefix(name, prefix) for name, _ in model.named_parameters())]
+    names = [name for name, _ in model.named_parameters()]
+    unknown = [prefix for prefix in lr_scale if not any(_has_prefix(name, prefix) for name in names)]
     if unknown:
-        top = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
+        top = sorted({name.split(".")[0] for name in names})
         raise ConfigError(f"train.lr_scale names {unknown}, which match no parameter; top-level modules: {top}")
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -119,6 +120,10 @@ def parameter_groups(model: nn.Module, weight_decay: float, lr: float, lr_scale:
             groups.setdefault((scale, param.ndim >= 2), []).append(param)
     return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
             for (scale, decay), params in groups.items()]
+
+
+def _groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    return parameter_groups(model, config.weight_decay, config.lr, config.lr_scale)
 
 
 def _has_prefix(name: str, prefix: str) -> bool:
@@ -166,14 +171,14 @@ class Trainer:
         self.engine = None  # parallel.mode=deepspeed: owns backward, loss scaling, clipping and the step
         if config.parallel.mode == "deepspeed":
             self.engine = deepspeed_engine.build_engine(
-                ObjectiveModule(model, objective), parameter_groups(model, config.weight_decay, config.lr, config.lr_scale), config,
+                ObjectiveModule(model, objective), _groups(model, config), config,
                 self.dist.world, scheduler=lambda optimizer: _lr_schedule(optimizer, config))
             self.module, self.optimizer, self.scheduler = self.engine, self.engine.optimizer, self.engine.lr_scheduler
         else:
             self.module = wrap_model(ObjectiveModule(model, objective), model, config.parallel,
                                      bf16=config.precision == "bf16")
-            self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay, config.lr, config.lr_scale), lr=config.lr,
-                                               betas=config.betas)
+            # groups built after wrapping: FSDP2 replaces the parameters with sharded ones
+            self.optimizer = torch.optim.AdamW(_groups(model, config), lr=config.lr, betas=config.betas)
             self.scheduler = _lr_schedule(self.optimizer, config)
         self.scaler = _grad_scaler(config, self.dist.device)
         self.step = 0
