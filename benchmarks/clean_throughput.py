@@ -34,7 +34,7 @@ import torch
 from vlstack.data.clean.pipeline import CleanConfig
 from vlstack.data.clean.run import REJECTED, clean
 from vlstack.data.shards import read_shards
-from vlstack.data.synthesize import synthesize
+from vlstack.synthetic.corpus import synthesize
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel

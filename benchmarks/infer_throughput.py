@@ -48,7 +48,7 @@ import transformers
 from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from vlstack.data.collate import image_to_tensor
-from vlstack.data.synthetic import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.eval.deployment import feature_cache_figures
 from vlstack.infer.engine import Engine, EngineConfig, Request, SamplingParams
 from vlstack.infer.quantize import best_seconds, linear_heavy_passes, quantize_model

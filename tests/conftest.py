@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlstack.data.synthetic import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel

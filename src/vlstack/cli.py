@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _data_commands(commands) -> None:
     from vlstack.data.schema import KINDS
-    from vlstack.data.synthetic import SPLITS
+    from vlstack.synthetic.scenes import SPLITS
 
     data = commands.add_parser("data", help="Data tools: synthetic corpora, cleaning, shards.",
                                description="Data tools: synthetic corpora, cleaning, shards.")
@@ -249,7 +249,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from vlstack.config import apply_overrides, from_dict, read_yaml
-    from vlstack.demo import DemoConfig, run_demo
+    from vlstack.demo.pipeline import DemoConfig, run_demo
 
     if args.config and args.quick:
         raise ConfigError("--quick and --config both choose the recipe; use one of them")
@@ -279,7 +279,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from vlstack.align.stages import FinetuneConfig, run_finetune, summary
+    from vlstack.train.finetune import FinetuneConfig, run_finetune, summary
     from vlstack.config import load_config
 
     config = load_config(FinetuneConfig, args.config, args.overrides)
@@ -338,7 +338,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from vlstack.data.synthesize import synthesize
+    from vlstack.synthetic.corpus import synthesize
 
     summary = synthesize(args.kind, args.n, args.out, args.defects, args.seed, args.lang, split=args.split,
                          image_size=args.image_size, samples_per_shard=args.per_shard)

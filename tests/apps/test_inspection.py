@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from vlstack.apps.demos import write_video
+from vlstack.demo.apps import write_video
 from vlstack.apps.detectors import ClassicalDetector, detection_counts, match_boxes, precision_recall
 from vlstack.apps.inspection import InspectionConfig, build_detector, frames_from, run_inspection
 from vlstack.cli import main
-from vlstack.data.surface_defects import surface_set
+from vlstack.synthetic.surfaces import surface_set
 from vlstack.errors import ConfigError, InputError
 from vlstack.infer.engine import Engine
 

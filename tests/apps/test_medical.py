@@ -17,7 +17,7 @@ from vlstack.apps.deid import METHOD, Deidentifier
 from vlstack.apps.dicom import read_folder, render, write_dicom
 from vlstack.apps.medical import MedicalConfig, run_medical
 from vlstack.cli import main
-from vlstack.data.scans import scan
+from vlstack.synthetic.scans import scan
 from vlstack.errors import CheckpointError, DataError
 from vlstack.infer.engine import Engine
 from vlstack.models.config import ModelConfig

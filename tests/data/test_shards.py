@@ -6,7 +6,7 @@ import pytest
 
 from vlstack.data.schema import ImageRef, Rejected, Sample
 from vlstack.data.shards import MANIFEST, ShardWriter, iter_tar, read_manifest, read_shards, write_shards
-from vlstack.data.synthetic import caption_sample, interleaved_sample
+from vlstack.synthetic.scenes import caption_sample, interleaved_sample
 from vlstack.errors import DataError
 
 

@@ -1,7 +1,7 @@
 import torch
 
 from vlstack.data.collate import image_to_tensor, tokenize_texts
-from vlstack.data.synthetic import COLORS, caption_for, shape_scene
+from vlstack.synthetic.scenes import COLORS, caption_for, shape_scene
 from vlstack.errors import DataError
 
 

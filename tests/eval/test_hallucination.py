@@ -7,7 +7,7 @@ import pytest
 
 from vlstack.cli import main
 from vlstack.config import from_dict
-from vlstack.data.synthetic import caption_for, shape_scenes
+from vlstack.synthetic.scenes import caption_for, shape_scenes
 from vlstack.errors import CheckpointError, ConfigError, DataError, InputError
 from vlstack.eval.hallucination import (
     CALIBRATION_FILE,

@@ -8,7 +8,7 @@ from vlstack.cli import main
 from vlstack.errors import DataError, VlstackError
 from vlstack.eval.harness import SEED_BENCHMARKS, EvalConfig, run_eval
 from vlstack.eval.report import SEED_REFERENCE
-from vlstack.eval.suites import write_suites
+from vlstack.synthetic.suites import write_suites
 from vlstack.infer.engine import Engine
 
 FAST = {"max_new_tokens": 3, "batch_size": 2, "synthetic_items": 4}

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vlstack.data.collate import image_to_tensor
-from vlstack.data.synthetic import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import InputError
 from vlstack.infer.engine import Engine, EngineConfig, Request, SamplingParams
 from vlstack.models.tokenizer import IMAGE

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlstack.data.synthetic import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.infer.engine import Engine, Request
 from vlstack.models.tokenizer import IMAGE
 

@@ -12,7 +12,7 @@ import torch
 
 from vlstack.cli import main
 from vlstack.data.collate import image_to_tensor
-from vlstack.data.synthetic import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import CheckpointError, ConfigError, DataError
 from vlstack.infer.engine import Engine, EngineConfig, Request
 from vlstack.infer.onnx import (

@@ -9,7 +9,7 @@ import openai
 import pytest
 from playwright.sync_api import sync_playwright
 
-from vlstack.data.synthetic import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.infer.engine import Engine, EngineConfig
 from vlstack.infer.server import ServerConfig, create_app, serve_in_background
 

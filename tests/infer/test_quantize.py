@@ -16,7 +16,7 @@ from safetensors import safe_open
 from torch import nn
 
 from vlstack.cli import main
-from vlstack.data.synthetic import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import CheckpointError, ConfigError
 from vlstack.infer.engine import Engine, EngineConfig, Request
 from vlstack.infer.quantize import (

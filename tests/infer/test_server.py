@@ -22,7 +22,7 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from vlstack.cli import main
-from vlstack.data.synthetic import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import InputError
 from vlstack.infer.engine import Engine, EngineConfig, Request
 from vlstack.infer.server import ApiError, BatchWorker, ServerConfig, check_remote_url, create_app, serve_in_background

@@ -1,6 +1,6 @@
 """Synthetic VQA with checkable answers: prompts for RL, preference pairs for DPO and the reward model.
 
-The items are the `shapes_vqa` instruction conversations (`vlstack.data.instructions`, the data the SFT
+The items are the `shapes_vqa` instruction conversations (`vlstack.synthetic.instructions`, the data the SFT
 stages train on, drawn apart from the evaluation suites' scenes): one question on a shape scene (colour,
 shape, count, count of a colour, position) whose answer the scene fixes exactly. So a sampled answer is
 judged by rule (`answer_reward`), and a wrong answer of the same kind is a rejected response that only
@@ -16,12 +16,12 @@ from typing import Literal
 
 from PIL import Image
 
-from vlstack.align.evaluate import evaluate_samples, normalize_answer
+from vlstack.eval.conversations import evaluate_samples, normalize_answer
 from vlstack.align.logprobs import Batch, encode_responses, response_ids
 from vlstack.data.collate import sample_messages
-from vlstack.data.instructions import instruction_samples
+from vlstack.synthetic.instructions import instruction_samples
 from vlstack.data.schema import Sample
-from vlstack.data.synthetic import COLORS, PLACES_EN, SHAPES
+from vlstack.synthetic.scenes import COLORS, PLACES_EN, SHAPES
 from vlstack.errors import ConfigError
 from vlstack.infer.engine import Engine, Request, SamplingParams
 

@@ -26,7 +26,7 @@ from vlstack import __version__
 from vlstack.apps.detectors import ClassicalConfig, ClassicalDetector, Detection, Detector, YoloDetector
 from vlstack.apps.report import Figure, Gallery, write_json, write_page
 from vlstack.config import to_dict
-from vlstack.data.surface_defects import INSPECTION_PROMPTS, crop_around
+from vlstack.synthetic.surfaces import INSPECTION_PROMPTS, crop_around
 from vlstack.errors import ConfigError, InputError
 from vlstack.infer.engine import Engine, Request
 from vlstack.progress import progress_bar

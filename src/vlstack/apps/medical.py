@@ -26,7 +26,7 @@ from vlstack.apps.deid import METHOD, OPTIONS, Deidentifier, burned_in_warning
 from vlstack.apps.dicom import Series, Unusable, read_file, read_folder, render
 from vlstack.apps.report import Figure, Gallery, save_image, write_json, write_page
 from vlstack.config import to_dict
-from vlstack.data.scans import REPORT_PROMPTS
+from vlstack.synthetic.scans import REPORT_PROMPTS
 from vlstack.errors import ConfigError
 from vlstack.eval.report import Table
 from vlstack.infer.engine import Engine, Request

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlstack.data.pointclouds import POINT_SHAPES, point_cloud_tensors, point_clouds
+from vlstack.synthetic.pointclouds import POINT_SHAPES, point_cloud_tensors, point_clouds
 from vlstack.models.pointcloud import PointCloudClassifier, PointCloudConfig
 from vlstack.progress import progress_bar
 

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from vlstack.data.collate import IGNORE_INDEX, SampleCollator
-from vlstack.data.instructions import REFUSAL, UNSAFE_ANSWER
+from vlstack.synthetic.instructions import REFUSAL, UNSAFE_ANSWER
 from vlstack.data.schema import IMAGE_TOKEN, ROLES, Rejected, Sample
 from vlstack.data.sources import read_conversations
 from vlstack.errors import DataError

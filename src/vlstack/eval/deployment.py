@@ -24,11 +24,11 @@ from typing import Any
 from vlstack import checkpoint
 from vlstack.config import to_dict
 from vlstack.data.loader import pairs_to_tensors
-from vlstack.data.synthetic import shape_scenes, split_seed
+from vlstack.synthetic.scenes import shape_scenes, split_seed
 from vlstack.eval.benchmarks import get_benchmark
 from vlstack.eval.harness import EvalConfig, run_eval
 from vlstack.eval.retrieval import evaluate_pairs
-from vlstack.eval.suites import WRITERS
+from vlstack.synthetic.suites import WRITERS
 from vlstack.infer.engine import Engine, EngineConfig
 from vlstack.infer.onnx import OnnxExportConfig, export_checkpoint
 from vlstack.infer.quantize import (

@@ -30,7 +30,7 @@ from vlstack.errors import ConfigError, DataError, VlstackError
 from vlstack.eval.benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
 from vlstack.eval.hallucination import HallucinationConfig, run_hallucination
 from vlstack.eval.report import write_reports
-from vlstack.eval.suites import write_suites
+from vlstack.synthetic.suites import write_suites
 from vlstack.infer.engine import Engine, EngineConfig, EngineStats, Request
 from vlstack.progress import progress_bar
 

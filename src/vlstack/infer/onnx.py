@@ -30,7 +30,7 @@ from torch import nn
 
 from vlstack.config import to_dict
 from vlstack.data.collate import image_to_tensor
-from vlstack.data.synthetic import shape_scenes, split_seed
+from vlstack.synthetic.scenes import shape_scenes, split_seed
 from vlstack.errors import CheckpointError, ConfigError, DataError, InputError
 from vlstack.infer.quantize import load_model, quantization_of
 from vlstack.models.vlm import QwenImageModel

@@ -16,9 +16,9 @@ from typing import Literal
 
 import torch
 
-from vlstack.data.instructions import instruction_texts
+from vlstack.synthetic.instructions import instruction_texts
 from vlstack.data.loader import pairs_to_tensors
-from vlstack.data.synthetic import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.eval.retrieval import evaluate_pairs
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import load_tokenizer, special_token_ids, train_tokenizer

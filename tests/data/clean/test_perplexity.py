@@ -16,7 +16,7 @@ from vlstack.data.clean.perplexity import (
     check_perplexity,
     tokenize,
 )
-from vlstack.data.synthetic import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import ConfigError
 
 

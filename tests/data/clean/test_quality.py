@@ -10,7 +10,7 @@ from PIL import ExifTags, Image, ImageDraw, ImageFilter
 
 from vlstack.data.clean import quality
 from vlstack.data.clean.quality import BlurConfig, DecodeConfig, blur_score, check_blur, decode_image, to_rgb
-from vlstack.data.synthetic import shape_scene
+from vlstack.synthetic.scenes import shape_scene
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -17,7 +17,7 @@ from vlstack.data.clean.relevance import (
     check_relevance,
     load_clip_scorer,
 )
-from vlstack.data.synthetic import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import ConfigError, DataError
 
 

@@ -22,7 +22,7 @@ from vlstack.data.clean.dedup import Deduplicator
 from vlstack.data.clean.pipeline import CleanConfig, Outcome, Stages, input_units, read_unit
 from vlstack.data.clean.relevance import RelevanceScorer
 from vlstack.data.clean.report import Tally, write_report
-from vlstack.data.clean.truth import evaluate
+from vlstack.synthetic.truth import evaluate
 from vlstack.data.executors import get_executor
 from vlstack.data.schema import Rejected
 from vlstack.data.shards import MANIFEST, ShardWriter

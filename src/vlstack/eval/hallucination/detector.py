@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from vlstack.config import from_dict, to_dict
 from vlstack.data.collate import image_to_tensor, tokenize_texts
-from vlstack.data.synthetic import (
+from vlstack.synthetic.scenes import (
     COLORS,
     SHAPES,
     SceneObject,

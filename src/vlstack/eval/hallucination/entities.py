@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from vlstack.data.synthetic import (
+from vlstack.synthetic.scenes import (
     COLORS,
     COLORS_ZH,
     PLACES_EN,

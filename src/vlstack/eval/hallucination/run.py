@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from vlstack.config import to_dict
-from vlstack.data.synthetic import (
+from vlstack.synthetic.scenes import (
     SceneObject,
     ShapeScene,
     caption_for,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from vlstack.data.defects import (
+from vlstack.synthetic.defects import (
     BOMB_SIDE,
     DEFECT_TYPES,
     DUPLICATE_DEFECTS,
@@ -15,7 +15,7 @@ from vlstack.data.defects import (
     plan_defects,
 )
 from vlstack.data.schema import IMAGE_TOKEN
-from vlstack.data.synthetic import caption_sample, interleaved_sample, vqa_sample
+from vlstack.synthetic.scenes import caption_sample, interleaved_sample, vqa_sample
 from vlstack.errors import DataError
 
 
@@ -181,7 +181,7 @@ def test_text_defects_hit_the_question_of_a_vqa_sample():
 
 
 def test_checksum_helpers_agree_with_independent_checks():
-    from vlstack.data.fake_pii import cn_id_check_char, luhn_check_digit
+    from vlstack.synthetic.fake_pii import cn_id_check_char, luhn_check_digit
 
     assert luhn_check_digit("7992739871") == "3"  # the textbook Luhn example
     assert cn_id_valid("11010519491231002" + cn_id_check_char("11010519491231002"))

@@ -3,8 +3,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from vlstack.data.instructions import instruction_samples
-from vlstack.data.surface_defects import (
+from vlstack.synthetic.instructions import instruction_samples
+from vlstack.synthetic.surfaces import (
     DEFECT_TYPES,
     INSPECTION_PROMPTS,
     crop_samples,

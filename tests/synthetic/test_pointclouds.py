@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from vlstack.data.pointclouds import POINT_SHAPES, point_cloud, point_cloud_tensors, point_clouds
+from vlstack.synthetic.pointclouds import POINT_SHAPES, point_cloud, point_cloud_tensors, point_clouds
 from vlstack.errors import DataError
 
 

@@ -28,9 +28,9 @@ from vlstack.apps.detectors import ClassicalDetector, detection_counts, match_bo
 from vlstack.apps.dicom import write_dicom
 from vlstack.apps.inspection import InspectionConfig, run_inspection
 from vlstack.apps.medical import MedicalConfig, run_medical
-from vlstack.data.scans import read_findings, scan
-from vlstack.data.surface_defects import read_defect_type, surface_set
-from vlstack.data.synthetic import Language, split_seed
+from vlstack.synthetic.scans import read_findings, scan
+from vlstack.synthetic.surfaces import read_defect_type, surface_set
+from vlstack.synthetic.scenes import Language, split_seed
 
 DEMO_KEY = b"vlstack-demo-key"
 """The demo's pseudonymisation key: fixed, so the demo can find its own series in the report."""

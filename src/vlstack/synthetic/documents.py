@@ -13,9 +13,9 @@ import random
 
 from PIL import Image, ImageDraw
 
-from vlstack.data.fonts import get_font
+from vlstack.synthetic.fonts import get_font
 from vlstack.data.schema import ImageRef, Sample
-from vlstack.data.synthetic import Language, encode_image
+from vlstack.synthetic.scenes import Language, encode_image
 
 DOC_TYPES = ("form", "receipt", "invoice")
 TITLES = {"invoice": ("INVOICE", "发票"), "receipt": ("RECEIPT", "收据"), "form": ("MEMBERSHIP FORM", "会员登记表")}

@@ -24,8 +24,8 @@ from PIL import Image
 from vlstack.align.dpo import DPOConfig
 from vlstack.align.preference import VQADataConfig
 from vlstack.align.run import run_alignment
-from vlstack.align.stages import FinetuneConfig, eval_line, run_finetune
-from vlstack.apps.demos import inspection_demo, medical_demo
+from vlstack.train.finetune import FinetuneConfig, eval_line, run_finetune
+from vlstack.demo.apps import inspection_demo, medical_demo
 from vlstack.apps.embodied import EmbodiedConfig, EpisodeConfig, run_minigrid_episodes, scripted_episode
 from vlstack.apps.pointcloud import ShapeClassificationConfig, shape_classification
 from vlstack.config import save_yaml, to_dict
@@ -34,7 +34,7 @@ from vlstack.data.clean.relevance import calibrate_scorer
 from vlstack.data.clean.run import clean
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_shards
-from vlstack.data.synthesize import synthesize
+from vlstack.synthetic.corpus import synthesize
 from vlstack.eval.deployment import deployment_figures
 from vlstack.eval.hallucination import HallucinationConfig, run_hallucination, summarize
 from vlstack.eval.harness import EvalConfig, run_eval, versions

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vlstack.data.instructions import instruction_samples
-from vlstack.data.scans import REPORT_PROMPTS, findings_text, read_findings, scan, scan_samples
+from vlstack.synthetic.instructions import instruction_samples
+from vlstack.synthetic.scans import REPORT_PROMPTS, findings_text, read_findings, scan, scan_samples
 from vlstack.errors import DataError
 
 

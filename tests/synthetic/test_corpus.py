@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from vlstack.data.defects import DEFECT_TYPES
+from vlstack.synthetic.defects import DEFECT_TYPES
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_shards
-from vlstack.data.synthesize import synthesize
+from vlstack.synthetic.corpus import synthesize
 from vlstack.errors import DataError
 
 

@@ -11,9 +11,9 @@ import random
 
 from PIL import Image, ImageDraw
 
-from vlstack.data.fonts import get_font
+from vlstack.synthetic.fonts import get_font
 from vlstack.data.schema import ImageRef, Sample
-from vlstack.data.synthetic import Language, encode_image
+from vlstack.synthetic.scenes import Language, encode_image
 
 CHART_TYPES = ("bar", "line")
 TOPICS = {  # topic: {lang: (title, axis name, value name, categories)}

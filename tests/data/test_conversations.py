@@ -17,7 +17,7 @@ from vlstack.data.conversations import (
     encode_conversations,
     load_conversations,
 )
-from vlstack.data.instructions import UNSAFE_ANSWER, instruction_samples
+from vlstack.synthetic.instructions import UNSAFE_ANSWER, instruction_samples
 from vlstack.data.schema import ImageRef, Rejected, Sample
 from vlstack.data.sources import read_messages
 from vlstack.errors import DataError

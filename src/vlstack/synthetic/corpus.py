@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from vlstack.data.charts import chart_sample
-from vlstack.data.defects import DEFECT_TYPES, inject, plan_defects
-from vlstack.data.documents import document_sample
+from vlstack.synthetic.charts import chart_sample
+from vlstack.synthetic.defects import DEFECT_TYPES, inject, plan_defects
+from vlstack.synthetic.documents import document_sample
 from vlstack.data.schema import KINDS, Sample
 from vlstack.data.shards import ShardWriter
-from vlstack.data.synthetic import (
+from vlstack.synthetic.scenes import (
     Language,
     caption_sample,
     grounding_sample,

@@ -2,7 +2,7 @@
 
 With them the harness, the demo and the tests run every benchmark end to end, with
 its real loader and metric, and no downloaded data. Each suite is a pure function of
-(n, seed): shape-scene VQA (`vlstack.data.synthetic`) for VQAv2, GQA and A-OKVQA,
+(n, seed): shape-scene VQA (`vlstack.synthetic.scenes`) for VQAv2, GQA and A-OKVQA,
 documents for DocVQA, charts for ChartQA, and grayscale "scans" with a bright lesion
 (drawn here) for VQA-RAD. Files and folders carry the official names, so
 `BENCHMARKS[name].from_root(folder)` reads a suite exactly as it reads the real data.
@@ -19,10 +19,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from vlstack.data.charts import chart_sample
-from vlstack.data.documents import document_sample
+from vlstack.synthetic.charts import chart_sample
+from vlstack.synthetic.documents import document_sample
 from vlstack.data.schema import Sample
-from vlstack.data.synthetic import COLORS, SHAPES, vqa_sample
+from vlstack.synthetic.scenes import COLORS, SHAPES, vqa_sample
 from vlstack.eval.benchmarks import BENCHMARKS, aokvqa, chartqa, docvqa, gqa, vqarad, vqav2
 
 SCENE_STREAM = 1_000_000

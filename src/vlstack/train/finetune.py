@@ -34,11 +34,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from vlstack import checkpoint
-from vlstack.align.evaluate import evaluate_samples
+from vlstack.eval.conversations import evaluate_samples
 from vlstack.config import save_yaml, to_dict
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import check_conversations, encode_conversations, load_conversations
-from vlstack.data.instructions import DATASETS, instruction_samples
+from vlstack.synthetic.instructions import DATASETS, instruction_samples
 from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
 from vlstack.infer.engine import Engine, EngineConfig

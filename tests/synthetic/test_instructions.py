@@ -3,7 +3,7 @@
 import pytest
 
 from vlstack.data.conversations import conversation_problem
-from vlstack.data.instructions import (
+from vlstack.synthetic.instructions import (
     DATASETS,
     HARMFUL_VERBS,
     REFUSAL,
@@ -14,7 +14,7 @@ from vlstack.data.instructions import (
     instruction_samples,
     is_refusal,
 )
-from vlstack.data.synthetic import vqa_sample
+from vlstack.synthetic.scenes import vqa_sample
 from vlstack.errors import DataError
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from vlstack.data.schema import IMAGE_TOKEN, ImageRef, Sample
-from vlstack.data.synthetic import Language, encode_image, split_seed
+from vlstack.synthetic.scenes import Language, encode_image, split_seed
 from vlstack.errors import DataError
 
 REPORT_PROMPTS: dict[str, str] = {

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from vlstack.data.synthetic import split_seed
+from vlstack.synthetic.scenes import split_seed
 from vlstack.errors import DataError
 
 POINT_SHAPES = ("sphere", "cube", "cylinder", "cone", "torus")

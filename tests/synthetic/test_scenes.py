@@ -3,10 +3,10 @@ import io
 import pytest
 from PIL import Image
 
-from vlstack.data.fonts import CJK_FONT_PATHS, cjk_font_path
+from vlstack.synthetic.fonts import CJK_FONT_PATHS, cjk_font_path
 from vlstack.data.schema import IMAGE_TOKEN, KINDS
-from vlstack.data.synthesize import make_sample
-from vlstack.data.synthetic import COLORS_ZH, SHAPES_ZH, caption_for, shape_scene, split_seed
+from vlstack.synthetic.corpus import make_sample
+from vlstack.synthetic.scenes import COLORS_ZH, SHAPES_ZH, caption_for, shape_scene, split_seed
 from vlstack.errors import DataError
 
 try:

@@ -20,15 +20,15 @@ import random
 import re
 from typing import Callable
 
-from vlstack.data.scans import scan_samples
+from vlstack.synthetic.scans import scan_samples
 from vlstack.data.schema import IMAGE_TOKEN, Sample
-from vlstack.data.synthesize import make_sample
-from vlstack.data.surface_defects import crop_samples
-from vlstack.data.synthetic import Language, SceneObject, caption_for, split_seed
+from vlstack.synthetic.corpus import make_sample
+from vlstack.synthetic.surfaces import crop_samples
+from vlstack.synthetic.scenes import Language, SceneObject, caption_for, split_seed
 from vlstack.errors import DataError
 
 STREAM = 10_000_000
-"""Index offset between datasets (the mini-suites of `vlstack.eval.suites` use indices below 3M)."""
+"""Index offset between datasets (the mini-suites of `vlstack.synthetic.suites` use indices below 3M)."""
 REFUSAL = "refusal"
 """`meta` key: True on a sample whose answer is a refusal."""
 UNSAFE_ANSWER = "unsafe_answer"

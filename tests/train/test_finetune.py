@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vlstack.align import stages
-from vlstack.align.stages import (
+from vlstack.train.finetune import (
     DatasetSpec,
     FinetuneConfig,
     FinetuneEvalConfig,
@@ -25,7 +25,7 @@ from vlstack.cli import main
 from vlstack.config import load_config, save_yaml
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import encode_conversations
-from vlstack.data.instructions import instruction_samples
+from vlstack.synthetic.instructions import instruction_samples
 from vlstack.errors import ConfigError, DataError
 from vlstack.models.config import ModelConfig
 from vlstack.models.vlm import QwenImageModel

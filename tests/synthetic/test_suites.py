@@ -5,7 +5,7 @@ import hashlib
 import pytest
 
 from vlstack.eval.benchmarks import BENCHMARKS
-from vlstack.eval.suites import WRITERS, write_suites
+from vlstack.synthetic.suites import WRITERS, write_suites
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from typing import Sequence
 from PIL import Image
 
 from vlstack.data.collate import sample_messages
-from vlstack.data.instructions import REFUSAL, is_refusal
+from vlstack.synthetic.instructions import REFUSAL, is_refusal
 from vlstack.data.schema import IMAGE_TOKEN, Sample
 from vlstack.infer.engine import Engine, Request, SamplingParams
 from vlstack.progress import progress_bar

@@ -21,9 +21,9 @@ from typing import Callable
 import numpy as np
 from PIL import ExifTags, Image, ImageEnhance, ImageFilter
 
-from vlstack.data.fake_pii import FAKERS
+from vlstack.synthetic.fake_pii import FAKERS
 from vlstack.data.schema import IMAGE_TOKEN, ImageRef, Sample, image_name
-from vlstack.data.synthetic import encode_image
+from vlstack.synthetic.scenes import encode_image
 from vlstack.errors import DataError
 
 IMAGE_DEFECTS = (
