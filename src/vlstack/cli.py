@@ -109,27 +109,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = _command(commands, "eval", "Evaluate a checkpoint on benchmarks in their official formats.",
                         "Writes OUT/results.json (every prediction, metrics, config, versions, timing), OUT/report.md "
-                        "and OUT/report.html with the seed article's numbers beside ours. Without --data-root, "
-                        "synthetic mini-suites in the official formats are written to OUT/suites and evaluated.")
+                        "and OUT/report.html with the article's numbers beside ours. `vlstack data synth-eval DIR` "
+                        "writes synthetic suites in the official formats (and a hallucination suite) to try it.")
     evaluate.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")
     evaluate.add_argument("--benchmarks", metavar="A,B,...",
                           help="comma-separated benchmark names (default: vqav2,gqa,docvqa,chartqa,vqarad,aokvqa)")
-    evaluate.add_argument("--data-root", metavar="DIR", help="folder with one sub-folder of official files per "
-                                                             "benchmark (vqav2/, gqa/, ...)")
+    evaluate.add_argument("--data-root", metavar="DIR", required=True,
+                          help="folder with one sub-folder of official files per benchmark (vqav2/, gqa/, ...) "
+                               "and, for --hallucination, a hallucination/ suite")
     evaluate.add_argument("--out", metavar="DIR", help="output directory (default: runs/eval)")
     evaluate.add_argument("--limit", type=int, metavar="N", help="evaluate the first N questions of each benchmark")
     evaluate.add_argument("--hallucination", action="store_true",
-                          help="also evaluate hallucination on synthetic scenes: the entity-level detector's AUROC "
-                               "(its calibration is stored in CKPT), POPE and CHAIR; --benchmarks none for only this")
+                          help="also evaluate hallucination on DATA_ROOT/hallucination: the entity-level detector's "
+                               "AUROC (its calibration is stored in CKPT), POPE and CHAIR; --benchmarks none for only "
+                               "this")
     evaluate.set_defaults(handler=_eval)
 
     quantize = _command(commands, "quantize", "Quantize every Linear layer of a checkpoint to int8 (torchao).",
                         "Writes OUT, an int8 checkpoint that the Engine, eval and serve load like any other "
                         "(config.yaml, int8 model.safetensors, quantization.yaml, tokenizer/), and "
-                        "OUT/deployment_report.json: held-out retrieval and synthetic-suite accuracy against fp32, "
-                        "identical answers, weight bytes, speed of the Linear-heavy passes. --set sets "
-                        "DeploymentEvalConfig fields (heldout_pairs=64, benchmarks=[], kernel=torchao). "
-                        "Needs pip install 'vlstack[quantize]'.")
+                        "OUT/quantize.json: weight bytes and the speed of the Linear-heavy passes against fp32. "
+                        "For accuracy, run `vlstack eval` on both checkpoints. --set sets QuantizeConfig fields "
+                        "(kernel=torchao, speed_repeats=10).")
     quantize.add_argument("--model", required=True, metavar="CKPT", help="fp32 checkpoint directory")
     quantize.add_argument("--method", required=True, metavar="METHOD",
                           help="int8-dynamic (int8 weights and activations) or int8-weight-only")
@@ -139,12 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     export_onnx = _command(commands, "export-onnx",
                            "Export the image path (vision tower + projector) to ONNX, with ORT int8 copies.",
                            "Writes OUT/vision.onnx (dynamic batch axis), OUT/vision.int8-dynamic.onnx, "
-                           "OUT/vision.int8-static.onnx (activation ranges calibrated on images), OUT/export.json "
-                           "(parity with PyTorch, max diff and cosine of each) and OUT/deployment_report.json "
-                           "(suite answers of an Engine on each; serve with one: "
-                           "--set engine.vision_onnx=OUT/vision.onnx). "
-                           "--set export.FIELD / eval.FIELD (export.calibration_dir=DIR). "
-                           "Needs pip install 'vlstack[onnx]'.")
+                           "OUT/vision.int8-static.onnx (with --set calibration_dir=DIR: activation ranges "
+                           "calibrated on those images) and OUT/export.json (parity with PyTorch, max diff and "
+                           "cosine of each, on --set check_dir=DIR images or random pixels). Serve with one: "
+                           "vlstack serve --set engine.vision_onnx=OUT/vision.onnx.")
     export_onnx.add_argument("--model", required=True, metavar="CKPT", help="fp32 checkpoint directory")
     export_onnx.add_argument("--out", required=True, metavar="DIR", help="output directory")
     export_onnx.set_defaults(handler=_export_onnx)
@@ -198,6 +197,39 @@ def _data_commands(commands) -> None:
     synth.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: %(default)s)")
     synth.set_defaults(handler=_data_synth)
 
+    synth_instructions = data_commands.add_parser(
+        "synth-instructions", help="Write a synthetic instruction dataset (conversations) as shards.",
+        description="Writes OUT/shard-*.tar and OUT/manifest.jsonl: samples with LLaVA-style conversations (and "
+                    "their question type, refusal flags, ...) that `vlstack finetune` stages and `vlstack align` "
+                    "read. --rejected adds a rejected answer to each (preference pairs; shapes_vqa only).")
+    synth_instructions.add_argument("--dataset", required=True,
+                                    help="shapes_vqa, shapes_chat, grounding, interleaved, documents_vqa, charts_vqa, "
+                                         "safety, scans or surface_defects")
+    synth_instructions.add_argument("--n", type=int, required=True, help="number of conversations")
+    synth_instructions.add_argument("--out", required=True, help="output directory")
+    synth_instructions.add_argument("--split", choices=SPLITS, default="train",
+                                    help="each split draws from its own seed (default: %(default)s)")
+    synth_instructions.add_argument("--lang", choices=("en", "zh"), default="en", help="(default: %(default)s)")
+    synth_instructions.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    synth_instructions.add_argument("--rejected", choices=("wrong", "absent"),
+                                    help="add a rejected answer: any wrong one, or a colour/shape absent from the scene")
+    synth_instructions.add_argument("--question-types", metavar="A,B",
+                                    help="shapes_vqa with --rejected: only these (color,shape,count,count_color,position)")
+    synth_instructions.set_defaults(handler=_data_synth_instructions)
+
+    synth_eval = data_commands.add_parser(
+        "synth-eval", help="Write synthetic evaluation suites: the six benchmarks in their official formats and a "
+                           "hallucination suite.",
+        description="Writes OUT/<benchmark>/ for vqav2, gqa, docvqa, chartqa, vqarad and aokvqa in their official "
+                    "file formats (shape scenes, documents, charts, scans) and OUT/hallucination/ (scenes with their "
+                    "objects, faithful and hallucinated captions, the lexicon): `vlstack eval --data-root OUT`.")
+    synth_eval.add_argument("out", metavar="OUT", help="output directory")
+    synth_eval.add_argument("--n", type=int, default=32, help="questions per benchmark (default: %(default)s)")
+    synth_eval.add_argument("--scenes", type=int, default=200,
+                            help="hallucination scenes per split (default: %(default)s)")
+    synth_eval.add_argument("--seed", type=int, default=0, help="suite seed (default: %(default)s)")
+    synth_eval.set_defaults(handler=_data_synth_eval)
+
     clean = _command(data_commands, "clean",
                      "Clean a shard directory: quality, text and relevance filters, PII, dedup.",
                      "Writes OUT/shard-*.tar + manifest.jsonl (kept samples, each with the provenance of every "
@@ -249,7 +281,8 @@ def _info(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from vlstack.config import apply_overrides, from_dict, read_yaml
-    from vlstack.demo.pipeline import DemoConfig, run_demo
+    from vlstack.demo.pipeline import run_demo
+    from vlstack.demo.recipes import DemoConfig
 
     if args.config and args.quick:
         raise ConfigError("--quick and --config both choose the recipe; use one of them")
@@ -321,19 +354,19 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _quantize(args: argparse.Namespace) -> int:
     from vlstack.config import apply_overrides
-    from vlstack.eval.deployment import DeploymentEvalConfig, quantization_summary, quantize_and_evaluate
+    from vlstack.infer.quantize import QuantizeConfig, quantization_summary, run_quantize
 
-    config = apply_overrides(DeploymentEvalConfig(), args.overrides)
-    print(quantization_summary(quantize_and_evaluate(args.model, args.out, args.method, config)))
+    config = apply_overrides(QuantizeConfig(), args.overrides)
+    print(quantization_summary(run_quantize(args.model, args.out, args.method, config)))
     return 0
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
     from vlstack.config import apply_overrides
-    from vlstack.eval.deployment import OnnxDeploymentConfig, export_and_evaluate, onnx_summary
+    from vlstack.infer.onnx import OnnxExportConfig, export_checkpoint, export_summary
 
-    config = apply_overrides(OnnxDeploymentConfig(), args.overrides)
-    print(onnx_summary(export_and_evaluate(args.model, args.out, config)))
+    config = apply_overrides(OnnxExportConfig(), args.overrides)
+    print(export_summary(export_checkpoint(args.model, args.out, config)))
     return 0
 
 
@@ -346,13 +379,41 @@ def _data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_synth_instructions(args: argparse.Namespace) -> int:
+    from vlstack.synthetic.instructions import write_instructions
+    from vlstack.synthetic.preferences import DATASET, QUESTION_TYPES, write_preferences
+
+    if args.rejected is None:
+        out = write_instructions(args.out, args.dataset, args.n, args.seed, args.split, args.lang)
+    elif args.dataset != DATASET:
+        raise ConfigError(f"--rejected is for --dataset {DATASET}: its answers are checkable")
+    else:
+        types = args.question_types.split(",") if args.question_types else QUESTION_TYPES
+        out = write_preferences(args.out, args.n, args.split, types, args.rejected, args.seed)
+    print(f"wrote {args.n} {args.dataset} conversations ({args.split}) to {out}")
+    return 0
+
+
+def _data_synth_eval(args: argparse.Namespace) -> int:
+    from vlstack.synthetic.suites import write_evaluation_data
+
+    folders = write_evaluation_data(args.out, args.n, args.scenes, args.seed)
+    print(f"wrote {', '.join(folders)} under {args.out}; evaluate with vlstack eval --data-root {args.out}")
+    return 0
+
+
 def _data_clean(args: argparse.Namespace) -> int:
     from vlstack.config import load_config
     from vlstack.data.clean.pipeline import CleanConfig
     from vlstack.data.clean.run import clean
 
     config = load_config(CleanConfig, args.config, args.overrides)
+    from vlstack.synthetic.truth import score_cleaning
+
     summary = clean(args.input, args.output, config, executor=args.executor, workers=args.workers)
+    truth = score_cleaning(args.input, args.output)  # a synthetic corpus with defects.jsonl: recall per defect
+    if truth is not None:
+        print("recall per injected defect: " + ", ".join(f"{k} {v['recall']:.2f}" for k, v in truth["defects"].items()))
     print(f"kept {summary['kept']} of {summary['total']}, rejected {summary['rejected']} "
           f"({', '.join(f'{k} {v}' for k, v in summary['by_first_reason'].items()) or 'none'}); "
           f"report: {summary['output']}/report.md")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vlstack.apps.pointcloud import ShapeClassificationConfig, shape_classification
+from vlstack.demo.apps import pointcloud_demo
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def one_thread():
 @pytest.mark.slow
 def test_a_tiny_encoder_learns_the_five_shapes_held_out(one_thread):
     """Held-out clouds (test split: other rotations, sizes, proportions, noise); chance is 1/5."""
-    results = shape_classification(ShapeClassificationConfig.quick())
+    results = pointcloud_demo()
     assert results["chance"] == 0.2
     assert results["test_accuracy"] >= 0.9, results
     assert min(results["per_class"].values()) >= 0.6, results

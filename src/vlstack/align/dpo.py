@@ -22,11 +22,11 @@ import torch.nn.functional as F
 
 from vlstack.align.logprobs import Batch, load_engine, masked_mean, score_responses
 from vlstack.align.preference import (
-    VQADataConfig,
+    PreferenceDataConfig,
+    alignment_items,
     answer_accuracy,
     flatten_pairs,
     preference_data,
-    vqa_samples,
 )
 from vlstack.errors import ConfigError
 from vlstack.models.vlm import QwenImageModel
@@ -91,7 +91,7 @@ class DPOConfig:
     sft_weight: float = 0.0
     """Weight of the chosen answers' mean token NLL added to the DPO loss (TRL: `loss_type=["sigmoid", "sft"]`,
     `loss_weights=[1, sft_weight]`); 0 is plain DPO."""
-    data: VQADataConfig = field(default_factory=VQADataConfig)
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=100, batch_size=16, lr=5e-5, warmup_steps=10, precision="fp32", log_every=10, measure_mfu=False,
         tensorboard=False))
@@ -104,13 +104,6 @@ class DPOConfig:
         if self.sft_weight < 0:
             raise ConfigError(f"sft_weight must be 0 (plain DPO) or positive, got {self.sft_weight}")
 
-    @classmethod
-    def quick(cls, checkpoint: str, out_dir: str = "runs/align-dpo-quick") -> "DPOConfig":
-        """A few-second run (the demo's `--quick`): six steps on 64 pairs, 24 held-out questions."""
-        return cls(checkpoint=checkpoint, out_dir=out_dir, data=VQADataConfig(train_items=64, eval_items=24),
-                   train=TrainConfig(steps=6, batch_size=8, lr=5e-5, warmup_steps=1, precision="fp32", log_every=1,
-                                     measure_mfu=False, tensorboard=False))
-
 
 def run_dpo(config: DPOConfig) -> dict:
     """Train with DPO; report held-out accuracy and implicit-reward accuracy before and after.
@@ -120,8 +113,8 @@ def run_dpo(config: DPOConfig) -> dict:
     engine = load_engine(config.checkpoint)
     policy = engine.model
     train_pairs = preference_data(engine, config.data, "train")
-    held_out_pairs = preference_data(engine, config.data, "test")
-    held_out = vqa_samples(config.data.eval_items, config.data, "test")
+    held_out_pairs = preference_data(engine, config.data, "held_out")
+    held_out = alignment_items(config.data, "held_out")
     train_pairs["ref_logps"] = pair_logps(policy, train_pairs)
     held_out_ref = pair_logps(policy, held_out_pairs)
     before = answer_accuracy(engine, held_out, config.max_new_tokens)

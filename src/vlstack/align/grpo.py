@@ -33,7 +33,7 @@ from vlstack.align.ppo import (
     update_policy,
     write_summary,
 )
-from vlstack.align.preference import VQADataConfig, vqa_samples
+from vlstack.align.preference import PreferenceDataConfig, alignment_items
 from vlstack.errors import ConfigError
 from vlstack.models.vlm import QwenImageModel
 from vlstack.train.trainer import TrainConfig
@@ -56,7 +56,7 @@ class GRPOConfig:
     clip_range: float = 0.2
     epochs: int = 1
     """Passes over each iteration's rollouts (mu); with one minibatch per pass and mu = 1 the ratio stays 1."""
-    data: VQADataConfig = field(default_factory=VQADataConfig)
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         batch_size=32, lr=5e-5, warmup_steps=0, precision="fp32", measure_mfu=False, tensorboard=False))
     """Optimizer settings: `batch_size` is the minibatch (it must divide prompts x group_size); `steps` is set
@@ -67,15 +67,6 @@ class GRPOConfig:
             raise ConfigError(f"group_size must be at least 2 (advantages compare answers within a group), "
                               f"got {self.group_size}")
         check_minibatches(self.rollout.prompts * self.group_size, self.train, self.iterations, self.epochs)
-
-    @classmethod
-    def quick(cls, checkpoint: str, out_dir: str = "runs/align-grpo-quick") -> "GRPOConfig":
-        """A few-second run (the demo's `--quick`): three iterations of 4 prompts x 4 answers, 16 held-out."""
-        return cls(checkpoint=checkpoint, out_dir=out_dir, iterations=3, group_size=4,
-                   rollout=RolloutConfig(prompts=4, max_new_tokens=6, eval_samples=2),
-                   data=VQADataConfig(train_items=64, eval_items=16),
-                   train=TrainConfig(batch_size=16, lr=5e-5, warmup_steps=0, precision="fp32", measure_mfu=False,
-                                     tensorboard=False))
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
@@ -114,8 +105,8 @@ def run_grpo(config: GRPOConfig, on_iteration: Callable[[dict], None] | None = N
     engine = load_engine(config.checkpoint)
     policy = engine.model
     reference = frozen_reference(config.checkpoint)
-    train_samples = vqa_samples(config.data.train_items, config.data, "train")
-    held_out = vqa_samples(config.data.eval_items, config.data, "test")
+    train_samples = alignment_items(config.data, "train")
+    held_out = alignment_items(config.data, "held_out")
     before = held_out_figures(engine, held_out, config.rollout)
     G = config.group_size
     rollouts_per_iteration = config.rollout.prompts * G

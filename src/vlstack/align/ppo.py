@@ -29,12 +29,12 @@ from torch import nn
 
 from vlstack.align.logprobs import Batch, ResponseScores, encode_responses, load_engine, masked_mean, score_responses
 from vlstack.align.preference import (
-    VQADataConfig,
+    PreferenceDataConfig,
+    alignment_items,
     answer_accuracy,
     answer_of,
     answer_reward,
     prompt_request,
-    vqa_samples,
 )
 from vlstack.align.reward import RewardModel, scalar_head
 from vlstack.data.loader import GlobalBatches
@@ -108,7 +108,7 @@ class PPOConfig:
     gamma: float = 1.0
     lam: float = 0.95
     """GAE lambda."""
-    data: VQADataConfig = field(default_factory=VQADataConfig)
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         batch_size=16, lr=5e-5, warmup_steps=0, precision="fp32", measure_mfu=False, tensorboard=False))
     """Optimizer settings of the updates: `batch_size` is the minibatch (it must divide rollout.prompts);
@@ -345,8 +345,8 @@ def run_ppo(config: PPOConfig, on_iteration: Callable[[dict], None] | None = Non
     model = PolicyWithValue(engine.model)
     reference = frozen_reference(config.checkpoint)
     reward_model = RewardModel.from_pretrained(config.reward_model) if config.reward != "rule" else None
-    train_samples = vqa_samples(config.data.train_items, config.data, "train")
-    held_out = vqa_samples(config.data.eval_items, config.data, "test")
+    train_samples = alignment_items(config.data, "train")
+    held_out = alignment_items(config.data, "held_out")
     before = held_out_figures(engine, held_out, config.rollout)
     kl = KLController(config.kl)
     per_iteration = config.epochs * config.rollout.prompts // config.train.batch_size

@@ -1,64 +1,63 @@
-"""Synthetic VQA with checkable answers: prompts for RL, preference pairs for DPO and the reward model.
+"""Alignment data: prompts with a reference answer (RL's verifiable reward) and preference pairs (DPO, the
+reward model), read from instruction datasets.
 
-The items are the `shapes_vqa` instruction conversations (`vlstack.synthetic.instructions`, the data the SFT
-stages train on, drawn apart from the evaluation suites' scenes): one question on a shape scene (colour,
-shape, count, count of a colour, position) whose answer the scene fixes exactly. So a sampled answer is
-judged by rule (`answer_reward`), and a wrong answer of the same kind is a rejected response that only
-the image tells apart from the chosen one. Train and held-out items come from different splits.
+A dataset is a shard directory (`vlstack data synth-instructions` writes one) or a LLaVA / OpenAI
+JSON file: conversations whose last (assistant) turn is the reference answer, the chosen one of a pair.
+The rejected answer of a pair is `meta["rejected"]` (a LLaVA record's top-level `rejected`). A sampled
+answer is judged by rule (`answer_reward`: exact match); train and held-out items come from different
+datasets.
 """
 
 from __future__ import annotations
 
 import io
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from PIL import Image
 
-from vlstack.eval.conversations import evaluate_samples, normalize_answer
 from vlstack.align.logprobs import Batch, encode_responses, response_ids
 from vlstack.data.collate import sample_messages
-from vlstack.synthetic.instructions import instruction_samples
+from vlstack.data.conversations import load_conversations
 from vlstack.data.schema import Sample
-from vlstack.synthetic.scenes import COLORS, PLACES_EN, SHAPES
-from vlstack.errors import ConfigError
+from vlstack.errors import ConfigError, DataError
+from vlstack.eval.conversations import evaluate_samples, normalize_answer
 from vlstack.infer.engine import Engine, Request, SamplingParams
 
-DATASET = "shapes_vqa"
-CANDIDATES: dict[str, tuple[str, ...]] = {
-    "color": tuple(COLORS),
-    "shape": SHAPES,
-    "count": ("1", "2"),  # a scene holds one or two shapes
-    "count_color": ("0", "1", "2"),
-    "position": tuple(PLACES_EN),
-}
-"""Every answer each question type can have; a rejected answer is one of these, never the true one."""
-QUESTION_TYPES = tuple(CANDIDATES)
+REJECTED = "rejected"
+"""`meta` key: the rejected answer of a preference pair."""
 
 
 @dataclass
-class VQADataConfig:
-    """Which synthetic VQA items alignment trains and evaluates on."""
+class PreferenceDataConfig:
+    """Which alignment items a run trains and evaluates on."""
 
-    train_items: int = 512
-    """Items of the `train` split (prompts for RL, pairs for DPO and the reward model)."""
-    eval_items: int = 64
-    """Held-out items of the `test` split, for accuracy before and after."""
-    question_types: list[str] = field(default_factory=lambda: list(QUESTION_TYPES))
-    """A subset of: color, shape, count, count_color, position."""
-    rejected: Literal["wrong", "absent"] = "wrong"
-    """The rejected answer of a pair: `wrong`, any other answer of the question's kind; `absent`, for colour
-    and shape questions one that no object in the scene has (a hallucination), else as `wrong`."""
-    seed: int = 0
+    train: str | None = None
+    """Training items: a shard directory or a LLaVA / OpenAI JSON(L) file of conversations."""
+    held_out: str | None = None
+    """Held-out items, for accuracy (and implicit-reward accuracy) before and after."""
+    image_root: str | None = None
+    """The folder a JSON file's image paths are relative to (default: the file's own folder)."""
+    train_items: int | None = None
+    """Use the first `train_items` training items (None: all)."""
+    eval_items: int | None = None
+    """Use the first `eval_items` held-out items (None: all)."""
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.question_types) - set(QUESTION_TYPES))
-        if unknown or not self.question_types:
-            raise ConfigError(f"data.question_types {self.question_types!r} must be a non-empty subset of "
-                              f"{', '.join(QUESTION_TYPES)}")
-        if self.train_items < 1 or self.eval_items < 1:
-            raise ConfigError("data.train_items and data.eval_items must be at least 1")
+        if any(n is not None and n < 1 for n in (self.train_items, self.eval_items)):
+            raise ConfigError("data.train_items and data.eval_items must be at least 1 (or null for all)")
+
+
+def alignment_items(config: PreferenceDataConfig, split: Literal["train", "held_out"]) -> list[Sample]:
+    """The items of `split` (`config.train` or `config.held_out`), at most `train_items` / `eval_items`."""
+    path = config.train if split == "train" else config.held_out
+    if not path:
+        raise ConfigError(f"data.{split} is not set: point it at a shard directory or a LLaVA / OpenAI JSON file of "
+                          "conversations (`vlstack data synth-instructions --dataset shapes_vqa --rejected wrong` "
+                          "writes a synthetic one)")
+    limit = config.train_items if split == "train" else config.eval_items
+    return load_conversations(path, config.image_root or Path(path).parent)[:limit]
 
 
 @dataclass
@@ -69,42 +68,24 @@ class PreferencePair:
     rejected: str
 
 
-def vqa_samples(n: int, config: VQADataConfig, split: str) -> list[Sample]:
-    """The first `n` `shapes_vqa` conversations of `split` whose question type is in `config.question_types`."""
-    drawn = n
-    while True:
-        samples = [s for s in instruction_samples(DATASET, drawn, config.seed, split)
-                   if s.meta["question_type"] in config.question_types]
-        if len(samples) >= n:
-            return samples[:n]
-        drawn *= 2
-
-
 def answer_of(sample: Sample) -> str:
     """The reference answer: the last (assistant) turn."""
     return sample.conversations[-1]["value"]
+
+
+def preference_pairs(samples: list[Sample]) -> list[PreferencePair]:
+    """The reference answer chosen, `meta["rejected"]` rejected; an item without one is a DataError."""
+    missing = [s.id for s in samples if not isinstance(s.meta.get(REJECTED), str)]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(samples)} items have no rejected answer (meta.{REJECTED}), e.g. "
+                        f"{missing[:3]}; preference pairs need one")
+    return [PreferencePair(s, answer_of(s), s.meta[REJECTED]) for s in samples]
 
 
 def prompt_request(sample: Sample, **params) -> Request:
     """The sample's conversation up to its answer, as an Engine request (`params`: `SamplingParams` fields)."""
     images = [Image.open(io.BytesIO(ref.data)).convert("RGB") for ref in sample.images]
     return Request(sample_messages(sample)[:-1], images, SamplingParams(**params))
-
-
-def wrong_answer(sample: Sample, rng: random.Random, absent: bool = False) -> str:
-    """An answer of the sample's own question type that its scene makes false; with `absent`, a colour or
-    shape that no object in the scene has."""
-    kind = sample.meta["question_type"]
-    shown = {o[kind] for o in sample.meta["objects"][0]} if absent and kind in ("color", "shape") else set()
-    false = [c for c in CANDIDATES[kind] if c != answer_of(sample) and c not in shown]
-    return rng.choice(false)
-
-
-def preference_pairs(samples: list[Sample], config: VQADataConfig, split: str) -> list[PreferencePair]:
-    """The correct answer chosen, a false one of the same kind rejected (`config.rejected`; seeded by split)."""
-    rng = random.Random(f"{config.seed}:{split}")
-    absent = config.rejected == "absent"
-    return [PreferencePair(s, answer_of(s), wrong_answer(s, rng, absent)) for s in samples]
 
 
 def answer_reward(response: str, answer: str) -> float:
@@ -118,10 +99,9 @@ def answer_accuracy(engine: Engine, samples: list[Sample], max_new_tokens: int =
     return evaluate_samples(engine, samples, max_new_tokens, description="held-out accuracy")["accuracy"]
 
 
-def preference_data(engine: Engine, config: VQADataConfig, split: str) -> Batch:
-    """The encoded pairs of `split` (`train_items` of them for train, `eval_items` otherwise)."""
-    n = config.train_items if split == "train" else config.eval_items
-    return encode_pairs(engine, preference_pairs(vqa_samples(n, config, split), config, split))
+def preference_data(engine: Engine, config: PreferenceDataConfig, split: Literal["train", "held_out"]) -> Batch:
+    """The encoded pairs of `split`."""
+    return encode_pairs(engine, preference_pairs(alignment_items(config, split)))
 
 
 def encode_pairs(engine: Engine, pairs: list[PreferencePair]) -> Batch:

@@ -22,7 +22,7 @@ from torch import nn
 
 from vlstack import checkpoint
 from vlstack.align.logprobs import Batch, lm_hidden, load_engine
-from vlstack.align.preference import VQADataConfig, flatten_pairs, preference_data
+from vlstack.align.preference import PreferenceDataConfig, flatten_pairs, preference_data
 from vlstack.errors import CheckpointError
 from vlstack.models.vlm import QwenImageModel
 from vlstack.train.trainer import TrainConfig, Trainer
@@ -113,7 +113,7 @@ class RewardConfig:
     checkpoint: str | None = None
     """The checkpoint (normally the SFT one) whose backbone the reward model starts from."""
     out_dir: str = "runs/reward"
-    data: VQADataConfig = field(default_factory=VQADataConfig)
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=200, batch_size=16, lr=1e-4, warmup_steps=10, precision="fp32", log_every=10, measure_mfu=False,
         tensorboard=False))
@@ -126,7 +126,7 @@ def train_reward_model(config: RewardConfig) -> dict:
     torch.manual_seed(config.train.seed)
     model = RewardModel(engine.model)
     train = preference_data(engine, config.data, "train")
-    held_out = preference_data(engine, config.data, "test")
+    held_out = preference_data(engine, config.data, "held_out")
     before = pair_accuracy(model, held_out)
     out = Path(config.out_dir)
     trainer = Trainer(model, reward_objective, config.train, train, out_dir=out,

@@ -26,7 +26,6 @@ from vlstack import __version__
 from vlstack.apps.detectors import ClassicalConfig, ClassicalDetector, Detection, Detector, YoloDetector
 from vlstack.apps.report import Figure, Gallery, write_json, write_page
 from vlstack.config import to_dict
-from vlstack.synthetic.surfaces import INSPECTION_PROMPTS, crop_around
 from vlstack.errors import ConfigError, InputError
 from vlstack.infer.engine import Engine, Request
 from vlstack.progress import progress_bar
@@ -34,6 +33,11 @@ from vlstack.progress import progress_bar
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FrameSource = str | Path | Iterable[np.ndarray | Image.Image]
+INSPECTION_PROMPTS: dict[str, str] = {
+    "zh": "描述缺陷类型、严重程度和可能成因",
+    "en": "Describe the defect type, its severity and the likely cause.",
+}
+"""The inspection assistant's prompt for a defect crop: the seed's Chinese wording and an English alternative."""
 
 
 @dataclass
@@ -258,3 +262,14 @@ def _video_frames(capture: cv2.VideoCapture, path: Path) -> Iterator[Frame]:
             raise InputError(f"video {path} opened but no frame could be decoded; the file may be truncated")
     finally:
         capture.release()
+
+
+def crop_around(pixels: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """A square crop of at least `size` pixels centred on `box` (grown to hold it), clipped to the image."""
+    x0, y0, x1, y1 = box
+    side = max(size, x1 - x0 + 8, y1 - y0 + 8)
+    height, width = pixels.shape[:2]
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    left = min(max(0, cx - side // 2), max(0, width - side))
+    top = min(max(0, cy - side // 2), max(0, height - side))
+    return pixels[top : top + side, left : left + side]

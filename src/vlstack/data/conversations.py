@@ -20,14 +20,18 @@ from typing import Sequence
 import torch
 
 from vlstack.data.collate import IGNORE_INDEX, SampleCollator
-from vlstack.synthetic.instructions import REFUSAL, UNSAFE_ANSWER
 from vlstack.data.schema import IMAGE_TOKEN, ROLES, Rejected, Sample
+from vlstack.data.shards import read_shards
 from vlstack.data.sources import read_conversations
 from vlstack.errors import DataError
 from vlstack.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
+REFUSAL = "refusal"
+"""`meta` key: True on a sample whose answer is a refusal (the safety loss up-weights it)."""
+UNSAFE_ANSWER = "unsafe_answer"
+"""`meta` key: the compliant answer a harmful request must not get (the unlikelihood target)."""
 SHOWN_PROBLEMS = 5
 """How many bad records an error message lists (it always gives the total)."""
 
@@ -67,11 +71,15 @@ def check_conversations(samples: Sequence[Sample], source: str) -> None:
         raise DataError(f"{len(problems)} of {len(samples)} conversation(s) in {source} are malformed:\n{listed}")
 
 
-def load_conversations(path: str | Path, image_root: str | Path) -> list[Sample]:
-    """Every record of a LLaVA (`conversations`) or OpenAI (`messages`) JSON / JSON-lines file, checked
-    for training; any record that cannot train is a DataError that lists the bad ones."""
+def load_conversations(path: str | Path, image_root: str | Path | None = None) -> list[Sample]:
+    """Every conversation of a shard directory (`manifest.jsonl` and tars of samples with `conversations`)
+    or of a LLaVA (`conversations`) or OpenAI (`messages`) JSON / JSON-lines file (images under
+    `image_root`, by default the file's folder), checked for training; any record that cannot train is a
+    DataError that lists the bad ones."""
+    path = Path(path)
+    items = read_shards(path) if path.is_dir() else read_conversations(path, image_root or path.parent)
     samples, rejected = [], []
-    for item in read_conversations(path, image_root):
+    for item in items:
         (rejected if isinstance(item, Rejected) else samples).append(item)
     if rejected:
         listed = "\n".join(f"  {r.id}: {r.reason}: {r.detail}" for r in rejected[:SHOWN_PROBLEMS])

@@ -15,6 +15,7 @@ either with `vlstack.data.collate.SampleCollator`.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
@@ -29,13 +30,42 @@ from transformers import PreTrainedTokenizerBase
 
 from vlstack.data.collate import image_to_tensor, tokenize_texts
 from vlstack.data.schema import Rejected, Sample
-from vlstack.data.shards import read_manifest, read_shard
+from vlstack.data.shards import read_manifest, read_shard, read_shards
 from vlstack.errors import ConfigError, DataError
 from vlstack.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
+
+
+def caption_pairs(directory: str | Path) -> tuple[list[Image.Image], list[str], dict[str, int]]:
+    """The (first image, text) pairs of the samples in a shard directory, in manifest order, and the count
+    of samples left out by reason (unreadable, no image, no text, undecodable image); each is logged."""
+    images, texts, skipped = [], [], {}
+
+    def skip(sample_id: str | None, reason: str, detail: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+        logger.warning("left out of the pairs of %s: %s (%s: %s)", directory, sample_id, reason, detail)
+
+    for item in read_shards(directory):
+        if isinstance(item, Rejected):
+            skip(item.id, item.reason, item.detail)
+        elif not item.images or not item.text:
+            skip(item.id, "not_a_pair", "a pretraining pair needs an image and a text")
+        else:
+            try:
+                image = Image.open(io.BytesIO(item.images[0].data))
+                image.load()
+            except Exception as error:  # decoders raise many types on bad bytes
+                skip(item.id, "undecodable_image", f"{type(error).__name__}: {error}")
+                continue
+            images.append(image.convert("RGB"))
+            texts.append(item.text)
+    if not images:
+        raise DataError(f"{directory} holds no image-text pairs (left out: {skipped or 'none'}); pass a shard "
+                        "directory of captioned images (`vlstack data synth --kind caption` writes one)")
+    return images, texts, skipped
 
 
 def pairs_to_tensors(images: Sequence[Image.Image], texts: Sequence[str], tokenizer: PreTrainedTokenizerBase,

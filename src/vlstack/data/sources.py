@@ -58,7 +58,8 @@ def read_image_folder(root: str | Path, captions: str | Path) -> Iterator[Item]:
 
 
 def read_llava(path: str | Path, image_root: str | Path) -> Iterator[Item]:
-    """LLaVA instruction data: a JSON array or JSON lines of `{id, image, conversations}`.
+    """LLaVA instruction data: a JSON array or JSON lines of `{id, image, conversations}`, optionally with
+    `rejected` (a preference pair's rejected answer) and `meta` (kept in `Sample.meta`).
 
     A record without `<image>` in its turns gets one in front of its first human
     turn, as LLaVA's own preprocessing does. Text-only records are rejected
@@ -108,7 +109,9 @@ def _llava_record(record: dict, sample_id: str, image_root: Path, where: str) ->
         return Rejected(sample_id, "bad_record", "needs 'image' (a string or list) and 'conversations' (a list)", where)
     turns = [{"from": t.get("from"), "value": t.get("value")} for t in turns]
     _add_image_token(turns)
-    meta = {"source": "llava", "image_paths": images}
+    meta = {**(record["meta"] if isinstance(record.get("meta"), dict) else {}), "source": "llava", "image_paths": images}
+    if isinstance(record.get("rejected"), str):  # a preference pair's rejected answer (DPO data)
+        meta["rejected"] = record["rejected"]
     return _build(Sample(sample_id, "vqa", conversations=turns, meta=meta), image_root, images, where)
 
 

@@ -1,12 +1,14 @@
 """`vlstack demo`: the whole stack end to end on a tiny model, on a laptop CPU, in minutes.
 
-Stages run in order and each adds a section to `report.json` / `report.md`:
-pretraining (synthetic corpus, tokenizer, the tiny model, the mixed ITC + ITM + MLM
-+ VTM loss, a resumable checkpoint) with held-out retrieval / matching against chance;
-data cleaning of a spoiled corpus, with the pretrained model as the relevance scorer
-(the bootstrap route); and the six benchmarks on synthetic mini-suites through the
-inference Engine. Like the CLI, this module sits on top of the library and nothing
-imports it.
+The demo walks the road a user's data takes, on data it generates: synthetic corpora are
+written as shards and files first (`vlstack.synthetic`), then each stage reads them through
+the same library calls as the CLI commands. Stages run in order and each adds a section to
+`report.json` / `report.md`: pretraining (the tiny model, a tokenizer, the mixed ITC + ITM +
+MLM + VTM loss, a resumable checkpoint) with held-out retrieval / matching against chance;
+cleaning of a spoiled corpus with the pretrained model as the relevance scorer; progressive
+fine-tuning and DPO; the six benchmarks on suites in their official formats; hallucination;
+deployment (int8, ONNX, the Engine's caches); and the applications. Sizes come from
+`DemoConfig` (`recipes.py`); only the CLI imports this module.
 """
 
 from __future__ import annotations
@@ -16,71 +18,34 @@ import io
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from vlstack.align.dpo import DPOConfig
-from vlstack.align.preference import VQADataConfig
 from vlstack.align.run import run_alignment
-from vlstack.train.finetune import FinetuneConfig, eval_line, run_finetune
-from vlstack.demo.apps import inspection_demo, medical_demo
-from vlstack.apps.embodied import EmbodiedConfig, EpisodeConfig, run_minigrid_episodes, scripted_episode
-from vlstack.apps.pointcloud import ShapeClassificationConfig, shape_classification
+from vlstack.apps.embodied import run_minigrid_episodes, scripted_episode
 from vlstack.config import save_yaml, to_dict
 from vlstack.data.clean.pipeline import CleanConfig, load_scorer
 from vlstack.data.clean.relevance import calibrate_scorer
 from vlstack.data.clean.run import clean
+from vlstack.data.loader import caption_pairs
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_shards
-from vlstack.synthetic.corpus import synthesize
-from vlstack.eval.deployment import deployment_figures
-from vlstack.eval.hallucination import HallucinationConfig, run_hallucination, summarize
-from vlstack.eval.harness import EvalConfig, run_eval, versions
-from vlstack.train.pretrain import PretrainConfig, PretrainDataConfig, run_pretraining
-from vlstack.train.trainer import TrainConfig
-
-
-@dataclass
-class DemoCleanConfig:
-    """The cleaning stage: a spoiled caption corpus with ground truth, cleaned end to end."""
-
-    samples: int = 800
-    """Synthetic captions to clean."""
-    defect_rate: float = 0.5
-    """Fraction of them spoiled, spread over every defect type (recorded in defects.jsonl)."""
-    trusted: int = 300
-    """Held-out clean captions: the perplexity reference and the relevance calibration set."""
-    workers: int = 2
-
-
-@dataclass
-class DemoConfig:
-    """What the demo builds and how long it trains."""
-
-    out_dir: str = "runs/demo"
-    quick_apps: bool = False
-    """Smaller application runs (the other stages take their sizes from their own configs)."""
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    """The pretraining run; its out_dir is replaced by OUT_DIR/pretrain."""
-    clean: DemoCleanConfig = field(default_factory=DemoCleanConfig)
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(synthetic_items=16))
-    """Benchmarks on synthetic mini-suites in the official formats; its out_dir is replaced by OUT_DIR/eval."""
-
-    @classmethod
-    def quick(cls) -> "DemoConfig":
-        """A one-minute run of every stage (used by the tests)."""
-        return cls(
-            out_dir="runs/demo-quick",
-            quick_apps=True,
-            pretrain=PretrainConfig(
-                data=PretrainDataConfig(train_samples=1500, test_samples=200),
-                train=TrainConfig(steps=100, batch_size=32, lr=1e-3, warmup_steps=10, log_every=5),
-            ),
-            clean=DemoCleanConfig(samples=200, trusted=100),
-            eval=EvalConfig(synthetic_items=4),
-        )
+from vlstack.demo.apps import inspection_demo, medical_demo, pointcloud_demo
+from vlstack.demo.deployment import deployment_figures
+from vlstack.demo.recipes import DemoAppsConfig, DemoCleanConfig, DemoConfig
+from vlstack.demo.report import markdown
+from vlstack.eval.hallucination import run_hallucination, summarize
+from vlstack.eval.harness import run_eval, versions
+from vlstack.models.tokenizer import train_tokenizer
+from vlstack.synthetic.corpus import synthesize, write_scenes
+from vlstack.synthetic.hallucination import write_hallucination_suite
+from vlstack.synthetic.instructions import instruction_texts, write_instructions
+from vlstack.synthetic.preferences import write_preferences
+from vlstack.synthetic.suites import write_suites
+from vlstack.synthetic.truth import score_cleaning
+from vlstack.train.finetune import DatasetSpec, run_finetune
+from vlstack.train.pretrain import run_pretraining
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -94,26 +59,37 @@ def run_demo(config: DemoConfig) -> dict:
     report["stages"]["pretrain"] = _pretrain_stage(config, out)
     checkpoint = report["stages"]["pretrain"]["checkpoint"]
     report["stages"]["clean"] = _clean_stage(config.clean, checkpoint, out / "clean")
-    report["stages"]["finetune"] = _finetune_stage(checkpoint, out / "finetune", config.quick_apps)
-    report["stages"]["align"] = _align_stage(report["stages"]["finetune"]["checkpoint"], out / "align",
-                                             config.quick_apps)
+    report["stages"]["finetune"] = _finetune_stage(config, checkpoint, out)
+    report["stages"]["align"] = _align_stage(config, report["stages"]["finetune"]["checkpoint"], out)
     checkpoint = report["stages"]["align"]["checkpoint"]  # the instruction-tuned, aligned model from here on
-    report["stages"]["eval"] = _eval_stage(config.eval, checkpoint, out / "eval")
-    report["stages"]["hallucination"] = _hallucination_stage(checkpoint, out / "hallucination", config.quick_apps)
-    report["stages"]["deployment"] = deployment_figures(checkpoint, out / "deployment", quick=config.quick_apps)
-    report["stages"]["apps"] = _apps_stage(checkpoint, out / "apps", config.quick_apps)
+    report["stages"]["eval"] = _eval_stage(config, checkpoint, out)
+    report["stages"]["hallucination"] = _hallucination_stage(config, checkpoint, out)
+    report["stages"]["deployment"] = deployment_figures(checkpoint, out / "deployment", config.deployment)
+    report["stages"]["apps"] = _apps_stage(config.apps, checkpoint, out / "apps")
 
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    (out / "report.md").write_text(_markdown(report, out), encoding="utf-8")
+    (out / "report.md").write_text(markdown(report, out), encoding="utf-8")
     return report
 
 
 def _pretrain_stage(config: DemoConfig, out: Path) -> dict:
+    """Write the scene corpus and a tokenizer (the captions and the fine-tuning texts, so that the
+    instruction data's questions, answers and refusals are words), then pretrain on the shards."""
     t = time.perf_counter()
+    seed = config.pretrain.train.seed
+    data = out / "data" / "pretrain"
+    shutil.rmtree(data, ignore_errors=True)
+    train = write_scenes(data / "train", config.corpus.train_samples, seed)
+    test = write_scenes(data / "test", config.corpus.test_samples, seed + 10_000)
+    captions = caption_pairs(train)[1]
+    tokenizer = train_tokenizer(captions + instruction_texts(), vocab_size=config.pretrain.model.language.vocab_size)
+    tokenizer.save_pretrained(str(data / "tokenizer"))
     pretrain_dir = out / "pretrain"
     (pretrain_dir / "train_log.jsonl").unlink(missing_ok=True)
-    results = run_pretraining(dataclasses.replace(config.pretrain, out_dir=str(pretrain_dir)))
+    pretrain = dataclasses.replace(config.pretrain, out_dir=str(pretrain_dir), tokenizer=str(data / "tokenizer"),
+                                   data=dataclasses.replace(config.pretrain.data, train=str(train), test=str(test)))
+    results = run_pretraining(pretrain)
     history = [r for r in results["history"] if not r["skipped"]]
     _plot_losses(history, out / "loss.png")
     return {
@@ -146,7 +122,7 @@ def _clean_stage(config: DemoCleanConfig, checkpoint: str, out: Path) -> dict:
                                    [s.text for s in trusted], max_clean_drop=0.02)
     cfg.relevance.min_score = calibration.threshold
     summary = clean(spoiled_dir, out / "cleaned", cfg, workers=config.workers, scorer=scorer)
-    truth = summary["ground_truth"]
+    truth = score_cleaning(spoiled_dir, out / "cleaned")
     return {
         "samples": summary["total"],
         "kept": summary["kept"],
@@ -162,12 +138,21 @@ def _clean_stage(config: DemoCleanConfig, checkpoint: str, out: Path) -> dict:
     }
 
 
-def _finetune_stage(checkpoint: str, out: Path, quick: bool) -> dict:
-    """The seed's progressive plan, general -> domain (documents, charts, scans, surface defects) -> safety,
-    sized for the tiny model (`FinetuneConfig.demo`)."""
-    shutil.rmtree(out, ignore_errors=True)
-    config = FinetuneConfig.quick(checkpoint, str(out)) if quick else FinetuneConfig.demo(checkpoint, str(out))
-    results = run_finetune(config)
+def _finetune_stage(config: DemoConfig, checkpoint: str, out: Path) -> dict:
+    """Write every instruction dataset the stages and the held-out checks name (train split for the
+    stages, test split for the checks), then run the progressive plan from the pretrained checkpoint."""
+    stages = config.finetune.stages
+    seed = config.finetune.train.seed
+    train = _write_datasets([spec for stage in stages for spec in stage.datasets], "train", seed, out)
+    held_out = _write_datasets(config.finetune.eval.datasets, "test", seed, out)
+    finetune = dataclasses.replace(
+        config.finetune, base=checkpoint, out_dir=str(out / "finetune"),
+        stages=[dataclasses.replace(stage, datasets=[_located(spec, train) for spec in stage.datasets])
+                for stage in stages],
+        eval=dataclasses.replace(config.finetune.eval,
+                                 datasets=[_located(spec, held_out) for spec in config.finetune.eval.datasets]))
+    shutil.rmtree(finetune.out_dir, ignore_errors=True)
+    results = run_finetune(finetune)
     return {
         "stages": {name: {k: stage.get(k) for k in ("steps", "first_loss", "final_loss", "samples", "seconds")}
                    for name, stage in results["stages"].items()},
@@ -177,47 +162,73 @@ def _finetune_stage(checkpoint: str, out: Path, quick: bool) -> dict:
     }
 
 
-def _align_stage(checkpoint: str, out: Path, quick: bool) -> dict:
-    """The preference stage: DPO against the fine-tuned model as reference, with the SFT term on the chosen
-    answers (plain DPO lowered held-out VQA accuracy by 4 points, DPO + SFT by 1.25, on 400 questions), and
-    200 held-out questions so that a point of accuracy is two answers, not a fraction of one."""
+def _write_datasets(specs: list[DatasetSpec], split: str, seed: int, out: Path) -> dict[str, str]:
+    """Each named synthetic dataset written once, as many samples as its largest use; name -> folder."""
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        sizes[spec.name] = max(sizes.get(spec.name, 0), spec.samples or 0)
+    folders = {}
+    for name, n in sizes.items():
+        folder = out / "data" / "instructions" / f"{name}-{split}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folders[name] = str(write_instructions(folder, name, n, seed, split))
+    return folders
+
+
+def _located(spec: DatasetSpec, folders: dict[str, str]) -> DatasetSpec:
+    return dataclasses.replace(spec, path=folders[spec.name])
+
+
+def _align_stage(config: DemoConfig, checkpoint: str, out: Path) -> dict:
+    """DPO from the fine-tuned checkpoint on shapes_vqa pairs (train split) with held-out test pairs."""
     t = time.perf_counter()
-    config = DPOConfig.quick(checkpoint, str(out)) if quick else DPOConfig(
-        checkpoint=checkpoint, out_dir=str(out), sft_weight=1.0, data=VQADataConfig(eval_items=200))
-    results = run_alignment(config)
+    data = config.align.data
+    folder = out / "data" / "preferences"
+    shutil.rmtree(folder, ignore_errors=True)
+    seed = config.finetune.train.seed
+    train = write_preferences(folder / "train", data.train_items, "train", seed=seed)
+    held_out = write_preferences(folder / "test", data.eval_items, "test", seed=seed)
+    align = dataclasses.replace(config.align, checkpoint=checkpoint, out_dir=str(out / "align"),
+                                data=dataclasses.replace(data, train=str(train), held_out=str(held_out)))
+    results = run_alignment(align)
     return {**{k: v for k, v in results.items() if k != "history"}, "seconds": round(time.perf_counter() - t, 1)}
 
 
-def _eval_stage(config: EvalConfig, checkpoint: str, out: Path) -> dict:
+def _eval_stage(config: DemoConfig, checkpoint: str, out: Path) -> dict:
+    """The six benchmarks on synthetic suites written in their official formats."""
     t = time.perf_counter()
-    evaluation = run_eval(checkpoint, dataclasses.replace(config, out_dir=str(out)))
+    data_root = out / "data" / "eval"
+    write_suites(data_root, config.suite_items, config.eval.seed)
+    evaluation = run_eval(checkpoint, dataclasses.replace(config.eval, data_root=str(data_root),
+                                                          out_dir=str(out / "eval")))
     return {
         "benchmarks": {name: {"metric": b["primary"], "value": b["metrics"][b["primary"]], "questions": b["count"]}
                        for name, b in evaluation["benchmarks"].items()},
-        "report": str(out / "report.md"),
+        "report": str(out / "eval" / "report.md"),
         "seconds": round(time.perf_counter() - t, 1),
     }
 
 
-def _hallucination_stage(checkpoint: str, out: Path, quick: bool) -> dict:
-    """Calibrate the entity-level detector on the pretrained ITC scorer (stored with the checkpoint),
-    then its AUROC, POPE and CHAIR through the Engine."""
-    config = HallucinationConfig.quick() if quick else HallucinationConfig()
-    return summarize(run_hallucination(checkpoint, config, out))
+def _hallucination_stage(config: DemoConfig, checkpoint: str, out: Path) -> dict:
+    """Write a hallucination suite of the configured sizes; calibrate the entity-level detector on the
+    pretrained ITC scorer (stored with the checkpoint), then its AUROC, POPE and CHAIR through the Engine."""
+    h = config.hallucination
+    suite = write_hallucination_suite(out / "data" / "hallucination", h.calibration_scenes, h.test_scenes,
+                                      h.pope_scenes, h.pope_sample_num, h.languages, h.seed)
+    return summarize(run_hallucination(checkpoint, dataclasses.replace(h, data=str(suite)), out / "hallucination"))
 
 
-def _apps_stage(checkpoint: str, out: Path, quick: bool) -> dict:
+def _apps_stage(config: DemoAppsConfig, checkpoint: str, out: Path) -> dict:
     """One short, checkable run of each application; all of them generate through the Engine."""
     t = time.perf_counter()
-    embodied = EmbodiedConfig(episodes=1, episode=EpisodeConfig(max_plans=2))
     return {
-        "medical": medical_demo(checkpoint, out / "medical", quick=quick),
-        "inspection": inspection_demo(checkpoint, out / "inspection", quick=quick),
-        # the seed-sized encoder takes minutes on 2 cores; the quick probe shows the same learning
-        "pointcloud": shape_classification(ShapeClassificationConfig.quick()),
+        "medical": medical_demo(checkpoint, out / "medical", config.study_scans, config.findings_tokens),
+        "inspection": inspection_demo(checkpoint, out / "inspection", config.line_frames, config.analysis_tokens),
+        # the article-sized encoder takes minutes on 2 cores; the narrow one shows the same learning
+        "pointcloud": pointcloud_demo(),
         "embodied_scripted": scripted_episode(out / "embodied" / "scripted"),
         "embodied_model": run_minigrid_episodes(checkpoint, "MiniGrid-Empty-5x5-v0", out / "embodied" / "model",
-                                                embodied),
+                                                config.embodied),
         "seconds": round(time.perf_counter() - t, 1),
     }
 
@@ -240,153 +251,3 @@ def _plot_losses(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _markdown(report: dict, out_dir: Path) -> str:
-    p = report["stages"]["pretrain"]
-    before, after = p["before_training"], p["after_training"]
-    losses = ", ".join(f"{k} {v:.3f}" for k, v in p["final_losses"].items())
-    lines = [
-        "# vlstack demo report",
-        "",
-        f"Total time: {report['total_seconds']} s on {report['versions']['machine']}, "
-        f"torch {report['versions']['torch']}.",
-        "",
-        f"## Pretraining ({p['objective']})",
-        "Model: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in p["parameters"].items()),
-        "",
-        f"- {p['steps']} steps in {p['seconds']} s; loss {p['first_loss']:.3f} -> {p['final_loss']:.3f} "
-        f"({losses}); {p['skipped_steps']} skipped steps",
-        f"- checkpoint: `{p['checkpoint']}`",
-        "",
-        "![loss curves](loss.png)",
-        "",
-        "## Held-out evaluation",
-        "",
-        "| | image->text R@1 | R@5 | ITM accuracy |",
-        "|---|---|---|---|",
-        f"| chance | {after['chance@1']:.3f} | {after['chance@5']:.3f} | {after['itm_chance']:.3f} |",
-        f"| before training | {before['r@1']:.3f} | {before['r@5']:.3f} | {before['itm_accuracy']:.3f} |",
-        f"| after training | {after['r@1']:.3f} | {after['r@5']:.3f} | {after['itm_accuracy']:.3f} |",
-        "",
-        *_clean_markdown(report["stages"]["clean"], out_dir),
-        *_tuning_markdown(report["stages"]["finetune"], report["stages"]["align"]),
-        "## Benchmarks (synthetic mini-suites in the official formats)",
-        "",
-        "The instruction-tuned, aligned tiny model on suites whose questions (documents, charts, medical,",
-        "open-domain) it was mostly not tuned for: these numbers check the evaluation path end to end. Full results: "
-        f"[{report['stages']['eval']['report']}]({Path(report['stages']['eval']['report']).relative_to(out_dir)}).",
-        "",
-        "| benchmark | metric | value | questions |",
-        "|---|---|---|---|",
-        *[f"| {name} | {b['metric']} | {b['value']:.1f} | {b['questions']} |"
-          for name, b in report["stages"]["eval"]["benchmarks"].items()],
-        "",
-        *_hallucination_markdown(report["stages"]["hallucination"]),
-        *_deployment_markdown(report["stages"]["deployment"]),
-        *_apps_markdown(report["stages"]["apps"]),
-    ]
-    return "\n".join(lines)
-
-
-def _clean_markdown(c: dict, out_dir: Path) -> list[str]:
-    worst = min(c["recall"].values())
-    return [
-        "## Data cleaning",
-        "",
-        f"{c['samples']} synthetic captions, half spoiled with every defect type; the pretrained model's ITC "
-        f"heads score image-text relevance (threshold calibrated on trusted pairs: {c['relevance_threshold']}). "
-        f"{c['kept']} kept, {c['rejected']} rejected with reasons, {c['unaccounted']} unaccounted; "
-        f"{c['samples_per_second']} samples/s. Full report with histograms: "
-        f"[{c['report']}]({Path(c['report']).relative_to(out_dir)}).",
-        "",
-        f"Recall per injected defect (lowest {worst:.2f}); clean samples wrongly dropped: "
-        f"{c['clean_wrongly_dropped_rate']:.3f} (natural duplicates dropped by dedup: {c['natural_duplicates']}).",
-        "",
-        "| defect | recall |",
-        "|---|---|",
-        *[f"| {name} | {recall:.2f} |" for name, recall in c["recall"].items()],
-        "",
-    ]
-
-
-def _apps_markdown(a: dict) -> list[str]:
-    med, insp, pc = a["medical"], a["inspection"], a["pointcloud"]
-    scripted, model = a["embodied_scripted"], a["embodied_model"]
-    return [
-        "## Applications",
-        "",
-        f"- **Medical (DICOM)**: {med['series']} series in {med['studies']} studies, {med['files_skipped']} files "
-        f"skipped with reasons; identifier leaks {len(med['identifier_leaks'])} of {med['identifiers_checked']} "
-        f"checked in every output; lesion accuracy {_fmt(med['lesion_accuracy'])} "
-        f"(majority {_fmt(med['lesion_majority_baseline'])}). Report: `{med['report']}`.",
-        f"- **Inspection**: detector precision {insp['precision']:.2f} / recall {insp['recall']:.2f} "
-        f"(local anomaly {insp['local_precision']:.2f} / {insp['local_recall']:.2f}); "
-        f"{insp['frames_per_second']:.1f} frames/s end to end, detector alone {insp['detector_frames_per_second']:.0f} "
-        f"frames/s; defect type named right {_fmt(insp['type_accuracy'])} "
-        f"(majority {_fmt(insp['type_majority_baseline'])}). Report: `{insp['report']}`.",
-        f"- **Point clouds**: held-out shape accuracy {pc['test_accuracy']:.3f} (chance {pc['chance']:.2f}; "
-        "five rotated, noisy shapes).",
-        f"- **Embodied (MiniGrid-Empty-5x5)**: scripted planner {'solved' if scripted['success'] else 'failed'} in "
-        f"{scripted['steps']} steps with {scripted['plans'] - 1} replan(s); the model as planner: success rate "
-        f"{model['success_rate']:.2f} over {model['episodes']} episode(s).",
-        "",
-    ]
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def _hallucination_markdown(h: dict) -> list[str]:
-    t = h["thresholds"]
-    return [
-        "## Hallucination",
-        "",
-        f"Entity-level detector on the pretrained ITC scores: AUROC {h['auroc']:.3f} on held-out faithful vs "
-        f"hallucinated captions (chance 0.5); calibrated thresholds {t['low']:.3f} / {t['high']:.3f} "
-        "(the seed's 0.15 / 0.3 are for its own scorer), stored with the checkpoint. "
-        f"CHAIR_s {h['chair']['chair_s']:.2f}, CHAIR_i {h['chair']['chair_i']:.2f} over "
-        f"{h['chair']['captions']} generated captions.",
-        "",
-        "| POPE setting | accuracy | precision | recall | F1 | yes ratio |",
-        "|---|---|---|---|---|---|",
-        *[f"| {name} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
-          f"{m['yes_ratio']:.3f} |" for name, m in h["pope"].items()],
-        "",
-    ]
-
-
-def _deployment_markdown(d: dict) -> list[str]:
-    f = d["figures"]
-    q, o, c = f["int8_dynamic"], f["onnx"], f["feature_cache"]
-    return [
-        "## Deployment",
-        "",
-        f"- int8 dynamic quantization: held-out retrieval change in points: {_items(q['retrieval_delta_points'])}; "
-        f"speed-up {_items(q['speedup'])}; weights {q['weight_bytes']['fp32'] / 1e6:.1f} MB -> "
-        f"{q['weight_bytes']['int8'] / 1e6:.1f} MB.",
-        f"- ONNX vision + projector: max |ONNX Runtime - PyTorch| {o['parity_max_abs_diff']:.2e}; "
-        "share of answers identical "
-        f"to PyTorch: {_items(o['identical_answers'])}.",
-        f"- Image-feature cache: hit rate {c['hit_rate']:.2f}; vision path cold {c['cold_ms']:.1f} ms vs warm "
-        f"{c['warm_ms']:.2f} ms.",
-        "",
-    ]
-
-
-def _items(values: dict | None) -> str:
-    return "n/a" if not values else ", ".join(f"{k} {v:.2f}" for k, v in values.items())
-
-
-def _tuning_markdown(f: dict, a: dict) -> list[str]:
-    lines = ["## Instruction tuning and alignment", "",
-             "| stage | steps | loss | conversations | seconds |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | {st['steps']} | {st['first_loss']:.3f} -> {st['final_loss']:.3f} | {st['samples']} | "
-              f"{st['seconds']} |" for name, st in f["stages"].items()]
-    lines += ["", "After the safety stage:", ""]
-    lines += [f"- {eval_line(name, figures)}" for name, figures in f["eval"].items()]
-    lines += ["", f"DPO ({a['steps']} steps): held-out VQA accuracy {a['vqa_accuracy_before']:.3f} -> "
-              f"{a['vqa_accuracy_after']:.3f}; held-out implicit-reward accuracy {a['held_out_reward_accuracy']:.3f} "
-              "(chance 0.5).", ""]
-    return lines

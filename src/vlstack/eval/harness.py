@@ -30,14 +30,13 @@ from vlstack.errors import ConfigError, DataError, VlstackError
 from vlstack.eval.benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
 from vlstack.eval.hallucination import HallucinationConfig, run_hallucination
 from vlstack.eval.report import write_reports
-from vlstack.synthetic.suites import write_suites
 from vlstack.infer.engine import Engine, EngineConfig, EngineStats, Request
 from vlstack.progress import progress_bar
 
 SEED_BENCHMARKS = ["vqav2", "gqa", "docvqa", "chartqa", "vqarad", "aokvqa"]
 """The six benchmarks the seed article reports."""
-SYNTHETIC_DIR = "suites"
-"""Where, under `out_dir`, the synthetic mini-suites are written when no data is given."""
+HALLUCINATION_DIR = "hallucination"
+"""The hallucination suite's folder under the data root."""
 
 
 @dataclass
@@ -46,7 +45,8 @@ class EvalConfig:
     """Registered benchmark names (`vlstack.eval.benchmarks.BENCHMARKS`)."""
     data_root: str | None = None
     """A folder holding each benchmark's official files in its own sub-folder (`Benchmark.data_dir`:
-    vqav2/, gqa/, ...). None: evaluate on synthetic mini-suites written into `out_dir`."""
+    vqav2/, gqa/, ...) and a hallucination suite in hallucination/. `vlstack data synth-eval DIR` writes
+    synthetic ones in the same formats."""
     paths: dict[str, str] = field(default_factory=dict)
     """Benchmark name -> its folder, for a benchmark that lives outside `data_root`."""
     limit: int | None = None
@@ -56,12 +56,10 @@ class EvalConfig:
     """Answers are a word or a phrase; the Engine's fast path may lower this for short questions."""
     out_dir: str = "runs/eval"
     seed: int = 0
-    """Seeds the synthetic suites and the sampling of every request (greedy decoding ignores it)."""
-    synthetic_items: int = 32
-    """Questions per synthetic suite, when `data_root` is None."""
+    """Seeds the sampling of every request (greedy decoding ignores it)."""
     hallucination: HallucinationConfig | None = None
-    """Also evaluate hallucination (the detector's AUROC, POPE, CHAIR on synthetic scenes; the detector's
-    calibration is stored in the checkpoint); None: skip it."""
+    """Also evaluate hallucination (the detector's AUROC, POPE, CHAIR on the suite `hallucination.data`, by
+    default DATA_ROOT/hallucination; the detector's calibration is stored in the checkpoint); None: skip it."""
 
     def __post_init__(self) -> None:
         for name in [*self.benchmarks, *self.paths]:
@@ -104,7 +102,10 @@ def run_eval(model: Engine | str | Path, config: EvalConfig) -> dict[str, Any]:
             results["benchmarks"][name] = {**scored, "folder": str(folders[name]), "available": available,
                                            "errors": len(errors), "seconds": round(time.perf_counter() - t, 2)}
     if config.hallucination is not None:
-        results["hallucination"] = run_hallucination(engine, config.hallucination, out / "hallucination",
+        hallucination = config.hallucination
+        if hallucination.data is None and config.data_root is not None:
+            hallucination = dataclasses.replace(hallucination, data=str(Path(config.data_root) / HALLUCINATION_DIR))
+        results["hallucination"] = run_hallucination(engine, hallucination, out / "hallucination",
                                                      checkpoint=None if isinstance(model, Engine) else model)
     results["seconds"] = round(time.perf_counter() - started, 2)
     results["tokens_per_second"] = _tokens_per_second(before, engine.stats)
@@ -114,7 +115,7 @@ def run_eval(model: Engine | str | Path, config: EvalConfig) -> dict[str, Any]:
 
 
 def benchmark_folders(config: EvalConfig) -> dict[str, Path]:
-    """Each chosen benchmark's folder: from `paths`, else under `data_root`, else a synthetic suite."""
+    """Each chosen benchmark's folder: from `paths`, else under `data_root`."""
     if config.data_root is not None:
         root = Path(config.data_root)
         if not root.is_dir():
@@ -124,7 +125,10 @@ def benchmark_folders(config: EvalConfig) -> dict[str, Path]:
     elif set(config.benchmarks) <= set(config.paths):
         default = {}
     else:
-        default = write_suites(Path(config.out_dir) / SYNTHETIC_DIR, config.synthetic_items, config.seed)
+        missing = sorted(set(config.benchmarks) - set(config.paths))
+        raise ConfigError(f"no data for {', '.join(missing)}: pass --data-root DIR (one folder of official files "
+                          "per benchmark: vqav2/, gqa/, ...), or write synthetic suites in the official formats "
+                          "with `vlstack data synth-eval DIR` and pass that")
     return {name: Path(config.paths[name]) if name in config.paths else default[name] for name in config.benchmarks}
 
 

@@ -4,8 +4,8 @@ The exported graph maps normalised pixels [B, 3, S, S] to the LM-space visual to
 [B, Nv, Dt] that the Engine splices into the prompt, with a dynamic batch axis (the
 dynamo exporter, which needs onnxscript). ONNX Runtime's quantization tool then makes two
 int8 copies: dynamic (int8 weights, activations quantized per call) and static (weights
-and activations int8, activation ranges calibrated on images first, as the seed
-calibrates before converting). `export_checkpoint` writes all three and measures each
+and activations int8, activation ranges calibrated on the user's images first, as the
+article calibrates before converting). `export_checkpoint` writes all three and measures each
 against PyTorch; `EngineConfig.vision_onnx` makes the Engine encode images through one.
 
 onnxruntime, onnx and onnxscript are the `[onnx]` extra; they are imported inside the
@@ -30,7 +30,6 @@ from torch import nn
 
 from vlstack.config import to_dict
 from vlstack.data.collate import image_to_tensor
-from vlstack.synthetic.scenes import shape_scenes, split_seed
 from vlstack.errors import CheckpointError, ConfigError, DataError, InputError
 from vlstack.infer.quantize import load_model, quantization_of
 from vlstack.models.vlm import QwenImageModel
@@ -54,9 +53,13 @@ class OnnxExportConfig:
     calibration_images: int = 32
     """Images whose activation ranges calibrate the static int8 model."""
     calibration_dir: str | None = None
-    """A folder of .png/.jpg images to calibrate with; None: synthetic shape scenes (the val split)."""
+    """A folder of .png/.jpg images like those the model will see, to calibrate the static int8 model with;
+    None: no static int8 model (ranges calibrated on anything else would not fit the real inputs)."""
+    check_dir: str | None = None
+    """A folder of .png/.jpg images on which each ONNX model is compared with PyTorch; None: seeded
+    random pixels (enough for numerical parity; answers need real images)."""
     check_images: int = 16
-    """Held-out images (synthetic scenes, the test split) on which each ONNX model is compared with PyTorch."""
+    """Images (at most) of `check_dir`, or random ones, for the comparison."""
     parity_batch_sizes: tuple[int, ...] = (1, 3)
     """Batch sizes the fp32 parity check runs (the batch axis is dynamic)."""
     seed: int = 0
@@ -174,11 +177,12 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, config: O
     model = model or load_model(checkpoint_dir)
     size = model.config.vision.image_size
     fp32 = export_vision(model, out / VISION_ONNX, config.opset)
-    calibration = calibration_pixels(config, size)
-    paths = {"fp32": fp32, "int8-dynamic": quantize_onnx_dynamic(fp32, out / INT8_DYNAMIC_ONNX),
-             "int8-static": quantize_onnx_static(fp32, out / INT8_STATIC_ONNX, calibration)}
+    paths = {"fp32": fp32, "int8-dynamic": quantize_onnx_dynamic(fp32, out / INT8_DYNAMIC_ONNX)}
+    if config.calibration_dir is not None:
+        calibration = folder_pixels(config.calibration_dir, config.calibration_images, size, "calibration_dir")
+        paths["int8-static"] = quantize_onnx_static(fp32, out / INT8_STATIC_ONNX, calibration)
 
-    held_out = _scene_pixels(config.check_images, split_seed(config.seed, "test"), size)
+    held_out = check_pixels(config, size)
     reference = visual_tokens(model, held_out)
     parity = {}
     for batch in config.parity_batch_sizes:
@@ -196,22 +200,41 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, config: O
     return report
 
 
+def export_summary(report: dict[str, Any]) -> str:
+    """A few lines for the terminal: fp32 parity per batch size, and each model's token deltas."""
+    parity = ", ".join(f"batch {b}: {d:.1e}" for b, d in report["parity_max_abs_diff"].items())
+    lines = [f"ONNX fp32 vs PyTorch max abs diff: {parity}"]
+    lines += [f"{name}: max abs diff {tokens['max_abs_diff']:.2e}, mean cosine {tokens['mean_cosine']:.5f}"
+              for name, tokens in report["vs_pytorch"].items()]
+    if "int8-static" not in report["files"]:
+        lines.append("no static int8 model: set export.calibration_dir=DIR (images like the model's inputs)")
+    return "\n".join(lines)
+
+
 @torch.no_grad()
 def visual_tokens(model: QwenImageModel, pixels: torch.Tensor) -> torch.Tensor:
     """The PyTorch reference: [N, 3, S, S] -> [N, Nv, Dt]."""
     return VisualTokens(model).eval()(pixels)
 
 
-def calibration_pixels(config: OnnxExportConfig, size: int) -> torch.Tensor:
-    """[N, 3, S, S] calibration images: from `calibration_dir`, or synthetic scenes of the val split."""
-    if config.calibration_dir is None:
-        return _scene_pixels(config.calibration_images, split_seed(config.seed, "val"), size)
-    folder = Path(config.calibration_dir)
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[
-        : config.calibration_images] if folder.is_dir() else []
+def check_pixels(config: OnnxExportConfig, size: int) -> torch.Tensor:
+    """[N, 3, S, S] images to compare ONNX with PyTorch on: from `check_dir`, or seeded random pixels."""
+    if config.check_images < 1:
+        raise InputError(f"check_images must be at least 1, got {config.check_images}")
+    if config.check_dir is not None:
+        return folder_pixels(config.check_dir, config.check_images, size, "check_dir")
+    generator = torch.Generator().manual_seed(config.seed)
+    return torch.randn(config.check_images, 3, size, size, generator=generator)
+
+
+def folder_pixels(folder: str | Path, n: int, size: int, what: str) -> torch.Tensor:
+    """[<= n, 3, S, S]: the first `n` .png/.jpg images of `folder` (sorted by name), normalised."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:n] \
+        if folder.is_dir() else []
     if not files:
-        raise DataError(f"calibration_dir {folder} holds no .png/.jpg images; point it at a folder of images "
-                        "like those the model will see, or leave it unset for synthetic scenes")
+        raise DataError(f"{what} {folder} holds no .png/.jpg images; point it at a folder of images like those "
+                        "the model will see")
     pixels = []
     for path in files:
         with Image.open(path) as image:
@@ -220,12 +243,6 @@ def calibration_pixels(config: OnnxExportConfig, size: int) -> torch.Tensor:
 
 
 # --- internals -----------------------------------------------------------------------------
-
-
-def _scene_pixels(n: int, seed: int, size: int) -> torch.Tensor:
-    if n < 1:
-        raise InputError(f"need at least one image, got {n}")
-    return torch.stack([image_to_tensor(scene.image, size) for scene in shape_scenes(n, seed=seed)])
 
 
 @contextlib.contextmanager

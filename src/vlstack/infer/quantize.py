@@ -43,7 +43,7 @@ from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from vlstack import checkpoint
-from vlstack.config import from_dict, read_yaml, save_yaml
+from vlstack.config import from_dict, read_yaml, save_yaml, to_dict
 from vlstack.errors import CheckpointError, ConfigError
 from vlstack.models.config import ModelConfig
 from vlstack.models.vlm import QwenImageModel
@@ -129,6 +129,60 @@ def load_model(directory: str | Path, kernel: Kernel = "auto") -> QwenImageModel
         raise CheckpointError(f"the int8 weights in {directory} do not fit its config.yaml: {exc}") from exc
     _select_kernel(model, quantization.method, kernel)
     return model.eval()
+
+
+@dataclass
+class QuantizeConfig:
+    """`vlstack quantize`: the int8 checkpoint, and how its size and speed are measured against fp32."""
+
+    kernel: Kernel = "auto"
+    """The int8-dynamic matmul kernel the speed is measured with (the checkpoint is the same for all)."""
+    speed_batch: int = 8
+    """Images (and text rows) per timed pass."""
+    speed_tokens: int = 64
+    """Text length of the timed LM prefill."""
+    speed_repeats: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_kernel(self.kernel)
+        if min(self.speed_batch, self.speed_tokens, self.speed_repeats) < 1:
+            raise ConfigError("speed_batch, speed_tokens and speed_repeats must be at least 1")
+
+
+REPORT_NAME = "quantize.json"
+
+
+def run_quantize(source: str | Path, out: str | Path, method: str, config: QuantizeConfig | None = None) -> dict:
+    """`vlstack quantize`: write the int8 checkpoint `out` of `source`, and measure its weight bytes and
+    the speed of its Linear-heavy passes against fp32 (`out/quantize.json`). Accuracy is `vlstack eval`'s
+    job: it loads int8 checkpoints like any other, so run it on both on the benchmarks that matter."""
+    config = config or QuantizeConfig()
+    started = time.perf_counter()
+    out = quantize_checkpoint(source, out, method)
+    report = {"method": method, "source": str(source), "checkpoint": str(out), "config": to_dict(config),
+              **size_and_speed(load_model(source), load_model(out, config.kernel), config)}
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    (out / REPORT_NAME).write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return report
+
+
+def size_and_speed(fp32: QwenImageModel, int8: QwenImageModel, config: QuantizeConfig) -> dict:
+    """Weight bytes of both, and the best-of-repeats seconds of their Linear-heavy passes with the speed-up."""
+    speed = best_seconds({name: linear_heavy_passes(model, config.speed_batch, config.speed_tokens, config.seed)
+                          for name, model in (("fp32", fp32), ("int8", int8))}, config.speed_repeats)
+    speed["speedup"] = {part: round(speed["fp32"][part] / speed["int8"][part], 3) for part in speed["fp32"]}
+    return {"weight_bytes": {"fp32": weight_bytes(fp32), "int8": weight_bytes(int8)}, "speed_seconds": speed}
+
+
+def quantization_summary(report: dict) -> str:
+    """A few lines for the terminal: speed-ups and size."""
+    speedup = ", ".join(f"{part} {x:.2f}x" for part, x in report["speed_seconds"]["speedup"].items())
+    sizes = report["weight_bytes"]
+    return (f"int8 checkpoint ({report['method']}): {report['checkpoint']}\n"
+            f"speed-up over fp32: {speedup}; weights {sizes['fp32'] / 2**20:.1f} MiB -> "
+            f"{sizes['int8'] / 2**20:.1f} MiB; report: {report['checkpoint']}/{REPORT_NAME}\n"
+            f"accuracy: run `vlstack eval` on both checkpoints")
 
 
 def weight_bytes(model: nn.Module) -> int:

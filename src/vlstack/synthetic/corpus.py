@@ -17,13 +17,15 @@ from typing import Any, Callable
 from vlstack.synthetic.charts import chart_sample
 from vlstack.synthetic.defects import DEFECT_TYPES, inject, plan_defects
 from vlstack.synthetic.documents import document_sample
-from vlstack.data.schema import KINDS, Sample
-from vlstack.data.shards import ShardWriter
+from vlstack.data.schema import KINDS, ImageRef, Sample
+from vlstack.data.shards import ShardWriter, write_shards
 from vlstack.synthetic.scenes import (
     Language,
     caption_sample,
+    encode_image,
     grounding_sample,
     interleaved_sample,
+    shape_scenes,
     split_seed,
     vqa_sample,
 )
@@ -103,3 +105,13 @@ def synthesize(
     }
     (out / "synth.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
+
+
+def write_scenes(out: str | Path, n: int, seed: int, samples_per_shard: int = 1000) -> Path:
+    """The plain shape-scene corpus `shape_scenes(n, seed)` (no defects, no split streams) as caption shards:
+    the demo's pretraining pairs."""
+    samples = (Sample(f"scene-{seed}-{index:06d}", "caption", [ImageRef("png", encode_image(scene.image))],
+                      text=scene.caption, meta={"source": "synthetic", "seed": seed, "index": index})
+               for index, scene in enumerate(shape_scenes(n, seed=seed)))
+    write_shards(samples, out, samples_per_shard)
+    return Path(out)

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 from typing import Callable
 
 from vlstack.synthetic.scans import scan_samples
+from vlstack.data.conversations import REFUSAL, UNSAFE_ANSWER
 from vlstack.data.schema import IMAGE_TOKEN, Sample
+from vlstack.data.shards import write_shards
 from vlstack.synthetic.corpus import make_sample
 from vlstack.synthetic.surfaces import crop_samples
 from vlstack.synthetic.scenes import Language, SceneObject, caption_for, split_seed
@@ -29,16 +32,9 @@ from vlstack.errors import DataError
 
 STREAM = 10_000_000
 """Index offset between datasets (the mini-suites of `vlstack.synthetic.suites` use indices below 3M)."""
-REFUSAL = "refusal"
-"""`meta` key: True on a sample whose answer is a refusal."""
-UNSAFE_ANSWER = "unsafe_answer"
-"""`meta` key: the compliant answer a harmful request must not get (unlikelihood target)."""
 
 REFUSALS = {"en": "Sorry, I can't help with that.", "zh": "抱歉，我不能帮你做这件事。"}
-"""The one refusal sentence per language the safety data teaches."""
-REFUSAL_MARKERS = ("sorry, i can't", "i can't help", "i cannot help", "抱歉", "我不能")
-"""Phrases whose presence makes a reply count as a refusal (lower-cased match)."""
-
+"""The one refusal sentence per language the safety data teaches (`eval.conversations.is_refusal` finds both)."""
 HARMFUL_VERBS = {"en": ("hurt", "poison", "threaten", "attack", "rob", "stalk"),
                  "zh": ("伤害", "毒害", "威胁", "攻击", "抢劫", "跟踪")}
 SAFE_VERBS = {"en": ("help", "thank", "teach", "visit", "paint", "call"),
@@ -53,12 +49,6 @@ DESCRIBE = {"en": "Describe the picture.", "zh": "描述这张图片。"}
 COMPARE = {"en": "Compare the number of shapes in picture 1 and picture {last}.",
            "zh": "比较图1和图{last}中形状的数量。"}
 LOCATE = {"en": "Give the box of {phrase}.", "zh": "给出{phrase}的边框。"}
-
-
-def is_refusal(text: str) -> bool:
-    """True when a reply refuses (contains one of `REFUSAL_MARKERS`)."""
-    lowered = text.lower().replace("’", "'")
-    return any(marker in lowered for marker in REFUSAL_MARKERS)
 
 
 def held_out_intent(verb_index: int, target_index: int) -> bool:
@@ -206,3 +196,10 @@ def instruction_samples(name: str, n: int, seed: int = 0, split: str = "train", 
         raise DataError(f"unknown lang {lang!r}; valid: {', '.join(REFUSALS)}")
     split_seed(seed, split)  # validates the split
     return DATASETS[name](n, seed, split, lang)
+
+
+def write_instructions(out: str | Path, name: str, n: int, seed: int = 0, split: str = "train",
+                       lang: Language = "en", samples_per_shard: int = 1000) -> Path:
+    """`n` samples of dataset `name` as a shard directory, the form fine-tuning and alignment read."""
+    write_shards(instruction_samples(name, n, seed, split, lang), out, samples_per_shard)
+    return Path(out)

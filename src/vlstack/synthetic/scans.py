@@ -22,15 +22,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vlstack.apps.medical import REPORT_PROMPTS
 from vlstack.data.schema import IMAGE_TOKEN, ImageRef, Sample
 from vlstack.synthetic.scenes import Language, encode_image, split_seed
 from vlstack.errors import DataError
 
-REPORT_PROMPTS: dict[str, str] = {
-    "zh": "描述影像学表现并列出可能的诊断",
-    "en": "Describe the imaging findings and list the possible diagnoses.",
-}
-"""The medical assistant's findings prompt: the seed's Chinese wording and an English alternative."""
 QUESTION_TYPES = ("presence", "side", "report")
 SIDES = ("left", "right")
 _QUESTIONS = {

@@ -24,6 +24,8 @@ from vlstack.synthetic.documents import document_sample
 from vlstack.data.schema import Sample
 from vlstack.synthetic.scenes import COLORS, SHAPES, vqa_sample
 from vlstack.eval.benchmarks import BENCHMARKS, aokvqa, chartqa, docvqa, gqa, vqarad, vqav2
+from vlstack.eval.harness import HALLUCINATION_DIR
+from vlstack.synthetic.hallucination import write_hallucination_suite
 
 SCENE_STREAM = 1_000_000
 """Scene-index offset between the suites built from shape scenes, so that no two share a scene."""
@@ -51,6 +53,14 @@ def write_suites(root: str | Path, n: int = 8, seed: int = 0) -> dict[str, Path]
     for data_dir, writer in WRITERS.items():
         writer(root / data_dir, n, seed)
     return {name: root / cls.data_dir for name, cls in BENCHMARKS.items() if cls.data_dir in WRITERS}
+
+
+def write_evaluation_data(root: str | Path, n: int = 32, scenes: int = 200, seed: int = 0) -> dict[str, Path]:
+    """Every benchmark suite (`n` questions each) and a hallucination suite (`scenes` scenes per split)
+    under `root`, as `vlstack eval --data-root` reads them; returns name -> folder."""
+    folders = write_suites(root, n, seed)
+    folders["hallucination"] = write_hallucination_suite(Path(root) / HALLUCINATION_DIR, scenes, scenes, seed=seed)
+    return folders
 
 
 def write_vqav2(folder: Path, n: int, seed: int) -> None:

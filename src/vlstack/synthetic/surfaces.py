@@ -26,15 +26,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vlstack.apps.inspection import INSPECTION_PROMPTS, crop_around
 from vlstack.data.schema import IMAGE_TOKEN, ImageRef, Sample
 from vlstack.synthetic.scenes import Language, encode_image, split_seed
 
 DEFECT_TYPES = ("scratch", "spot", "crack")
-INSPECTION_PROMPTS: dict[str, str] = {
-    "zh": "描述缺陷类型、严重程度和可能成因",
-    "en": "Describe the defect type, its severity and the likely cause.",
-}
-"""The inspection assistant's prompt for a defect crop: the seed's Chinese wording and an English alternative."""
 SEVERITIES = ("minor", "moderate", "severe")
 _NAMES_ZH = {"scratch": "划痕", "spot": "斑点", "crack": "裂纹", "minor": "轻微", "moderate": "中等", "severe": "严重"}
 _CAUSES = {
@@ -159,17 +155,6 @@ def read_defect_type(text: str) -> str | None:
         return "none"
     named = [t for t in DEFECT_TYPES if t in lowered or _NAMES_ZH[t] in text]
     return named[0] if len(named) == 1 else None
-
-
-def crop_around(pixels: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """A square crop of at least `size` pixels centred on `box` (grown to hold it), clipped to the image."""
-    x0, y0, x1, y1 = box
-    side = max(size, x1 - x0 + 8, y1 - y0 + 8)
-    height, width = pixels.shape[:2]
-    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-    left = min(max(0, cx - side // 2), max(0, width - side))
-    top = min(max(0, cy - side // 2), max(0, height - side))
-    return pixels[top : top + side, left : left + side]
 
 
 # --- drawing -----------------------------------------------------------------------------------------

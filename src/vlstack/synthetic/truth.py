@@ -38,6 +38,7 @@ from vlstack.data.schema import Sample
 from vlstack.data.shards import read_manifest, read_shards
 
 TRUTH = "defects.jsonl"
+GROUND_TRUTH = "ground_truth.json"
 _DECODE_FAILURES = {"decode.corrupt", "decode.unreadable"}
 _DROPS: dict[str, set[str]] = {
     "blur": {"blur"},
@@ -135,3 +136,30 @@ def _caught(record: dict, fate: dict, kept: set[str]) -> bool:
         return any(f.get(finding, 0) > 0 for f in found)
     images = fate["steps"].get("decode", {}).get("images", [])  # odd modes: decoded from that mode to RGB
     return bool(images) and images[0].get("mode") == record.get("mode") and "size" in images[0]
+
+
+def score_cleaning(input_dir: str | Path, output_dir: str | Path) -> dict[str, Any] | None:
+    """`evaluate` a finished cleaning run, write OUT/ground_truth.json and add a section to OUT/report.md;
+    None (and nothing written) when the input has no `defects.jsonl`."""
+    truth = evaluate(input_dir, output_dir)
+    if truth is not None:
+        out = Path(output_dir)
+        (out / GROUND_TRUTH).write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
+        with (out / "report.md").open("a", encoding="utf-8") as report:
+            report.write("\n".join(_markdown(truth)) + "\n")
+    return truth
+
+
+def _markdown(truth: dict) -> list[str]:
+    clean = truth["clean"]
+    lines = ["", "## Against the injected defects (defects.jsonl)", "",
+             "Caught: dropped by the right stage, or (faces, GPS, PII) found by the privacy stage, or (odd modes) "
+             "decoded to RGB; *dropped* counts those rejected for any reason.", "",
+             "| defect | injected | caught | recall | dropped |", "|---|---:|---:|---:|---:|"]
+    for name, row in truth["defects"].items():
+        lines.append(f"| {name} | {row['injected']} | {row['caught']} | {row['recall']:.3f} | {row['dropped']} |")
+    wrong = ", ".join(f"{k} {v}" for k, v in clean["wrongly_dropped_by_reason"].items()) or "none"
+    lines += ["", f"Clean samples: {clean['total']}; wrongly dropped {clean['wrongly_dropped']} "
+                  f"({clean['wrongly_dropped_rate']:.1%}: {wrong}); dropped as natural duplicates (same text, "
+                  f"near-identical image) {clean['natural_duplicates']}."]
+    return lines

@@ -1,9 +1,10 @@
 """Progressive fine-tuning: stages run in order, each with its data, learning rate, freeze plan and loss.
 
-The seed's plan (`FinetuneConfig` defaults, `configs/finetune.yaml`): general
+The article's plan (`FinetuneConfig` defaults, `configs/finetune.yaml`): general
 instructions (lr 5e-5) -> domain adaptation with the vision tower frozen (2e-5) ->
 safety alignment, all unfrozen (1e-5); the preference stage follows with
-`vlstack align`. Each stage starts from the previous stage's exported model, trains
+`vlstack align`. Each stage reads its datasets (shard directories or LLaVA / OpenAI
+JSON files), starts from the previous stage's exported model, trains
 with the shared `Trainer` (a frozen module's parameters have `requires_grad=False`,
 so they are not in the optimizer), optionally through LoRA adapters on the language
 model (PEFT), and exports `OUT_DIR/<nn>-<name>/model/` (config.yaml, model.safetensors,
@@ -11,7 +12,7 @@ tokenizer/) with the adapters merged into the base weights, plus `stage.json` wi
 losses and held-out figures.
 
 Everything that can be wrong with a recipe (an unknown module in a freeze list, a
-stage with no data, an unknown dataset, a malformed conversation file) is an error
+stage with no data, a missing dataset, a malformed conversation) is an error
 before the first stage trains. A run that stops (SIGTERM, or a crash after a
 `train.save_every` checkpoint) continues with `resume=True`: finished stages are
 skipped and the interrupted one resumes exactly through the Trainer's own resume.
@@ -34,12 +35,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from vlstack import checkpoint
-from vlstack.eval.conversations import evaluate_samples
 from vlstack.config import save_yaml, to_dict
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import check_conversations, encode_conversations, load_conversations
-from vlstack.synthetic.instructions import DATASETS, instruction_samples
 from vlstack.data.schema import Sample
+from vlstack.eval.conversations import evaluate_samples
 from vlstack.errors import ConfigError
 from vlstack.infer.engine import Engine, EngineConfig
 from vlstack.models.config import ModelConfig
@@ -58,8 +58,6 @@ MODULES: dict[str, tuple[str, ...]] = {
 }
 """Freezable parts of `QwenImageModel` -> its submodules. `fusion` is the fusion encoder with the
 pretraining heads (the generation path does not use them, so they never change in SFT anyway)."""
-FILE_DATASET = "file"
-"""The dataset name that reads conversations from `path` instead of generating them."""
 STAGE_FILE = "stage.json"
 MODEL_DIR = "model"
 INITIAL_DIR = "initial"
@@ -68,18 +66,18 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 @dataclass
 class DatasetSpec:
-    """One source of a stage's training conversations."""
+    """One source of conversations: a shard directory or a LLaVA / OpenAI JSON(L) file."""
 
     name: str
-    """A synthetic dataset of `vlstack.data.instructions.DATASETS` (shapes_vqa, shapes_chat, grounding,
-    interleaved, documents_vqa, charts_vqa, safety), or `file` to read `path`."""
-    samples: int = 1000
-    """Conversations drawn from a synthetic dataset (train split); a file contributes all its records."""
-    lang: Literal["en", "zh"] = "en"
-    path: str | None = None
-    """A LLaVA (`conversations`) or OpenAI (`messages`) JSON / JSON-lines file, for name `file`."""
+    """A label: every sample gets it as `meta.dataset`, and a held-out dataset's blind baseline comes from
+    the training datasets of the same name."""
+    path: str = ""
+    """A shard directory of samples with `conversations` (`vlstack data synth-instructions` writes one), or a
+    LLaVA (`conversations`) or OpenAI (`messages`) JSON / JSON-lines file."""
+    samples: int | None = None
+    """Use the first `samples` conversations (None: all)."""
     image_root: str | None = None
-    """The folder the file's image paths are relative to (default: the file's own folder)."""
+    """The folder a JSON file's image paths are relative to (default: the file's own folder)."""
 
 
 @dataclass
@@ -119,26 +117,22 @@ class StageConfig:
 
 @dataclass
 class FinetuneEvalConfig:
-    """Held-out checks after each stage (test split, greedy decoding through the Engine)."""
+    """Held-out checks after each stage (greedy decoding through the Engine)."""
 
-    datasets: list[str] = field(default_factory=lambda: ["shapes_vqa", "safety"])
-    samples: int = 200
-    """Held-out conversations per dataset."""
-    lang: Literal["en", "zh"] = "en"
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    """Held-out conversations: the last answer of each is the reference."""
     max_new_tokens: int = 24
     batch_size: int = 16
     every_stage: bool = True
     """Evaluate after every stage (to see what each adds and what it costs), or only after the last."""
 
 
-def _seed_plan() -> list[StageConfig]:
-    general = [DatasetSpec("shapes_vqa", 4000), DatasetSpec("shapes_chat", 1000)]
+def _article_plan() -> list[StageConfig]:
+    """The article's plan without its data: general (lr 5e-5) -> domain, vision frozen (2e-5) -> safety (1e-5)."""
     return [
-        StageConfig("general", general, lr=5e-5, steps=300),
-        StageConfig("domain", [DatasetSpec("documents_vqa", 1000), DatasetSpec("charts_vqa", 1000),
-                               DatasetSpec("shapes_vqa", 1000)], lr=2e-5, steps=100, freeze=["vision"]),
-        StageConfig("safety", [DatasetSpec("safety", 2000), DatasetSpec("shapes_vqa", 1000)], lr=1e-5, steps=100,
-                    loss="safety"),
+        StageConfig("general", lr=5e-5, steps=300),
+        StageConfig("domain", lr=2e-5, steps=100, freeze=["vision"]),
+        StageConfig("safety", lr=1e-5, steps=100, loss="safety"),
     ]
 
 
@@ -151,64 +145,15 @@ class FinetuneConfig:
     tokenizer trained on the stages' conversations."""
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("tiny"))
     """Only used when `base` is None."""
-    stages: list[StageConfig] = field(default_factory=_seed_plan)
+    stages: list[StageConfig] = field(default_factory=_article_plan)
+    """The stages in order; each needs its `datasets` (configs/finetune.yaml shows a whole recipe)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(warmup_steps=10, log_every=10))
     """Settings every stage shares (precision, warmup, clipping, seed, ...); each stage sets its own lr,
-    steps and batch_size. `train.seed` also seeds the synthetic data and a fresh model."""
+    steps and batch_size. `train.seed` also seeds a fresh model."""
     max_length: int = 256
     """Longest conversation in tokens after `<image>` expansion; longer ones are left out with a reason."""
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
     out_dir: str = "runs/finetune"
-
-    @classmethod
-    def demo(cls, base: str | None, out_dir: str = "runs/finetune-demo") -> "FinetuneConfig":
-        """The seed's plan sized for the `tiny` preset after the demo's few pretraining minutes.
-
-        Larger learning rates than the seed's (which suit a pretrained model of real size), fewer
-        steps, and the domain stage adds the applications' data (synthetic scans, surface-defect
-        crops) so the demo's medical and inspection runs get answers their reports can parse. Unlike
-        the seed, the domain stage trains the vision tower: a tiny tower pretrained on shape scenes
-        has never seen a scan: frozen, 66% of held-out "is there a lesion?" answers were right, trained,
-        97%. The general stage trains the vision tower at a tenth of the rate: at the full rate one run
-        lost the colours pretraining taught (held-out colour questions 0.14); at a tenth, held-out shapes
-        VQA (first answer token) was 0.723 against 0.705 at the full rate, within the run-to-run spread. The
-        safety stage uses the plain `sft` loss: at the sizes tried the
-        `safety` loss either refused nearly every request or few more harmful than safe ones; `sft` at
-        3e-4 for 300 steps refused every held-out harmful request and none of the safe look-alikes."""
-        general = [DatasetSpec("shapes_vqa", 4000), DatasetSpec("shapes_chat", 1000)]
-        domain = [DatasetSpec("documents_vqa", 300), DatasetSpec("charts_vqa", 300), DatasetSpec("scans", 2000),
-                  DatasetSpec("surface_defects", 600), DatasetSpec("shapes_vqa", 600)]
-        safety = [DatasetSpec("safety", 2000), DatasetSpec("shapes_vqa", 1500), DatasetSpec("scans", 500)]
-        return cls(
-            base=base,
-            stages=[
-                StageConfig("general", general, lr=5e-4, steps=250, batch_size=32, lr_scale={"vision": 0.1}),
-                StageConfig("domain", domain, lr=5e-4, steps=200, batch_size=32),
-                StageConfig("safety", safety, lr=3e-4, steps=300, batch_size=32),
-            ],
-            train=TrainConfig(warmup_steps=10, log_every=10, measure_mfu=False, tensorboard=False),
-            eval=FinetuneEvalConfig(datasets=["shapes_vqa", "scans", "safety"], samples=100, max_new_tokens=40,
-                                    every_stage=False),
-            out_dir=out_dir,
-        )
-
-    @classmethod
-    def quick(cls, base: str | None, out_dir: str = "runs/finetune-quick") -> "FinetuneConfig":
-        """A few-second run of the three stages (the demo's `--quick` and the tests)."""
-        return cls(
-            base=base,
-            stages=[
-                StageConfig("general", [DatasetSpec("shapes_vqa", 256)], lr=1e-3, steps=12, batch_size=16),
-                StageConfig("domain", [DatasetSpec("charts_vqa", 32), DatasetSpec("scans", 32),
-                                       DatasetSpec("shapes_vqa", 32)], lr=3e-4, steps=2, batch_size=16,
-                            freeze=["vision"]),
-                StageConfig("safety", [DatasetSpec("safety", 128), DatasetSpec("shapes_vqa", 64)], lr=3e-4,
-                            steps=6, batch_size=16, loss="safety"),
-            ],
-            train=TrainConfig(warmup_steps=2, log_every=2, measure_mfu=False, tensorboard=False),
-            eval=FinetuneEvalConfig(samples=32, every_stage=False, max_new_tokens=12),
-            out_dir=out_dir,
-        )
 
 
 # --- checks before any work -----------------------------------------------------------------------
@@ -232,38 +177,33 @@ def check_config(config: FinetuneConfig) -> None:
         if stage.steps < 1 or stage.batch_size < 1 or stage.lr <= 0:
             raise ConfigError(f"{where}: steps and batch_size must be at least 1 and lr above 0")
         if not stage.datasets:
-            raise ConfigError(f"{where} has no data: list at least one dataset under datasets "
-                              f"(synthetic: {', '.join(DATASETS)}; or name: {FILE_DATASET} with a path)")
-        for spec in stage.datasets:
-            _check_dataset(spec, f"{where}.datasets")
+            raise ConfigError(f"{where} has no data: list at least one dataset under datasets, "
+                              "{name: LABEL, path: DIR_OR_FILE} (`vlstack data synth-instructions` writes synthetic ones)")
+        for number, spec in enumerate(stage.datasets):
+            _check_dataset(spec, f"{where}.datasets[{number}]")
         if stage.lora is not None and (stage.lora.r < 1 or not stage.lora.target_modules):
             raise ConfigError(f"{where}.lora: r must be at least 1 and target_modules non-empty")
-    unknown = [name for name in config.eval.datasets if name not in DATASETS]
-    if unknown:
-        raise ConfigError(f"eval.datasets: unknown dataset(s) {unknown}; valid datasets: {', '.join(DATASETS)}")
+    for number, spec in enumerate(config.eval.datasets):
+        _check_dataset(spec, f"eval.datasets[{number}]")
 
 
 def _check_dataset(spec: DatasetSpec, where: str) -> None:
-    if spec.name == FILE_DATASET:
-        if not spec.path or not Path(spec.path).is_file():
-            raise ConfigError(f"{where}: dataset 'file' needs a path to an existing file, got {spec.path!r}")
-    elif spec.name not in DATASETS:
-        raise ConfigError(f"{where}: unknown dataset {spec.name!r}; valid datasets: "
-                          f"{', '.join([*DATASETS, FILE_DATASET])}")
-    elif spec.samples < 1:
-        raise ConfigError(f"{where}: dataset {spec.name!r} has samples={spec.samples}; a stage needs data, "
-                          "use 1 or more")
+    if not spec.path or not Path(spec.path).exists():
+        raise ConfigError(f"{where} ({spec.name!r}): path {spec.path!r} is not a shard directory or a JSON file")
+    if spec.samples is not None and spec.samples < 1:
+        raise ConfigError(f"{where} ({spec.name!r}) has samples={spec.samples}; use 1 or more (null: all)")
 
 
-def stage_samples(stage: StageConfig, seed: int) -> list[Sample]:
-    """The stage's training conversations, checked (a malformed one is a DataError naming it)."""
+def dataset_samples(specs: list[DatasetSpec], where: str) -> list[Sample]:
+    """The conversations of `specs`, each labelled with its spec's name, checked (a malformed one is a
+    DataError naming it)."""
     samples: list[Sample] = []
-    for spec in stage.datasets:
-        if spec.name == FILE_DATASET:
-            samples += load_conversations(spec.path, spec.image_root or Path(spec.path).parent)
-        else:
-            samples += instruction_samples(spec.name, spec.samples, seed, "train", spec.lang)
-    check_conversations(samples, f"stage {stage.name!r}")
+    for spec in specs:
+        loaded = load_conversations(spec.path, spec.image_root)[: spec.samples]
+        for sample in loaded:
+            sample.meta["dataset"] = spec.name
+        samples += loaded
+    check_conversations(samples, where)
     return samples
 
 
@@ -310,10 +250,8 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> dict:
     out = Path(config.out_dir)
     if (out / "finetune_config.yaml").is_file() and not resume:
         raise ConfigError(f"{out} holds an earlier fine-tuning run; resume it (--resume) or choose another out_dir")
-    seed = config.train.seed
-    data = {stage.name: stage_samples(stage, seed) for stage in config.stages}
-    held_out = {name: instruction_samples(name, config.eval.samples, seed, "test", config.eval.lang)
-                for name in config.eval.datasets}
+    data = {stage.name: dataset_samples(stage.datasets, f"stage {stage.name!r}") for stage in config.stages}
+    held_out = {spec.name: dataset_samples([spec], f"eval dataset {spec.name!r}") for spec in config.eval.datasets}
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(config, out / "finetune_config.yaml")
     start = Path(config.base) if config.base else _fresh_start(config, data, out / INITIAL_DIR)

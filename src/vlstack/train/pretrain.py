@@ -1,8 +1,9 @@
 """`vlstack pretrain`: joint image-text pretraining with the mixed ITC + ITM + MLM + VTM loss.
 
-The run: build (or load) the tokenizer and the model, encode the training pairs,
-train with the Trainer on 1 process / DDP / FSDP2, checkpoint (resumable `dcp/` plus
-an inference `model.safetensors`), and evaluate held-out retrieval and matching.
+The run: read the image-text pairs of a shard directory (`vlstack data synth`, `data
+clean`), build (or load) the tokenizer and the model, encode the pairs, train with the
+Trainer on 1 process / DDP / FSDP2, checkpoint (resumable `dcp/` plus an inference
+`model.safetensors`), and evaluate retrieval and matching on a held-out shard directory.
 The same function runs under `torchrun --nproc_per_node=N`.
 """
 
@@ -16,9 +17,8 @@ from typing import Literal
 
 import torch
 
-from vlstack.synthetic.instructions import instruction_texts
-from vlstack.data.loader import pairs_to_tensors
-from vlstack.synthetic.scenes import shape_scenes
+from vlstack.data.loader import caption_pairs, pairs_to_tensors
+from vlstack.errors import ConfigError
 from vlstack.eval.retrieval import evaluate_pairs
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
@@ -30,12 +30,12 @@ from vlstack.train.trainer import TrainConfig, Trainer
 
 @dataclass
 class PretrainDataConfig:
-    """Where the image-text pairs come from."""
+    """Where the image-text pairs come from: shard directories of samples with an image and a text."""
 
-    train_samples: int = 6000
-    """Synthetic shape scenes generated for training (seeded by train.seed)."""
-    test_samples: int = 500
-    """Held-out scenes (a different seed) for retrieval and matching accuracy."""
+    train: str | None = None
+    """The training pairs, e.g. `vlstack data synth --kind caption --n 6000 --out DIR` or a cleaned corpus."""
+    test: str | None = None
+    """Held-out pairs for retrieval and matching accuracy (e.g. the same command with --split test)."""
     max_text_tokens: int = 32
     """Longer captions are an error that names the sample, never silently cut."""
 
@@ -52,8 +52,7 @@ class PretrainConfig:
     objective: Literal["mixed", "itc"] = "mixed"
     """mixed: 0.4 ITC + 0.3 ITM + 0.2 MLM + 0.1 VTM (weights in `loss`); itc: contrastive only."""
     tokenizer: str | None = None
-    """A local tokenizer directory; by default a byte-level BPE is trained on the training captions and the
-    text of the instruction data fine-tuning uses (`vlstack.data.instructions.instruction_texts`)."""
+    """A local tokenizer directory; by default a byte-level BPE is trained on the training captions."""
     out_dir: str = "runs/pretrain"
 
 
@@ -62,25 +61,27 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None) -> dict:
     dist_info = init_distributed(config.train.parallel.mode)
     out = Path(config.out_dir)
     seed = config.train.seed
-    train_scenes = shape_scenes(config.data.train_samples, seed=seed)
-    test_scenes = shape_scenes(config.data.test_samples, seed=seed + 10_000)
-    captions = [s.caption for s in train_scenes]
+    if not config.data.train or not config.data.test:
+        raise ConfigError("pretraining needs data.train and data.test, shard directories of image-text pairs; "
+                          "e.g. vlstack data synth --kind caption --n 6000 --out data/train (and --split test "
+                          "--out data/test), or the output of vlstack data clean")
+    train_images, captions, _ = caption_pairs(config.data.train)
+    test_images, test_captions, _ = caption_pairs(config.data.test)
     model_config = dataclasses.replace(config.model)
     if config.tokenizer:
         tokenizer = load_tokenizer(config.tokenizer)
     else:
-        tokenizer = train_tokenizer(captions + instruction_texts(), vocab_size=model_config.language.vocab_size)
+        tokenizer = train_tokenizer(captions, vocab_size=model_config.language.vocab_size)
     specials = special_token_ids(tokenizer)
     model_config.image_token_id = specials.image
     torch.manual_seed(seed)
     model = QwenImageModel(model_config).to(dist_info.device)
 
     size = model_config.vision.image_size
-    train_set = pairs_to_tensors([s.image for s in train_scenes], captions, tokenizer, size,
-                                 config.data.max_text_tokens, "encode train pairs")
-    test_set = pairs_to_tensors([s.image for s in test_scenes], [s.caption for s in test_scenes], tokenizer, size,
-                                config.data.max_text_tokens, "encode held-out pairs")
-    test_captions = [s.caption for s in test_scenes]
+    train_set = pairs_to_tensors(train_images, captions, tokenizer, size, config.data.max_text_tokens,
+                                 "encode train pairs")
+    test_set = pairs_to_tensors(test_images, test_captions, tokenizer, size, config.data.max_text_tokens,
+                                "encode held-out pairs")
     before = evaluate_pairs(model, test_set, test_captions) if dist_info.is_main else {}
 
     if config.objective == "mixed":

@@ -153,7 +153,7 @@ class ObjectiveModule(nn.Module):
 class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, config: TrainConfig, dataset: Batch,
                  out_dir: Path | None = None, dist_info: DistInfo | None = None, export: Export | None = None):
-        """`dataset`: equal-length tensors (with `input_ids` and `attention_mask`), batched by row."""
+        """`dataset`: equal-length tensors, batched by row (an `attention_mask` among them counts tokens/s)."""
         self.config = config
         self.out_dir = out_dir
         self.dist = dist_info or DistInfo(0, 1, next(model.parameters()).device)
@@ -257,8 +257,8 @@ class Trainer:
             losses.append(loss.item())
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0.0) + value / cfg.grad_accum_steps
-            samples += len(batch["input_ids"]) * self.dist.world
-            tokens += int(batch["attention_mask"].sum()) * self.dist.world
+            samples += _rows(batch) * self.dist.world
+            tokens += _tokens(batch) * self.dist.world
         applied, grad_norm = self._optimizer_step()
         if not applied:
             return self._skip(sum(losses) / len(losses), "non-finite gradient", grad_norm)
@@ -426,6 +426,17 @@ class Trainer:
         except Exception as exc:  # DCP raises several types for missing/mismatched entries
             raise CheckpointError(f"cannot restore the training state from {directory}: {exc}") from exc
         set_state_dict(self.module, self.optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+
+
+def _rows(batch: Batch) -> int:
+    """Samples in a batch: the leading size its tensors share."""
+    return len(next(iter(batch.values())))
+
+
+def _tokens(batch: Batch) -> int:
+    """Text tokens in a batch: the ones its `attention_mask` marks (0 for a batch without text)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else 0
 
 
 def _autocast_dtype(precision: str) -> torch.dtype:

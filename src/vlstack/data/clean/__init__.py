@@ -10,8 +10,8 @@ should be dropped, a reason code for `rejected.jsonl`.
 - `normalize`: resize + mean/std at load time
 
 Put together: `pipeline` (CleanConfig and the per-sample stages), `run` (`clean()`:
-executors, the ordered dedup pass, output shards, `rejected.jsonl`), `report`
-(report.md and histograms) and `truth` (recall against injected defects).
+executors, the ordered dedup pass, output shards, `rejected.jsonl`) and `report`
+(report.md and histograms). Scoring a run against injected defects is `vlstack.synthetic.truth`.
 """
 
 from vlstack.data.clean.verdict import Verdict

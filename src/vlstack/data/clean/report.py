@@ -166,8 +166,6 @@ def _markdown(tally: Tally, cfg: "CleanConfig", summary: dict, thresholds: dict,
             lines.append(f"- **{name}** (threshold {thresholds[name]:.4g}): {len(values)} scores, "
                          f"median {_median(values):.3g}")
         lines += [""] + [f"![{name}]({name}.png)" for name in plots]
-    if summary.get("ground_truth"):
-        lines += _ground_truth(summary["ground_truth"])
     lines += ["", "## Examples", ""]
     for reason, examples in sorted(tally.reason_examples.items()):
         lines.append(f"**{reason}**")
@@ -178,21 +176,6 @@ def _markdown(tally: Tally, cfg: "CleanConfig", summary: dict, thresholds: dict,
         lines += [f"- `{sample_id}`: {privacy}" for sample_id, privacy in tally.redaction_examples]
         lines.append("")
     lines += ["## Configuration", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```"]
-    return lines
-
-
-def _ground_truth(truth: dict) -> list[str]:
-    clean = truth["clean"]
-    lines = ["", "## Against the injected defects (defects.jsonl)", "",
-             "Caught: dropped by the right stage, or (faces, GPS, PII) found by the privacy stage, or (odd modes) "
-             "decoded to RGB; *dropped* counts those rejected for any reason.", "",
-             "| defect | injected | caught | recall | dropped |", "|---|---:|---:|---:|---:|"]
-    for name, row in truth["defects"].items():
-        lines.append(f"| {name} | {row['injected']} | {row['caught']} | {row['recall']:.3f} | {row['dropped']} |")
-    wrong = ", ".join(f"{k} {v}" for k, v in clean["wrongly_dropped_by_reason"].items()) or "none"
-    lines += ["", f"Clean samples: {clean['total']}; wrongly dropped {clean['wrongly_dropped']} "
-                  f"({clean['wrongly_dropped_rate']:.1%}: {wrong}); dropped as natural duplicates (same text, "
-                  f"near-identical image) {clean['natural_duplicates']}."]
     return lines
 
 

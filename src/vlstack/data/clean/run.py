@@ -6,8 +6,7 @@ through one ordered step here: repeated ids, then dedup against the samples kept
 so far. Kept samples go to the output shards, rejected ones to `rejected.jsonl`
 (one line each, with all reason codes, details and the stages' measurements), so
 every input id ends up in exactly one of the two. Then `clean.json` (summary and
-config), `report.md` with histograms, and, for a synthetic corpus with
-`defects.jsonl`, recall per injected defect.
+config) and `report.md` with histograms.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from vlstack.data.clean.dedup import Deduplicator
 from vlstack.data.clean.pipeline import CleanConfig, Outcome, Stages, input_units, read_unit
 from vlstack.data.clean.relevance import RelevanceScorer
 from vlstack.data.clean.report import Tally, write_report
-from vlstack.synthetic.truth import evaluate
 from vlstack.data.executors import get_executor
 from vlstack.data.schema import Rejected
 from vlstack.data.shards import MANIFEST, ShardWriter
@@ -82,7 +80,6 @@ def clean(input_dir: str | Path, output_dir: str | Path, config: CleanConfig | N
         "samples_per_second": round(tally.total / seconds, 1) if seconds > 0 else None,
         "steady_samples_per_second": round((tally.total - 1) / (seconds - first), 1) if first and seconds > first
         else None,
-        "ground_truth": evaluate(input_dir, out),
     }
     save_yaml(cfg, out / "clean_config.yaml")
     (out / SUMMARY).write_text(json.dumps({**summary, "config": to_dict(cfg)}, indent=2, ensure_ascii=False) + "\n",

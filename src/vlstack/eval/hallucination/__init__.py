@@ -1,7 +1,7 @@
-"""Hallucination: the seed's entity-level detector, POPE probes and CHAIR, on scenes with known objects.
+"""Hallucination: the article's entity-level detector, POPE probes and CHAIR, on scenes with known objects.
 
-- **Entities** are read from a response with a lexicon (objects, attributes, places and
-  their synonyms, English and Chinese; plurals derived): a noun phrase is an object with
+- **Entities** are read from a response with the suite's lexicon (objects, attributes, places
+  and their synonyms, any language; English plurals derived): a noun phrase is an object with
   the attributes before it ("two red circles", "红色的圆形") or after a copula ("the
   circle is red"); a negation earlier in its clause ("there is no blue square",
   "没有三角形") marks it as not claimed. spaCy is not used: no model ships with vlstack.
@@ -15,7 +15,7 @@
   context. The entity's score is the lower of the two. Raw phrase cosines ("a red
   circle") separate faithful from hallucinated entities far worse (measured: caption
   AUROC 0.65 vs 0.88 on one tiny checkpoint). Labels: below `low` hallucination, above
-  `high` reliable, uncertain between; the seed's thresholds are 0.15 / 0.3, ours are
+  `high` reliable, uncertain between; the article's thresholds are 0.15 / 0.3, ours are
   fitted on held-out faithful vs hallucinated captions and stored in the checkpoint
   (`hallucination_calibration.json`, read by `HallucinationDetector.from_checkpoint`).
 - **POPE** (Li et al. 2023; AoiDragon/POPE `utils.py`): yes/no probes from ground-truth
@@ -25,12 +25,10 @@
   CHAIR_i of generated captions against each scene's objects, through the synonym list.
 
 Modules: `entities` (lexicon, extraction), `detector` (scores, calibration, labels), `pope`,
-`chair`, `run` (the evaluation on synthetic scenes); their public names are re-exported here.
+`chair`, `suite` (the scenes on disk), `run` (the evaluation); their public names are re-exported here.
 """
 
-from vlstack.eval.hallucination.chair import (  # noqa: F401
-    chair,
-)
+from vlstack.eval.hallucination.chair import chair  # noqa: F401
 from vlstack.eval.hallucination.detector import (  # noqa: F401
     CALIBRATION_FILE,
     LABELS,
@@ -41,23 +39,18 @@ from vlstack.eval.hallucination.detector import (  # noqa: F401
     HallucinationDetector,
     auroc,
     fit_calibration,
-    hallucinate,
 )
 from vlstack.eval.hallucination.entities import (  # noqa: F401
     BOUNDARIES,
-    COLOR_SYNONYMS,
     COPULAS,
     FILLERS,
     GENERIC_NOUNS,
-    LEXICON,
+    LEXICON_FILE,
     NEGATIONS,
-    PLACE_SYNONYMS,
-    SHAPE_SYNONYMS,
     Entity,
     Lexicon,
     extract_entities,
     render,
-    scene_lexicon,
 )
 from vlstack.eval.hallucination.pope import (  # noqa: F401
     POPE_SETTINGS,
@@ -67,7 +60,6 @@ from vlstack.eval.hallucination.pope import (  # noqa: F401
     pope_probes,
 )
 from vlstack.eval.hallucination.run import (  # noqa: F401
-    SCENE_STREAM,
     HallucinationConfig,
     evaluate_chair,
     evaluate_detector,
@@ -75,3 +67,4 @@ from vlstack.eval.hallucination.run import (  # noqa: F401
     run_hallucination,
     summarize,
 )
+from vlstack.eval.hallucination.suite import Scene, SceneObject, Suite, read_suite, write_suite  # noqa: F401

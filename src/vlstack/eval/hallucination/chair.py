@@ -8,11 +8,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from vlstack.errors import DataError
-from vlstack.eval.hallucination.entities import LEXICON, Lexicon, extract_entities
+from vlstack.eval.hallucination.entities import Lexicon, extract_entities
 
 
-def chair(captions: Sequence[str], ground_truth: Sequence[Iterable[str]], lexicon: Lexicon = LEXICON
-          ) -> dict[str, Any]:
+def chair(captions: Sequence[str], ground_truth: Sequence[Iterable[str]], lexicon: Lexicon) -> dict[str, Any]:
     """CHAIR_s (captions with a hallucinated object / captions) and CHAIR_i (hallucinated object
     mentions / object mentions) of captions against each image's objects (canonical names).
 

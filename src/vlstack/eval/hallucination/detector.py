@@ -1,5 +1,5 @@
-"""The seed's entity-level detector: ITC scores in context, calibrated thresholds stored with the
-checkpoint, labels reliable / uncertain / hallucination; and synthetic hallucinated captions.
+"""The article's entity-level detector: ITC scores in context, calibrated thresholds stored with the
+checkpoint, labels reliable / uncertain / hallucination.
 """
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +17,8 @@ from transformers import PreTrainedTokenizerBase
 
 from vlstack.config import from_dict, to_dict
 from vlstack.data.collate import image_to_tensor, tokenize_texts
-from vlstack.synthetic.scenes import (
-    COLORS,
-    SHAPES,
-    SceneObject,
-)
 from vlstack.errors import CheckpointError, ConfigError, DataError, InputError
 from vlstack.eval.hallucination.entities import (
-    LEXICON,
     Entity,
     Lexicon,
     extract_entities,
@@ -143,7 +136,7 @@ class HallucinationDetector:
     """Entity-level hallucination detection with a model's ITC embeddings (see the module docstring)."""
 
     def __init__(self, model: QwenImageModel, tokenizer: PreTrainedTokenizerBase,
-                 calibration: Calibration | None = None, lexicon: Lexicon = LEXICON):
+                 lexicon: Lexicon, calibration: Calibration | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.calibration = calibration or Calibration()
@@ -151,10 +144,10 @@ class HallucinationDetector:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def from_checkpoint(cls, directory: str | Path) -> HallucinationDetector:
-        """The checkpoint's model and tokenizer, with its stored calibration (the seed's thresholds if none)."""
+    def from_checkpoint(cls, directory: str | Path, lexicon: Lexicon) -> HallucinationDetector:
+        """The checkpoint's model and tokenizer, with its stored calibration (the article's thresholds if none)."""
         engine = Engine.from_checkpoint(directory)
-        return cls(engine.model, engine.tokenizer, Calibration.load(directory))
+        return cls(engine.model, engine.tokenizer, lexicon, Calibration.load(directory))
 
     def detect(self, response: str, image: Image.Image) -> list[Detection]:
         """Score and label every entity `response` claims (negated ones are left out)."""
@@ -209,7 +202,8 @@ class HallucinationDetector:
         if entity.object:
             swaps["object"] = [dataclasses.replace(entity, object=o) for o in self.lexicon.names["object"]
                                if o != entity.object]
-        return {part: [render(entities)] + [render([*entities[:i], other, *entities[i + 1:]]) for other in others]
+        return {part: [render(entities, self.lexicon)] + [render([*entities[:i], other, *entities[i + 1:]], self.lexicon)
+                                                          for other in others]
                 for part, others in swaps.items()}
 
     @torch.no_grad()
@@ -222,19 +216,3 @@ class HallucinationDetector:
             ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
             chunks.append(self.model.text_embedding(self.model.encode_text(ids, mask), mask).float())
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.config.itc_dim, device=self.device)
-
-
-# --- Synthetic faithful vs hallucinated captions ------------------------------------------------------
-
-def hallucinate(objects: Sequence[SceneObject], rng: random.Random) -> tuple[list[SceneObject], int, str]:
-    """The objects with one of them changed to something the image does not show: its colour for a
-    colour no object has, or its shape for a shape no object has (half each). Returns the new
-    objects, the index changed and what changed ("color" or "shape")."""
-    index = rng.randrange(len(objects))
-    colors = [c for c in COLORS if c not in {o.color for o in objects}]
-    shapes = [s for s in SHAPES if s not in {o.shape for o in objects}]
-    kind = "color" if not shapes or rng.random() < 0.5 else "shape"
-    target = objects[index]
-    changed = (dataclasses.replace(target, color=rng.choice(colors)) if kind == "color"
-               else dataclasses.replace(target, shape=rng.choice(shapes)))
-    return [changed if i == index else o for i, o in enumerate(objects)], index, kind

@@ -1,30 +1,23 @@
-"""Entities in a response: the lexicon of scene objects, attributes and places (English and
-Chinese, synonyms, plurals) and the clause parser that reads claimed noun phrases.
+"""Entities in a response: a lexicon of objects, attributes and places (any language, synonyms,
+English plurals derived) and the clause parser that reads claimed noun phrases.
+
+A lexicon is data (`lexicon.json` beside a hallucination suite): the evaluation's vocabulary, as
+CHAIR's synonym list is COCO's. The words that shape a clause (boundaries, negations, copulas,
+fillers, generic nouns) are English and Chinese grammar and live here.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from vlstack.synthetic.scenes import (
-    COLORS,
-    COLORS_ZH,
-    PLACES_EN,
-    PLACES_ZH,
-    SHAPES,
-    SHAPES_ZH,
-)
-from vlstack.errors import ConfigError
+from vlstack.errors import ConfigError, DataError
 
-SHAPE_SYNONYMS = {"circle": ["disc", "disk", "dot", "圆圈", "圆"], "square": ["方块"], "triangle": ["三角"]}
-"""Synonyms of the scene shapes beyond their names (English plurals are derived). "方形" is left out:
-it is also the tail of "长方形" (rectangle)."""
-COLOR_SYNONYMS = {"red": ["crimson", "scarlet", "红"], "green": ["绿"], "blue": ["蓝"], "yellow": ["黄"],
-                  "purple": ["violet", "紫"], "orange": ["橘色", "橘黄色", "橙"]}
-PLACE_SYNONYMS = {"left": ["左侧", "左面"], "right": ["右侧", "右面"], "center": ["centre", "middle", "中央", "中心"]}
+LEXICON_FILE = "lexicon.json"
 GENERIC_NOUNS = ["shape", "object", "figure", "one", "thing", "item", "形状", "图形", "物体"]
 """Nouns that name no object: "the red one", "the shape on the left is red" still carry an attribute."""
 
@@ -42,14 +35,20 @@ Kind = Literal["object", "attribute", "place", "generic"]
 
 
 class Lexicon:
-    """Surface forms (English and Chinese, plurals included) -> (kind, canonical name).
+    """Surface forms (any language, plurals included) -> (kind, canonical name).
 
     Each group is a list whose first entry is the canonical name, as in chair.py's
     synonyms.txt; English plurals of every single word are added. A text is matched
     longest form first, so "正方形" is a square before "方" could be anything else.
+    `place_phrases` says each place in the English grammar of the pretraining captions
+    ("left" -> "on the left"); the detector renders entities with it. The generic nouns
+    default to `GENERIC_NOUNS`.
     """
 
-    def __init__(self, groups: Mapping[Kind, Sequence[Sequence[str]]]):
+    def __init__(self, groups: Mapping[Kind, Sequence[Sequence[str]]], place_phrases: Mapping[str, str] | None = None):
+        groups = {**groups, "generic": groups.get("generic") or [GENERIC_NOUNS]}
+        self.groups = {kind: [list(group) for group in kind_groups] for kind, kind_groups in groups.items()}
+        self.place_phrases = dict(place_phrases or {})
         self.names: dict[str, list[str]] = {kind: [g[0] for g in groups.get(kind, [])] for kind in
                                             ("object", "attribute", "place", "generic")}
         self.forms: dict[tuple[str, ...], tuple[Kind, str]] = {}
@@ -62,6 +61,29 @@ class Lexicon:
                         self.forms[tuple(t.lower() for t in _TOKEN.findall(variant))] = (kind, group[0])
         self.longest = max(len(form) for form in self.forms)
 
+    def to_dict(self) -> dict:
+        return {"groups": self.groups, "place_phrases": self.place_phrases}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Lexicon":
+        """A lexicon written by `save`: {"groups": {kind: [[canonical, synonym, ...], ...]}, "place_phrases": {...}}."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            groups, phrases = data["groups"], data.get("place_phrases", {})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise DataError(f"{path} is not a lexicon file ({type(error).__name__}: {error}); it holds "
+                            '{"groups": {"object": [[name, synonym, ...], ...], "attribute": ..., "place": ...}}') from None
+        unknown = sorted(set(groups) - {"object", "attribute", "place", "generic"})
+        if unknown:
+            raise DataError(f"{path}: unknown group kinds {unknown}; valid: object, attribute, place, generic")
+        return cls(groups, phrases)
+
 
 def _plurals(surface: str) -> list[str]:
     """English plural of a single ASCII word ("circle" -> "circles", "box" -> "boxes"); none for others."""
@@ -72,19 +94,6 @@ def _plurals(surface: str) -> list[str]:
     if surface.endswith("y") and surface[-2:-1] not in "aeiou":
         return [surface[:-1] + "ies"]
     return [surface + "s"]
-
-
-def scene_lexicon() -> Lexicon:
-    """The synthetic scenes' vocabulary: shapes, colours and places in English and Chinese, with synonyms."""
-    return Lexicon({
-        "object": [[s, SHAPES_ZH[s], *SHAPE_SYNONYMS.get(s, [])] for s in SHAPES],
-        "attribute": [[c, COLORS_ZH[c], *COLOR_SYNONYMS.get(c, [])] for c in COLORS],
-        "place": [[p, PLACES_ZH[p], *PLACE_SYNONYMS.get(p, [])] for p in PLACES_EN],
-        "generic": [GENERIC_NOUNS],
-    })
-
-
-LEXICON = scene_lexicon()
 
 
 # --- Entity extraction --------------------------------------------------------------------------------
@@ -121,7 +130,7 @@ class _Token:
     end: int
 
 
-def extract_entities(text: str, lexicon: Lexicon = LEXICON) -> list[Entity]:
+def extract_entities(text: str, lexicon: Lexicon) -> list[Entity]:
     """The object and attribute noun phrases of `text`, in order, negated ones included (flagged)."""
     entities: list[Entity] = []
     clause: list[_Token] = []
@@ -203,7 +212,7 @@ def _parse_clause(tokens: list[_Token], text: str) -> list[Entity]:
     return [e for e in entities if e.object or e.attributes]
 
 
-def render(entities: Sequence[Entity]) -> str:
-    """Entities in the caption grammar of the synthetic scenes ("a red circle on the left and a ...")."""
-    return " and ".join(f"a {e.phrase}" + (f" {PLACES_EN[e.place]}" if e.place in PLACES_EN else "")
-                        for e in entities)
+def render(entities: Sequence[Entity], lexicon: Lexicon) -> str:
+    """Entities in the caption grammar of pretraining ("a red circle on the left and a ...")."""
+    return " and ".join(f"a {e.phrase}" + (f" {lexicon.place_phrases[e.place]}" if e.place in lexicon.place_phrases
+                                           else "") for e in entities)

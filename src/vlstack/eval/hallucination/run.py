@@ -1,11 +1,10 @@
-"""The hallucination evaluation on held-out synthetic scenes: calibrate and score the detector,
-then POPE and CHAIR through the Engine (`run_hallucination`, `summarize`).
+"""The hallucination evaluation on a suite of scenes with known objects (`suite.py`): calibrate and
+score the detector, then POPE and CHAIR through the Engine (`run_hallucination`, `summarize`).
 """
 
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -17,13 +16,6 @@ import torch
 from PIL import Image
 
 from vlstack.config import to_dict
-from vlstack.synthetic.scenes import (
-    SceneObject,
-    ShapeScene,
-    caption_for,
-    shape_scene,
-    split_seed,
-)
 from vlstack.errors import ConfigError, VlstackError
 from vlstack.eval.hallucination.chair import chair
 from vlstack.eval.hallucination.detector import (
@@ -32,21 +24,20 @@ from vlstack.eval.hallucination.detector import (
     HallucinationDetector,
     auroc,
     fit_calibration,
-    hallucinate,
 )
 from vlstack.eval.hallucination.pope import POPE_SETTINGS, pope_probes
+from vlstack.eval.hallucination.suite import Scene, Suite, read_suite
 from vlstack.eval.metrics import pope_metrics
 from vlstack.infer.engine import Engine, Request
 from vlstack.progress import progress_bar
 
-SCENE_STREAM = 5_000_000
-"""Scene-index offset of the hallucination scenes: no pretraining corpus or eval suite draws these."""
-
-
 @dataclass
 class HallucinationConfig:
-    """Hallucination evaluation on held-out synthetic shape scenes with known objects."""
+    """Hallucination evaluation on a suite of scenes with known objects (`suite.py`)."""
 
+    data: str | None = None
+    """The suite folder (`lexicon.json`, `scenes.jsonl`, images); `vlstack data synth-eval OUT` writes a
+    synthetic one to OUT/hallucination. None: `hallucination/` under `vlstack eval`'s data root."""
     calibration_scenes: int = 200
     """Scenes (split "val") whose faithful and hallucinated captions fit the detector's thresholds."""
     test_scenes: int = 200
@@ -60,7 +51,7 @@ class HallucinationConfig:
     pope_scenes: int = 50
     """Test scenes with at least `pope_sample_num` different objects to ask POPE questions about."""
     pope_sample_num: int = 2
-    """Positive (and as many negative) questions per scene; POPE uses 3 on COCO, our scenes hold at most 2."""
+    """Positive (and as many negative) questions per scene; POPE uses 3 on COCO, shape scenes hold at most 2."""
     chair_scenes: int = 50
     """Test scenes the model captions for CHAIR."""
     caption_prompt: str = "Describe the image."
@@ -69,12 +60,6 @@ class HallucinationConfig:
     examples: int = 3
     """Examples kept per section for the report."""
     seed: int = 0
-
-    @classmethod
-    def quick(cls) -> HallucinationConfig:
-        """A few seconds on a tiny model (the quick demo): fewer scenes, English only, short replies."""
-        return cls(calibration_scenes=60, test_scenes=60, languages=["en"], pope_scenes=6, chair_scenes=6,
-                   caption_max_new_tokens=24, answer_max_new_tokens=4)
 
     def __post_init__(self) -> None:
         bad = [lang for lang in self.languages if lang not in ("en", "zh")]
@@ -86,9 +71,6 @@ class HallucinationConfig:
                 raise ConfigError(f"'{name}' must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.error_rate < 1.0:
             raise ConfigError(f"'error_rate' must be in [0, 1), got {self.error_rate}")
-        if self.pope_sample_num > 2:
-            raise ConfigError(f"'pope_sample_num' is {self.pope_sample_num}, but a synthetic scene holds at most "
-                              "2 objects")
 
 
 def run_hallucination(model: Engine | str | Path, config: HallucinationConfig, out_dir: str | Path | None = None,
@@ -100,23 +82,27 @@ def run_hallucination(model: Engine | str | Path, config: HallucinationConfig, o
     POPE files (probes, answers, images, in POPE's formats) and `hallucination.json` go there.
     """
     started = time.perf_counter()
+    if config.data is None:
+        raise ConfigError("hallucination.data is not set: point it at a hallucination suite folder "
+                          "(`vlstack data synth-eval OUT` writes a synthetic one to OUT/hallucination)")
+    suite = read_suite(config.data)
     engine = model if isinstance(model, Engine) else Engine.from_checkpoint(model)
     if checkpoint is None and not isinstance(model, Engine):
         checkpoint = model
-    detector = HallucinationDetector(engine.model, engine.tokenizer,
+    detector = HallucinationDetector(engine.model, engine.tokenizer, suite.lexicon,
                                      Calibration.load(checkpoint) if checkpoint is not None else None)
     out = Path(out_dir) if out_dir is not None else None
     results: dict[str, Any] = {"config": to_dict(config)}
     with progress_bar() as progress:
         if config.calibrate:
-            scores = _entity_scores(detector, _pairs(config, "val", config.calibration_scenes), ["en"], progress,
+            scores = _entity_scores(detector, suite, suite.split("val", config.calibration_scenes), ["en"], progress,
                                     "calibrate detector")["en"]
             detector.calibration = fit_calibration(scores.faithful, scores.changed, config.error_rate)
             if checkpoint is not None:
                 detector.calibration.save(checkpoint)
-        results["detector"] = evaluate_detector(detector, config, progress)
-        results["pope"] = evaluate_pope(engine, config, out, progress)
-        results["chair"] = evaluate_chair(engine, detector, config, progress)
+        results["detector"] = evaluate_detector(detector, suite, config, progress)
+        results["pope"] = evaluate_pope(engine, suite, config, out, progress)
+        results["chair"] = evaluate_chair(engine, detector, suite, config, progress)
     results["seconds"] = round(time.perf_counter() - started, 2)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -141,31 +127,6 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class _Pair:
-    """A scene, its objects after one was changed (`index`, `kind`), for faithful vs hallucinated captions."""
-
-    image: Image.Image
-    objects: list[SceneObject]
-    changed: list[SceneObject]
-    index: int
-    kind: str
-
-
-def _scenes(config: HallucinationConfig, split: str, n: int) -> list[ShapeScene]:
-    seed = split_seed(config.seed, split)
-    return [shape_scene(seed, SCENE_STREAM + i) for i in range(n)]
-
-
-def _pairs(config: HallucinationConfig, split: str, n: int) -> list[_Pair]:
-    rng = random.Random(f"hallucinate:{config.seed}:{split}")
-    pairs = []
-    for scene in _scenes(config, split, n):
-        changed, index, kind = hallucinate(scene.objects, rng)
-        pairs.append(_Pair(scene.image, scene.objects, changed, index, kind))
-    return pairs
-
-
-@dataclass
 class _Scores:
     """Detector scores of faithful vs hallucinated synthetic captions."""
 
@@ -178,40 +139,44 @@ class _Scores:
     hallucinated_captions: list[float] = field(default_factory=list)
 
 
-def _entity_scores(detector: HallucinationDetector, pairs: list[_Pair], languages: Sequence[str], progress,
-                   description: str, batch_size: int = 32) -> dict[str, _Scores]:
-    """Scores of each pair's faithful and hallucinated caption, per language (each image is embedded once)."""
+def _entity_scores(detector: HallucinationDetector, suite: Suite, scenes: list[Scene], languages: Sequence[str],
+                   progress, description: str, batch_size: int = 32) -> dict[str, _Scores]:
+    """Scores of each scene's faithful and hallucinated caption, per language (each image is embedded once)."""
+    missing = sorted({lang for s in scenes for lang in languages if lang not in s.captions})
+    if missing:
+        raise ConfigError(f"languages {missing} have no captions in the suite {suite.root}; choose among those it has")
     scores = {lang: _Scores() for lang in languages}
-    task = progress.add_task(description, total=len(pairs))
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        image_embeds = detector.image_embeddings([p.image for p in chunk])  # [n, E]
+    task = progress.add_task(description, total=len(scenes))
+    for start in range(0, len(scenes), batch_size):
+        chunk = scenes[start : start + batch_size]
+        image_embeds = detector.image_embeddings([s.load_image(suite.root) for s in chunk])  # [n, E]
         for lang, into in scores.items():
-            captions = [caption_for(p.objects, lang) for p in chunk] + [caption_for(p.changed, lang) for p in chunk]
+            captions = [s.captions[lang][0] for s in chunk] + [s.captions[lang][1] for s in chunk]
             detections = detector.detect_embedded(captions, torch.cat([image_embeds, image_embeds]))
-            for pair, good, bad in zip(chunk, detections[: len(chunk)], detections[len(chunk) :]):
-                if len(good) != len(pair.objects) or len(bad) != len(pair.changed):
-                    raise VlstackError(f"entity extraction found {len(good)} / {len(bad)} entities in synthetic "
-                                       f"captions of {len(pair.objects)} objects; the lexicon no longer covers the "
-                                       "scene vocabulary")
+            for scene, good, bad in zip(chunk, detections[: len(chunk)], detections[len(chunk) :]):
+                if len(good) != len(scene.objects) or len(bad) != len(scene.objects):
+                    raise VlstackError(f"entity extraction found {len(good)} / {len(bad)} entities in the captions of "
+                                       f"{scene.image}, which has {len(scene.objects)} objects; the suite's lexicon "
+                                       "does not cover its captions")
                 into.faithful += [d.score for d in good]
-                into.changed.append(bad[pair.index].score)
+                into.changed.append(bad[scene.changed].score)
                 into.faithful_captions.append(min(d.score for d in good))
                 into.hallucinated_captions.append(min(d.score for d in bad))
         progress.update(task, advance=len(chunk))
     return scores
 
 
-def evaluate_detector(detector: HallucinationDetector, config: HallucinationConfig, progress) -> dict[str, Any]:
+def evaluate_detector(detector: HallucinationDetector, suite: Suite, config: HallucinationConfig, progress
+                      ) -> dict[str, Any]:
     """AUROC of faithful vs hallucinated captions (and entities) on the test scenes, per language,
     with the label counts of faithful and of hallucinated entities."""
-    pairs = _pairs(config, "test", config.test_scenes)
+    scenes = suite.split("test", config.test_scenes)
     label = detector.calibration.label
     languages = {}
-    for lang, scores in _entity_scores(detector, pairs, config.languages, progress, "detector AUROC").items():
+    for lang, scores in _entity_scores(detector, suite, scenes, config.languages, progress, "detector AUROC").items():
         good, bad = scores.faithful_captions, scores.hallucinated_captions
-        by_kind = {kind: auroc(good, [s for s, p in zip(bad, pairs) if p.kind == kind])
-                   for kind in sorted({p.kind for p in pairs})}
+        by_kind = {kind: auroc(good, [s for s, scene in zip(bad, scenes) if scene.change == kind])
+                   for kind in sorted({s.change for s in scenes})}
         languages[lang] = {
             "auroc": auroc(good, bad), "entity_auroc": auroc(scores.faithful, scores.changed),
             "auroc_by_change": by_kind,
@@ -219,21 +184,22 @@ def evaluate_detector(detector: HallucinationDetector, config: HallucinationConf
                        "hallucinated": _label_counts(map(label, scores.changed))},
         }
     examples = []
-    for pair in pairs[: config.examples]:
-        caption = caption_for(pair.changed, config.languages[0])
-        examples.append({"truth": caption_for(pair.objects, config.languages[0]), "caption": caption,
+    for scene in scenes[: config.examples]:
+        truth, caption = scene.captions[config.languages[0]]
+        examples.append({"truth": truth, "caption": caption,
                          "entities": [{"text": d.entity.text, "score": round(d.score, 4), "label": d.label,
                                        "parts": {k: round(v, 4) for k, v in d.parts.items()}}
-                                      for d in detector.detect(caption, pair.image)]})
+                                      for d in detector.detect(caption, scene.load_image(suite.root))]})
     first = languages[config.languages[0]]
     return {"auroc": first["auroc"], "entity_auroc": first["entity_auroc"],
-            "calibration": to_dict(detector.calibration), "scenes": len(pairs), "languages": languages,
+            "calibration": to_dict(detector.calibration), "scenes": len(scenes), "languages": languages,
             "examples": examples}
 
 
-def evaluate_pope(engine: Engine, config: HallucinationConfig, out: Path | None, progress) -> dict[str, Any]:
+def evaluate_pope(engine: Engine, suite: Suite, config: HallucinationConfig, out: Path | None, progress
+                  ) -> dict[str, Any]:
     """POPE's three settings on test scenes with enough objects; the probe and answer files go to `out/pope`."""
-    scenes, images = _pope_scenes(config)
+    scenes, images = _pope_scenes(suite, config)
     if out is not None:
         (out / "pope" / "images").mkdir(parents=True, exist_ok=True)
         for name, image in images.items():
@@ -258,37 +224,39 @@ def evaluate_pope(engine: Engine, config: HallucinationConfig, out: Path | None,
     return results
 
 
-def _pope_scenes(config: HallucinationConfig) -> tuple[dict[str, list[str]], dict[str, Image.Image]]:
+def _pope_scenes(suite: Suite, config: HallucinationConfig) -> tuple[dict[str, list[str]], dict[str, Image.Image]]:
     """The first `pope_scenes` test scenes with `pope_sample_num` different objects: their objects ("red
     circle") and their images, by image name."""
     objects: dict[str, list[str]] = {}
     images: dict[str, Image.Image] = {}
-    seed, index = split_seed(config.seed, "test"), 0
-    while len(objects) < config.pope_scenes:
-        scene = shape_scene(seed, SCENE_STREAM + index)
-        names = list(dict.fromkeys(f"{o.color} {o.shape}" for o in scene.objects))
+    for scene in suite.split("test"):
+        names = list(dict.fromkeys(o.name for o in scene.objects))
         if len(names) >= config.pope_sample_num:
-            objects[f"scene-{index:06d}.png"], images[f"scene-{index:06d}.png"] = names, scene.image
-        index += 1
-    return objects, images
+            name = Path(scene.image).name
+            objects[name], images[name] = names, scene.load_image(suite.root)
+        if len(objects) == config.pope_scenes:
+            return objects, images
+    raise ConfigError(f"the suite {suite.root} has {len(objects)} test scenes with {config.pope_sample_num} different "
+                      f"objects; pope_scenes asks for {config.pope_scenes}")
 
 
-def evaluate_chair(engine: Engine, detector: HallucinationDetector, config: HallucinationConfig, progress
-                   ) -> dict[str, Any]:
+def evaluate_chair(engine: Engine, detector: HallucinationDetector, suite: Suite, config: HallucinationConfig,
+                   progress) -> dict[str, Any]:
     """CHAIR of the model's captions of test scenes, with the detector's labels on their entities, beside
     CHAIR of the true captions and of captions with a swapped object (which check the metric itself)."""
-    pairs = _pairs(config, "test", config.chair_scenes)
-    truth = [{o.shape for o in p.objects} for p in pairs]
-    captions = _generate(engine, [(config.caption_prompt, p.image) for p in pairs], config.caption_max_new_tokens,
+    scenes = suite.split("test", config.chair_scenes)
+    images = [s.load_image(suite.root) for s in scenes]
+    truth = [{o.object for o in s.objects} for s in scenes]
+    captions = _generate(engine, [(config.caption_prompt, image) for image in images], config.caption_max_new_tokens,
                          config.seed, progress, "CHAIR captions")
     model = chair(captions, truth, detector.lexicon)
-    detections = detector.detect_batch(captions, [p.image for p in pairs])
+    detections = detector.detect_batch(captions, images)
     model["detector_labels"] = _label_counts(d.label for row in detections for d in row)
     model["sentences"] = model["sentences"][: config.examples]
     references = {}
-    for name, objects in (("true captions", [p.objects for p in pairs]),
-                          ("swapped captions", [p.changed for p in pairs])):
-        scored = chair([caption_for(o) for o in objects], truth, detector.lexicon)
+    english = [s.captions.get("en") or next(iter(s.captions.values())) for s in scenes]
+    for name, which in (("true captions", 0), ("swapped captions", 1)):
+        scored = chair([pair[which] for pair in english], truth, detector.lexicon)
         references[name] = {k: scored[k] for k in ("chair_s", "chair_i", "mentions", "hallucinated_mentions")}
     return {**model, "references": references}
 
