@@ -41,7 +41,7 @@ from vlstack.models.vlm import QwenImageModel, count_parameters
 from vlstack.progress import progress_bar
 from vlstack.train.flops import count_flops, matmul_peak
 from vlstack.train.losses import itc_loss
-from vlstack.train.trainer import parameter_groups
+from vlstack.train.optim import parameter_groups
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 Batch = dict[str, torch.Tensor]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlstack.synthetic.corpus import synthesize
 from vlstack.synthetic.scenes import shape_scenes
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import special_token_ids, train_tokenizer
@@ -32,3 +33,20 @@ def nano_config(tokenizer) -> ModelConfig:
 def nano_model(nano_config) -> QwenImageModel:
     torch.manual_seed(0)
     return QwenImageModel(nano_config).eval()
+
+
+@pytest.fixture(scope="session")
+def pretrain_data(tmp_path_factory):
+    """`pretrain_data(train, test)`: the `data.train=...`, `data.test=...` overrides of a pretraining run on
+    synthetic caption shards of that many train and test scenes (each written once per session)."""
+    root = tmp_path_factory.mktemp("captions")
+
+    def overrides(train: int = 256, test: int = 64) -> list[str]:
+        folders = {}
+        for split, n in (("train", train), ("test", test)):
+            folders[split] = root / f"{split}-{n}"
+            if not folders[split].is_dir():
+                synthesize("caption", n, folders[split], split=split)
+        return [f"data.train={folders['train']}", f"data.test={folders['test']}"]
+
+    return overrides

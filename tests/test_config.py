@@ -99,7 +99,7 @@ def test_missing_and_invalid_yaml_files(tmp_path):
 def test_recipes_in_configs_dir_load():
     from pathlib import Path
 
-    from vlstack.demo.pipeline import DemoConfig
+    from vlstack.demo.recipes import DemoConfig
     from vlstack.train.pretrain import PretrainConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"

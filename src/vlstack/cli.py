@@ -159,13 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.set_defaults(handler=_finetune)
 
     align = _command(commands, "align", "Align a checkpoint with a reward model, PPO, DPO or GRPO.",
-                     "Trains on synthetic VQA (exact answers: correct preferred over wrong) from --set "
-                     "checkpoint=DIR, normally the last fine-tuning stage's model. Writes OUT_DIR/align.json "
-                     "(reward, KL, held-out accuracy before and after), OUT_DIR/align_log.jsonl (PPO/GRPO, per "
-                     "iteration) and OUT_DIR/checkpoint. Recipes: configs/align_{ppo,dpo,grpo}.yaml.")
+                     "Trains from --set checkpoint=DIR (normally the last fine-tuning stage's model) on "
+                     "--set data.train=DIR --set data.held_out=DIR: conversations whose last answer is the "
+                     "reference (and, for DPO and the reward model, meta.rejected the rejected one; `vlstack data "
+                     "synth-instructions --dataset shapes_vqa --rejected wrong` writes synthetic ones). Writes "
+                     "OUT_DIR/align.json (reward, KL, held-out accuracy before and after), OUT_DIR/train_log.jsonl, "
+                     "OUT_DIR/align_log.jsonl (PPO/GRPO, per iteration) and OUT_DIR/checkpoint (resumable). "
+                     "Recipes: configs/align_{ppo,dpo,grpo}.yaml.")
     align.add_argument("--method", required=True, choices=("ppo", "dpo", "grpo", "reward"),
                        help="reward: train a reward model for PPO's reward=model")
     align.add_argument("--config", help="a YAML recipe, e.g. configs/align_grpo.yaml (default: the method's defaults)")
+    align.add_argument("--resume", action="store_true",
+                       help="continue the run in OUT_DIR from its checkpoint (written on SIGTERM and every "
+                            "train.save_every steps)")
     align.set_defaults(handler=_align)
 
     _data_commands(commands)
@@ -325,7 +331,7 @@ def _align(args: argparse.Namespace) -> int:
     from vlstack.config import load_config
 
     config = load_config(METHODS[args.method][0], args.config, args.overrides)
-    print(summary(run_alignment(config)))
+    print(summary(run_alignment(config, resume=args.resume)))
     return 0
 
 

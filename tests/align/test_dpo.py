@@ -10,7 +10,7 @@ import torch
 
 from vlstack.align.dpo import DPOConfig, DPOObjective, dpo_loss, pair_logps, run_dpo
 from vlstack.align.logprobs import load_engine, score_responses
-from vlstack.align.preference import VQADataConfig, flatten_pairs, preference_data
+from vlstack.align.preference import flatten_pairs, preference_data
 from vlstack.errors import ConfigError
 from vlstack.infer.engine import Engine
 from vlstack.train.trainer import TrainConfig
@@ -50,9 +50,9 @@ def _trl_loss(token_logps, completion_mask, ref_chosen, ref_rejected, beta, sft_
 
 
 @pytest.mark.parametrize("sft_weight", [0.0, 0.5])
-def test_loss_equals_trls_dpo_loss_on_the_same_model_scores(nano_checkpoint, sft_weight):
+def test_loss_equals_trls_dpo_loss_on_the_same_model_scores(nano_checkpoint, sft_weight, alignment_data):
     engine = load_engine(str(nano_checkpoint))
-    pairs = preference_data(engine, VQADataConfig(train_items=6), "train")
+    pairs = preference_data(engine, alignment_data(6, 2), "train")
     torch.manual_seed(1)
     pairs["ref_logps"] = pair_logps(engine.model, pairs) + torch.randn(6, 2)  # a reference that differs
     objective = DPOObjective(beta=0.3, sft_weight=sft_weight)
@@ -66,9 +66,9 @@ def test_loss_equals_trls_dpo_loss_on_the_same_model_scores(nano_checkpoint, sft
     assert 0 < ours.item() and set(metrics) == (rewards | {"chosen_nll"} if sft_weight else rewards)
 
 
-def test_against_its_own_reference_the_loss_is_log_2(nano_checkpoint):
+def test_against_its_own_reference_the_loss_is_log_2(nano_checkpoint, alignment_data):
     engine = load_engine(str(nano_checkpoint))
-    pairs = preference_data(engine, VQADataConfig(train_items=4), "train")
+    pairs = preference_data(engine, alignment_data(4, 2), "train")
     pairs["ref_logps"] = pair_logps(engine.model, pairs)
     with torch.no_grad():
         loss, metrics = DPOObjective(beta=0.1)(engine.model, pairs)
@@ -76,9 +76,9 @@ def test_against_its_own_reference_the_loss_is_log_2(nano_checkpoint):
     assert metrics["reward_margin"] == pytest.approx(0, abs=1e-5)
 
 
-def test_short_run_writes_an_aligned_checkpoint(nano_checkpoint, tmp_path):
+def test_short_run_writes_an_aligned_checkpoint(nano_checkpoint, tmp_path, alignment_data):
     config = DPOConfig(checkpoint=str(nano_checkpoint), out_dir=str(tmp_path / "dpo"),
-                       data=VQADataConfig(train_items=16, eval_items=4),
+                       data=alignment_data(16, 4),
                        train=TrainConfig(steps=3, batch_size=8, lr=1e-4, warmup_steps=1, precision="fp32",
                                          log_every=1, measure_mfu=False, tensorboard=False), max_new_tokens=3)
     results = run_dpo(config)

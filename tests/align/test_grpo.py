@@ -9,8 +9,9 @@ import torch
 
 from vlstack.align.grpo import GRPOConfig, GRPOObjective, group_advantages, k3_kl, run_grpo
 from vlstack.align.logprobs import load_engine, score_responses
-from vlstack.align.ppo import RolloutConfig, generate_rollouts
-from vlstack.align.preference import VQADataConfig, vqa_samples
+from vlstack.align.rollouts import RolloutConfig, generate_rollouts
+from vlstack.align.preference import alignment_items
+from vlstack.synthetic.preferences import vqa_samples
 from vlstack.cli import main
 from vlstack.errors import ConfigError
 from vlstack.train.trainer import TrainConfig
@@ -39,7 +40,7 @@ def test_on_policy_objective_is_minus_the_mean_advantage(nano_checkpoint):
     """With pi = pi_old = pi_ref the ratio is 1 and the KL 0, so the loss is -mean(A), and its gradient
     raises the log-probability of the answers with positive advantage."""
     engine = load_engine(str(nano_checkpoint))
-    samples = vqa_samples(4, VQADataConfig(), "train")
+    samples = vqa_samples(4, "train")
     rollouts = generate_rollouts(engine, samples, RolloutConfig(max_new_tokens=3), seeds=[0, 1, 2, 3])
     batch = rollouts.batch
     with torch.no_grad():
@@ -56,31 +57,31 @@ def test_config_errors():
         GRPOConfig(group_size=1)
     with pytest.raises(ConfigError, match="must divide the 24 rollouts"):
         GRPOConfig(group_size=3, rollout=RolloutConfig(prompts=8), train=TrainConfig(batch_size=16))
-    with pytest.raises(ConfigError, match="question_types"):
-        VQADataConfig(question_types=["colour"])
+    with pytest.raises(ConfigError, match="data.train is not set"):
+        alignment_items(GRPOConfig().data, "train")
 
 
-def test_cli_runs_grpo_from_the_recipe(nano_checkpoint, tmp_path, capsys):
+def test_cli_runs_grpo_from_the_recipe(nano_checkpoint, tmp_path, capsys, alignment_data):
+    data = alignment_data(8, 2)
     out = tmp_path / "grpo"
     code = main(["align", "--method", "grpo", "--config", str(ROOT / "configs" / "align_grpo.yaml"),
                  "--set", f"checkpoint={nano_checkpoint}", "--set", f"out_dir={out}", "--set", "iterations=1",
                  "--set", "rollout.prompts=2", "--set", "group_size=2", "--set", "train.batch_size=4",
-                 "--set", "rollout.max_new_tokens=3", "--set", "data.eval_items=2"])
+                 "--set", "rollout.max_new_tokens=3", "--set", f"data.train={data.train}",
+                 "--set", f"data.held_out={data.held_out}"])
     assert code == 0
     assert json.loads((out / "align.json").read_text())["iterations"] == 1
     assert "reward" in capsys.readouterr().out
 
 
-
-
 @pytest.mark.slow
-def test_grpo_raises_the_reward_with_a_bounded_kl(sft_checkpoint, tmp_path, reward_before_after):
+def test_grpo_raises_the_reward_with_a_bounded_kl(sft_checkpoint, tmp_path, reward_before_after, alignment_data):
     """Four colour questions, 16 answers each per iteration, from the SFT warm-up (sampled answers right about
     half the time): after 10 iterations the policy's reward on them, measured on 64 fresh samples per prompt,
     is up by at least 0.1 and the KL to the reference stays under 1 nat per answer. (A handful of prompts keeps
     the run short; the nano model does not learn left from right in that time, so held-out accuracy is not
     the point here.)"""
-    data = VQADataConfig(question_types=["color"], train_items=4, eval_items=16)
+    data = alignment_data(4, 16, ["color"])
     config = GRPOConfig(checkpoint=str(sft_checkpoint), out_dir=str(tmp_path / "grpo"), iterations=10,
                         group_size=16, epochs=2, rollout=RolloutConfig(prompts=4, max_new_tokens=4), data=data,
                         train=TrainConfig(batch_size=16, lr=1e-4, warmup_steps=0, precision="fp32",

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from vlstack.align.logprobs import encode_responses, load_engine, pack_sequences, response_ids, score_responses
-from vlstack.align.preference import VQADataConfig, prompt_request, vqa_samples
+from vlstack.align.preference import prompt_request
+from vlstack.synthetic.preferences import vqa_samples
 from vlstack.errors import ConfigError, InputError
 from vlstack.models.language import decoder
 
@@ -16,7 +17,7 @@ def engine(nano_checkpoint):
 
 @pytest.fixture(scope="module")
 def requests():
-    return [prompt_request(s, max_new_tokens=6) for s in vqa_samples(4, VQADataConfig(), "train")]
+    return [prompt_request(s, max_new_tokens=6) for s in vqa_samples(4, "train")]
 
 
 def _batch(engine, requests):
@@ -81,7 +82,7 @@ def test_pack_sequences_layout_and_bad_input():
 
 
 def test_prompts_need_exactly_one_image_and_a_checkpoint(engine, requests):
-    two = prompt_request(vqa_samples(1, VQADataConfig(), "train")[0])
+    two = prompt_request(vqa_samples(1, "train")[0])
     two.images = two.images * 2
     with pytest.raises(InputError, match="request 1 has 2 images"):
         encode_responses(engine, [requests[0], two], [[1], [1]])

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
+from vlstack.align.rollouts import RolloutConfig
 from vlstack.align.ppo import (
     KLConfig,
     KLController,
     PPOConfig,
-    RolloutConfig,
     clipped_surrogate,
     clipped_value_loss,
     gae,
@@ -18,7 +18,6 @@ from vlstack.align.ppo import (
     token_rewards,
     whiten,
 )
-from vlstack.align.preference import VQADataConfig
 from vlstack.align.reward import RewardModel
 from vlstack.errors import ConfigError
 from vlstack.infer.engine import Engine
@@ -91,17 +90,17 @@ def test_config_errors():
         PPOConfig(rollout=RolloutConfig(prompts=12), train=TrainConfig(batch_size=8))
 
 
-def _quick(checkpoint, out_dir, **fields) -> PPOConfig:
+def _quick(checkpoint, out_dir, data, **fields) -> PPOConfig:
     return PPOConfig(checkpoint=str(checkpoint), out_dir=str(out_dir), iterations=2,
                      rollout=RolloutConfig(prompts=4, max_new_tokens=3, eval_samples=1),
-                     data=VQADataConfig(train_items=8, eval_items=4),
+                     data=data,
                      train=TrainConfig(batch_size=2, lr=1e-4, warmup_steps=0, precision="fp32", measure_mfu=False,
                                        tensorboard=False), **fields)
 
 
-def test_short_run_logs_every_iteration_and_saves_the_policy(nano_checkpoint, tmp_path):
+def test_short_run_logs_every_iteration_and_saves_the_policy(nano_checkpoint, tmp_path, alignment_data):
     seen = []
-    summary = run_ppo(_quick(nano_checkpoint, tmp_path / "ppo"), on_iteration=seen.append)
+    summary = run_ppo(_quick(nano_checkpoint, tmp_path / "ppo", alignment_data(8, 4)), on_iteration=seen.append)
     lines = [json.loads(line) for line in (tmp_path / "ppo" / "align_log.jsonl").read_text().splitlines()]
     assert lines == seen and len(lines) == 2
     assert {"reward", "kl", "entropy", "clip_fraction", "value_loss", "policy_loss", "kl_coef"} <= set(lines[0])
@@ -110,11 +109,12 @@ def test_short_run_logs_every_iteration_and_saves_the_policy(nano_checkpoint, tm
     Engine.from_checkpoint(summary["checkpoint"])
 
 
-def test_reward_can_come_from_a_reward_model(nano_checkpoint, tmp_path):
+def test_reward_can_come_from_a_reward_model(nano_checkpoint, tmp_path, alignment_data):
     torch.manual_seed(0)
     RewardModel(QwenImageModel.from_pretrained(nano_checkpoint)).save_pretrained(
         tmp_path / "rm", load_tokenizer(nano_checkpoint / "tokenizer"))
-    config = _quick(nano_checkpoint, tmp_path / "ppo", reward="model", reward_model=str(tmp_path / "rm"))
+    config = _quick(nano_checkpoint, tmp_path / "ppo", alignment_data(8, 4), reward="model",
+                    reward_model=str(tmp_path / "rm"))
     summary = run_ppo(dataclasses.replace(config, iterations=1))
     record = json.loads((tmp_path / "ppo" / "align_log.jsonl").read_text())
     assert record["reward"] != record["accuracy"]  # the learned score, not the rule
@@ -122,11 +122,11 @@ def test_reward_can_come_from_a_reward_model(nano_checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_ppo_raises_the_reward_with_a_bounded_kl(sft_checkpoint, tmp_path, reward_before_after):
+def test_ppo_raises_the_reward_with_a_bounded_kl(sft_checkpoint, tmp_path, reward_before_after, alignment_data):
     """Four colour questions, 64 rollouts per iteration, from the SFT warm-up: after 10 iterations the policy's
     reward on them, measured on 64 fresh samples per prompt, is up by at least 0.1 and the KL to the reference
     stays under 1 nat per answer (see the GRPO test for why a handful of prompts)."""
-    data = VQADataConfig(question_types=["color"], train_items=4, eval_items=16)
+    data = alignment_data(4, 16, ["color"])
     config = PPOConfig(checkpoint=str(sft_checkpoint), out_dir=str(tmp_path / "ppo"), iterations=10,
                        rollout=RolloutConfig(prompts=64, max_new_tokens=4), data=data,
                        train=TrainConfig(batch_size=16, lr=1e-4, warmup_steps=0, precision="fp32", measure_mfu=False,

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from vlstack.align.logprobs import load_engine
-from vlstack.align.preference import CANDIDATES, VQADataConfig, preference_data, preference_pairs, vqa_samples
+from vlstack.align.preference import preference_data, preference_pairs
+from vlstack.synthetic.preferences import CANDIDATES, preference_samples
 from vlstack.align.reward import HEAD_NAME, RewardConfig, RewardModel, reward_objective, train_reward_model
 from vlstack.errors import CheckpointError
 from vlstack.models.vlm import QwenImageModel
@@ -22,11 +23,11 @@ def test_bradley_terry_loss_by_hand():
     assert metrics["pair_accuracy"] == 0.5
 
 
-def test_save_and_load_keep_the_scores_and_the_backbone_loads_alone(nano_checkpoint, tmp_path):
+def test_save_and_load_keep_the_scores_and_the_backbone_loads_alone(nano_checkpoint, tmp_path, alignment_data):
     engine = load_engine(str(nano_checkpoint))
     torch.manual_seed(0)
     model = RewardModel(engine.model).eval()
-    pairs = preference_data(engine, VQADataConfig(train_items=3), "train")
+    pairs = preference_data(engine, alignment_data(3, 2), "train")
     rows = {k: v[:, 0] if k != "pixel_values" else v for k, v in pairs.items()}
     model.save_pretrained(tmp_path / "rm", engine.tokenizer)
     with torch.no_grad():
@@ -38,10 +39,10 @@ def test_save_and_load_keep_the_scores_and_the_backbone_loads_alone(nano_checkpo
 
 
 @pytest.mark.long
-def test_reward_model_prefers_the_correct_answer_on_held_out_scenes(sft_checkpoint, tmp_path):
+def test_reward_model_prefers_the_correct_answer_on_held_out_scenes(sft_checkpoint, tmp_path, alignment_data):
     """Colour questions; chosen: the true colour, rejected: a colour no object in the scene has (a
     hallucination). Chance is 0.5; the target is 0.9 on 200 held-out pairs. About two CPU minutes."""
-    data = VQADataConfig(question_types=["color"], rejected="absent", train_items=1000, eval_items=200)
+    data = alignment_data(1000, 200, ["color"], "absent")
     config = RewardConfig(checkpoint=str(sft_checkpoint), out_dir=str(tmp_path / "rm"), data=data,
                           train=TrainConfig(steps=1200, batch_size=16, lr=3e-4, warmup_steps=10, precision="fp32",
                                             log_every=50, measure_mfu=False, tensorboard=False))
@@ -53,8 +54,8 @@ def test_reward_model_prefers_the_correct_answer_on_held_out_scenes(sft_checkpoi
 
 
 def test_absent_rejections_name_nothing_in_the_scene():
-    samples = vqa_samples(40, VQADataConfig(question_types=["color", "shape"]), "train")
-    for pair in preference_pairs(samples, VQADataConfig(rejected="absent"), "train"):
+    samples = preference_samples(40, "train", ["color", "shape"], "absent")
+    for pair in preference_pairs(samples):
         kind = pair.sample.meta["question_type"]
         assert pair.rejected not in {o[kind] for o in pair.sample.meta["objects"][0]}
         assert pair.rejected != pair.chosen and pair.rejected in CANDIDATES[kind]

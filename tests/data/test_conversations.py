@@ -12,12 +12,13 @@ from PIL import Image
 
 from vlstack.data.collate import IGNORE_INDEX, CollateConfig, SampleCollator
 from vlstack.data.conversations import (
+    UNSAFE_ANSWER,
     check_conversations,
     conversation_problem,
     encode_conversations,
     load_conversations,
 )
-from vlstack.synthetic.instructions import UNSAFE_ANSWER, instruction_samples
+from vlstack.synthetic.instructions import instruction_samples
 from vlstack.data.schema import ImageRef, Rejected, Sample
 from vlstack.data.sources import read_messages
 from vlstack.errors import DataError

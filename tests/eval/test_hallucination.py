@@ -7,6 +7,7 @@ import pytest
 
 from vlstack.cli import main
 from vlstack.config import from_dict
+from vlstack.synthetic.hallucination import scene_lexicon, write_hallucination_suite
 from vlstack.synthetic.scenes import caption_for, shape_scenes
 from vlstack.errors import CheckpointError, ConfigError, DataError, InputError
 from vlstack.eval.hallucination import (
@@ -32,12 +33,19 @@ from vlstack.models.config import ModelConfig
 from vlstack.train.pretrain import PretrainConfig, PretrainDataConfig, run_pretraining
 from vlstack.train.trainer import TrainConfig
 
+LEXICON = scene_lexicon()
 TINY_RUN = {"calibration_scenes": 6, "test_scenes": 6, "languages": ["en", "zh"], "pope_scenes": 2, "chair_scenes": 2,
             "caption_max_new_tokens": 4, "answer_max_new_tokens": 2, "examples": 2}
 
 
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    """A synthetic hallucination suite as small as TINY_RUN needs."""
+    return write_hallucination_suite(tmp_path_factory.mktemp("hallucination"), 6, 6, pope_scenes=2)
+
+
 def claims(text):
-    return [(e.object, e.attributes, e.place, e.negated) for e in extract_entities(text)]
+    return [(e.object, e.attributes, e.place, e.negated) for e in extract_entities(text, LEXICON)]
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -70,20 +78,20 @@ def test_entity_extraction(text, expected):
 
 def test_entity_spans_are_the_text_as_written():
     text = "Two Purple-colored triangles; 左边是红色的圆形"
-    assert [(e.text, text[e.start : e.end]) for e in extract_entities(text)] == [
+    assert [(e.text, text[e.start : e.end]) for e in extract_entities(text, LEXICON)] == [
         ("Purple-colored triangles", "Purple-colored triangles"), ("红色的圆形", "红色的圆形")]
 
 
 def test_synthetic_captions_in_both_languages_render_back_to_the_english_caption():
     for scene in shape_scenes(40, seed=5):
-        assert render(extract_entities(scene.caption)) == scene.caption
-        assert render(extract_entities(caption_for(scene.objects, "zh"))) == scene.caption
+        assert render(extract_entities(scene.caption, LEXICON), LEXICON) == scene.caption
+        assert render(extract_entities(caption_for(scene.objects, "zh"), LEXICON), LEXICON) == scene.caption
 
 
 def test_chair_hand_computed():
     captions = ["A red circle and two squares.", "a triangle next to a triangle", "nothing here", "没有正方形"]
     truth = [{"circle"}, {"circle"}, {"square"}, {"circle"}]
-    result = chair(captions, truth)
+    result = chair(captions, truth, LEXICON)
     # mentions: [circle, square], [triangle, triangle], [], [square] (a negated mention counts, as in chair.py)
     assert [s["mentioned"] for s in result["sentences"]] == [["circle", "square"], ["triangle", "triangle"], [],
                                                               ["square"]]
@@ -91,12 +99,12 @@ def test_chair_hand_computed():
     assert result["chair_s"] == pytest.approx(3 / 4)  # captions 1, 2 and 4 hallucinate
     assert result["chair_i"] == pytest.approx(4 / 5)
     assert [s["chair_i"] for s in result["sentences"]] == [0.5, 1.0, 0.0, 1.0]
-    assert chair(["a circle", "a blue disc"], [{"circle"}, {"circle"}])["chair_i"] == 0.0  # synonyms map
-    assert chair(["nothing"], [{"square"}])["chair_i"] == 0.0  # no mention: 0, where chair.py divides by zero
+    assert chair(["a circle", "a blue disc"], [{"circle"}, {"circle"}], LEXICON)["chair_i"] == 0.0  # synonyms map
+    assert chair(["nothing"], [{"square"}], LEXICON)["chair_i"] == 0.0  # no mention: 0, where chair.py divides by zero
     with pytest.raises(DataError, match="'star'.*not in the lexicon"):
-        chair(["a star"], [{"star"}])
+        chair(["a star"], [{"star"}], LEXICON)
     with pytest.raises(DataError, match="one ground-truth object list per caption"):
-        chair(["a circle"], [])
+        chair(["a circle"], [], LEXICON)
 
 
 IMAGES = {  # red circle co-occurs with blue square twice, with green triangle once
@@ -194,10 +202,10 @@ def test_calibration_is_monotone_and_ordered():
 
 def test_calibration_is_stored_with_the_checkpoint(tmp_path, nano_model, tokenizer):
     nano_model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
-    assert HallucinationDetector.from_checkpoint(tmp_path / "ckpt").calibration == Calibration()  # seed's
+    assert HallucinationDetector.from_checkpoint(tmp_path / "ckpt", LEXICON).calibration == Calibration()  # seed's
     fitted = fit_calibration([0.5, 0.7, 0.9], [0.1, 0.3, 0.6], 0.0)
     fitted.save(tmp_path / "ckpt")
-    assert HallucinationDetector.from_checkpoint(tmp_path / "ckpt").calibration == fitted
+    assert HallucinationDetector.from_checkpoint(tmp_path / "ckpt", LEXICON).calibration == fitted
     path = tmp_path / "ckpt" / CALIBRATION_FILE
     path.write_text(json.dumps({**json.loads(path.read_text()), "scorer": "phrase-cosine"}))
     with pytest.raises(CheckpointError, match="fitted for scorer 'phrase-cosine'"):
@@ -208,9 +216,9 @@ def test_calibration_is_stored_with_the_checkpoint(tmp_path, nano_model, tokeniz
 
 
 def test_detector_scores_claimed_entities(nano_model, tokenizer):
-    detector = HallucinationDetector(nano_model, tokenizer)
+    detector = HallucinationDetector(nano_model, tokenizer, LEXICON)
     scene = shape_scenes(1, seed=0)[0]
-    entities = extract_entities("a red circle on the left and a triangle")
+    entities = extract_entities("a red circle on the left and a triangle", LEXICON)
     contrasts = detector.contrasts(entities, 0)
     assert contrasts["attribute"][0] == contrasts["object"][0] == "a red circle on the left and a triangle"
     assert len(contrasts["attribute"]) == 6 and len(contrasts["object"]) == 3  # the original + the others
@@ -231,13 +239,14 @@ def test_detector_scores_claimed_entities(nano_model, tokenizer):
         detector.detect_batch(["a", "b"], [scene.image])
 
 
-def test_run_hallucination_end_to_end(tmp_path, nano_model, tokenizer):
+def test_run_hallucination_end_to_end(tmp_path, nano_model, tokenizer, suite):
     nano_model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
-    results = run_hallucination(tmp_path / "ckpt", HallucinationConfig(**TINY_RUN), out_dir=tmp_path / "out")
+    results = run_hallucination(tmp_path / "ckpt", HallucinationConfig(**TINY_RUN, data=str(suite)),
+                                out_dir=tmp_path / "out")
 
     detector = results["detector"]
     assert detector["calibration"]["fitted"] and detector["scenes"] == 6
-    stored = HallucinationDetector.from_checkpoint(tmp_path / "ckpt").calibration
+    stored = HallucinationDetector.from_checkpoint(tmp_path / "ckpt", LEXICON).calibration
     assert stored.fitted and (stored.low, stored.high) == (detector["calibration"]["low"],
                                                            detector["calibration"]["high"])
     assert set(detector["languages"]) == {"en", "zh"}
@@ -270,25 +279,31 @@ def test_run_hallucination_end_to_end(tmp_path, nano_model, tokenizer):
 
     # calibrate=False keeps the stored thresholds
     again = run_hallucination(Engine.from_checkpoint(tmp_path / "ckpt"),
-                              HallucinationConfig(**{**TINY_RUN, "calibrate": False}), checkpoint=tmp_path / "ckpt")
+                              HallucinationConfig(**{**TINY_RUN, "calibrate": False}, data=str(suite)),
+                              checkpoint=tmp_path / "ckpt")
     assert again["detector"]["calibration"] == detector["calibration"]
 
 
-def test_config_errors():
-    assert HallucinationConfig.quick().languages == ["en"]
+def test_config_errors(tmp_path, nano_model, tokenizer):
     with pytest.raises(ConfigError, match="'languages' may hold en and zh"):
         HallucinationConfig(languages=["fr"])
     with pytest.raises(ConfigError, match="'pope_scenes' must be at least 1"):
         HallucinationConfig(pope_scenes=0)
+    with pytest.raises(ConfigError, match="vlstack data synth-eval"):
+        run_hallucination(Engine(nano_model, tokenizer), HallucinationConfig())
+    with pytest.raises(DataError, match="not a hallucination suite"):
+        run_hallucination(Engine(nano_model, tokenizer), HallucinationConfig(data=str(tmp_path)))
 
 
 def test_cli_eval_hallucination_only(tmp_path, nano_model, tokenizer, capsys):
     nano_model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
+    write_hallucination_suite(tmp_path / "data" / "hallucination", 6, 6, pope_scenes=2, languages=["en"])
     out = tmp_path / "eval"
     overrides = [arg for key, value in TINY_RUN.items() if key != "languages"
                  for arg in ("--set", f"hallucination.{key}={value}")]
     code = main(["eval", "--model", str(tmp_path / "ckpt"), "--benchmarks", "none", "--hallucination",
-                 "--out", str(out), "--set", "hallucination.languages=[en]", *overrides])
+                 "--data-root", str(tmp_path / "data"), "--out", str(out), "--set", "hallucination.languages=[en]",
+                 *overrides])
     assert code == 0
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["benchmarks"] == {} and results["hallucination"]["pope"]["random"]["questions"] == 8
@@ -301,16 +316,19 @@ def test_cli_eval_hallucination_only(tmp_path, nano_model, tokenizer, capsys):
 
 
 @pytest.mark.slow
-def test_detector_separates_faithful_from_hallucinated_captions_of_a_pretrained_model(tmp_path):
-    """The seed's claim, on our scorer: AUROC >= 0.85 on held-out captions (chance 0.5). A model that saw
+def test_detector_separates_faithful_from_hallucinated_captions_of_a_pretrained_model(tmp_path, pretrain_data):
+    """The article's claim, on our scorer: AUROC >= 0.85 on held-out captions (chance 0.5). A model that saw
     colours but not shapes would reach about 0.75 (colour swaps 1.0, shape swaps 0.5), so this needs both."""
     pretrain = run_pretraining(PretrainConfig(
-        model=ModelConfig.from_preset("nano"), data=PretrainDataConfig(train_samples=3000, test_samples=100),
+        model=ModelConfig.from_preset("nano"),
+        data=PretrainDataConfig(**{o.split("=")[0].removeprefix("data."): o.split("=", 1)[1]
+                                   for o in pretrain_data(3000, 100)}),
         train=TrainConfig(steps=600, batch_size=64, lr=2e-3, warmup_steps=60, log_every=100, measure_mfu=False,
                           tensorboard=False),
         out_dir=str(tmp_path / "pretrain")))
     config = HallucinationConfig(calibration_scenes=100, test_scenes=200, pope_scenes=2, chair_scenes=2,
-                                 caption_max_new_tokens=4, answer_max_new_tokens=2)
+                                 caption_max_new_tokens=4, answer_max_new_tokens=2,
+                                 data=str(write_hallucination_suite(tmp_path / "suite", 100, 200, pope_scenes=2)))
     results = run_hallucination(pretrain["checkpoint"], config)
 
     detector = results["detector"]

@@ -5,13 +5,21 @@ import json
 import pytest
 
 from vlstack.cli import main
-from vlstack.errors import DataError, VlstackError
+from vlstack.errors import ConfigError, DataError, VlstackError
 from vlstack.eval.harness import SEED_BENCHMARKS, EvalConfig, run_eval
 from vlstack.eval.report import SEED_REFERENCE
 from vlstack.synthetic.suites import write_suites
 from vlstack.infer.engine import Engine
 
-FAST = {"max_new_tokens": 3, "batch_size": 2, "synthetic_items": 4}
+FAST = {"max_new_tokens": 3, "batch_size": 2}
+
+
+@pytest.fixture(scope="module")
+def suites(tmp_path_factory):
+    """The six synthetic suites in their official formats, 4 questions each."""
+    root = tmp_path_factory.mktemp("suites")
+    write_suites(root, n=4)
+    return root
 
 
 @pytest.fixture
@@ -21,9 +29,9 @@ def checkpoint(tmp_path, nano_model, tokenizer):
     return directory
 
 
-def test_every_seed_benchmark_end_to_end_on_synthetic_suites(tmp_path, checkpoint):
+def test_every_seed_benchmark_end_to_end_on_synthetic_suites(tmp_path, checkpoint, suites):
     out = tmp_path / "eval"
-    results = run_eval(checkpoint, EvalConfig(out_dir=str(out), limit=3, **FAST))
+    results = run_eval(checkpoint, EvalConfig(out_dir=str(out), data_root=str(suites), limit=3, **FAST))
 
     assert json.loads((out / "results.json").read_text(encoding="utf-8")) == results
     assert list(results["benchmarks"]) == SEED_BENCHMARKS
@@ -45,9 +53,10 @@ def test_every_seed_benchmark_end_to_end_on_synthetic_suites(tmp_path, checkpoin
     assert "| 3 of 4 |" in markdown
 
 
-def test_cli_eval(tmp_path, checkpoint, capsys):
+def test_cli_eval(tmp_path, checkpoint, capsys, suites):
     out = tmp_path / "eval"
     code = main(["eval", "--model", str(checkpoint), "--benchmarks", "gqa, chartqa", "--out", str(out),
+                 "--data-root", str(suites),
                  "--limit", "2", *(arg for key, value in FAST.items() for arg in ("--set", f"{key}={value}"))])
     assert code == 0
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -58,7 +67,7 @@ def test_cli_eval(tmp_path, checkpoint, capsys):
 
 
 def test_unknown_benchmark_lists_the_registered_ones(capsys):
-    assert main(["eval", "--model", "nowhere", "--benchmarks", "vqav2,mmmu"]) == 2
+    assert main(["eval", "--model", "nowhere", "--benchmarks", "vqav2,mmmu", "--data-root", "x"]) == 2
     error = capsys.readouterr().err
     assert "unknown benchmark 'mmmu'" in error and "chartqa" in error and "vqarad" in error
     with pytest.raises(VlstackError, match="unknown benchmark 'nope'"):
@@ -72,6 +81,8 @@ def test_missing_data_is_a_clear_error_before_the_model_loads(tmp_path):
 
     with pytest.raises(DataError, match="data root .*absent is not a directory"):
         evaluate(tmp_path / "absent")
+    with pytest.raises(ConfigError, match="no data for gqa: pass --data-root DIR.*vlstack data synth-eval DIR"):
+        run_eval(tmp_path / "no-checkpoint", EvalConfig(benchmarks=["gqa"], out_dir=str(tmp_path / "eval")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(VlstackError, match="gqa: data folder .* does not exist; pass --data-root"):
         evaluate(tmp_path / "empty")

@@ -21,8 +21,9 @@ from vlstack.infer.onnx import (
     VISION_ONNX,
     OnnxExportConfig,
     OrtVisualEncoder,
-    calibration_pixels,
     export_checkpoint,
+    export_summary,
+    folder_pixels,
     visual_tokens,
 )
 from vlstack.infer.quantize import quantize_checkpoint
@@ -31,13 +32,21 @@ from vlstack.models.tokenizer import special_token_ids
 from vlstack.models.vlm import QwenImageModel
 
 
+def write_scenes(folder, n, seed):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, scene in enumerate(shape_scenes(n, seed=seed)):
+        scene.image.save(folder / f"scene-{i:03d}.png")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def exported(sharpened_checkpoint, tmp_path_factory):
-    """One run of `vlstack export-onnx` (export, ORT int8 dynamic + static, parity, Engine on each)."""
-    out = tmp_path_factory.mktemp("onnx") / "export"
+    """One run of `vlstack export-onnx` (export, ORT int8 dynamic + static calibrated on a folder, parity)."""
+    root = tmp_path_factory.mktemp("onnx")
+    calibration, check = write_scenes(root / "calibration", 8, seed=1), write_scenes(root / "check", 6, seed=2)
+    out = root / "export"
     assert main(["export-onnx", "--model", str(sharpened_checkpoint), "--out", str(out),
-                 "--set", "export.calibration_images=8", "--set", "export.check_images=6",
-                 "--set", "eval.benchmarks=[vqav2]", "--set", "eval.suite_items=3"]) == 0
+                 "--set", f"calibration_dir={calibration}", "--set", f"check_dir={check}"]) == 0
     return out
 
 
@@ -46,14 +55,18 @@ def pixels():
     return torch.stack([image_to_tensor(s.image, 32) for s in shape_scenes(3, seed=7)])
 
 
-def test_export_writes_three_models_and_a_report(exported, capsys):
-    assert {VISION_ONNX, INT8_DYNAMIC_ONNX, INT8_STATIC_ONNX, "export.json", "deployment_report.json"} <= {
-        p.name for p in exported.iterdir()}
-    report = json.loads((exported / "deployment_report.json").read_text())
-    assert set(report["export"]["parity_max_abs_diff"]) == {"1", "3"}
-    assert max(report["export"]["parity_max_abs_diff"].values()) <= 1e-4
-    assert set(report["engine"]) == {"pytorch", "onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static"}
-    assert report["engine"]["onnx-fp32"]["identical_answers"] == 1.0
+def test_export_writes_three_models_and_a_report(exported):
+    assert {VISION_ONNX, INT8_DYNAMIC_ONNX, INT8_STATIC_ONNX, "export.json"} <= {p.name for p in exported.iterdir()}
+    report = json.loads((exported / "export.json").read_text())
+    assert set(report["parity_max_abs_diff"]) == {"1", "3"}
+    assert max(report["parity_max_abs_diff"].values()) <= 1e-4
+    assert set(report["vs_pytorch"]) == {"fp32", "int8-dynamic", "int8-static"}
+
+
+def test_without_calibration_images_there_is_no_static_model(sharpened_checkpoint, tmp_path):
+    report = export_checkpoint(sharpened_checkpoint, tmp_path / "out", OnnxExportConfig(check_images=2))
+    assert set(report["files"]) == {"fp32", "int8-dynamic"} and max(report["parity_max_abs_diff"].values()) <= 1e-4
+    assert "calibration_dir" in export_summary(report)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -115,7 +128,7 @@ def test_bad_inputs_are_clear_errors(sharpened_checkpoint, tmp_path):
         OrtVisualEncoder(tmp_path / "absent.onnx")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="calibration_dir"):
-        calibration_pixels(OnnxExportConfig(calibration_dir=str(tmp_path / "empty")), 32)
+        export_checkpoint(sharpened_checkpoint, tmp_path / "x", OnnxExportConfig(calibration_dir=str(tmp_path / "empty")))
     int8 = quantize_checkpoint(sharpened_checkpoint, tmp_path / "int8", "int8-dynamic")
     with pytest.raises(CheckpointError, match="export the fp32 checkpoint"):
         export_checkpoint(int8, tmp_path / "out")
@@ -123,8 +136,7 @@ def test_bad_inputs_are_clear_errors(sharpened_checkpoint, tmp_path):
 
 
 def test_calibration_images_can_come_from_a_folder(tmp_path):
-    for i, scene in enumerate(shape_scenes(3, seed=9)):
-        scene.image.save(tmp_path / f"{i}.png")
+    write_scenes(tmp_path, 3, seed=9)
     (tmp_path / "notes.txt").write_text("not an image")
-    pixels = calibration_pixels(OnnxExportConfig(calibration_dir=str(tmp_path), calibration_images=2), 32)
+    pixels = folder_pixels(tmp_path, 2, 32, "calibration_dir")
     assert pixels.shape == (2, 3, 32, 32)

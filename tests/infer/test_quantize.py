@@ -111,13 +111,11 @@ def test_bad_method_bad_files_and_missing_torchao_are_clear_errors(sharpened_che
 def test_cli_quantize_writes_the_checkpoint_and_the_report(sharpened_checkpoint, tmp_path, capsys):
     out = tmp_path / "int8"
     assert main(["quantize", "--model", str(sharpened_checkpoint), "--method", "int8-dynamic", "--out", str(out),
-                 "--set", "heldout_pairs=32", "--set", "benchmarks=[vqav2]", "--set", "suite_items=2",
                  "--set", "speed_repeats=1", "--set", "speed_batch=2", "--set", "speed_tokens=8"]) == 0
-    report = json.loads((out / "deployment_report.json").read_text())
-    assert set(report["retrieval"]["delta_points"]) == {"r@1", "r@5", "itm_accuracy"}
-    assert 0.0 <= report["suites"]["identical_answers"] <= 1.0
+    report = json.loads((out / "quantize.json").read_text())
+    assert report["weight_bytes"]["int8"] < report["weight_bytes"]["fp32"]
     assert report["speed_seconds"]["speedup"]["image_path"] > 0
     assert quantization_of(out).method == "int8-dynamic"
     printed = capsys.readouterr().out
-    assert "held-out R@1" in printed and "speed-up over fp32" in printed
+    assert "speed-up over fp32" in printed and "vlstack eval" in printed
     assert main(["quantize", "--model", str(sharpened_checkpoint), "--method", "fp8", "--out", str(tmp_path / "y")]) == 2

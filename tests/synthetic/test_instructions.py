@@ -2,17 +2,15 @@
 
 import pytest
 
-from vlstack.data.conversations import conversation_problem
+from vlstack.data.conversations import REFUSAL, UNSAFE_ANSWER, conversation_problem
+from vlstack.eval.conversations import is_refusal
 from vlstack.synthetic.instructions import (
     DATASETS,
     HARMFUL_VERBS,
-    REFUSAL,
     REFUSALS,
     SAFE_VERBS,
     TARGETS,
-    UNSAFE_ANSWER,
     instruction_samples,
-    is_refusal,
 )
 from vlstack.synthetic.scenes import vqa_sample
 from vlstack.errors import DataError

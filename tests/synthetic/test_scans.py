@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from vlstack.synthetic.instructions import instruction_samples
-from vlstack.synthetic.scans import REPORT_PROMPTS, findings_text, read_findings, scan, scan_samples
+from vlstack.apps.medical import REPORT_PROMPTS
+from vlstack.synthetic.scans import findings_text, read_findings, scan, scan_samples
 from vlstack.errors import DataError
 
 

@@ -3,10 +3,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from vlstack.apps.inspection import INSPECTION_PROMPTS
 from vlstack.synthetic.instructions import instruction_samples
 from vlstack.synthetic.surfaces import (
     DEFECT_TYPES,
-    INSPECTION_PROMPTS,
     crop_samples,
     read_defect_type,
     surface_samples,

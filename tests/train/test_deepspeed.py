@@ -15,15 +15,16 @@ from vlstack.config import load_config
 from vlstack.errors import CheckpointError, ConfigError, VlstackError
 from vlstack.models.config import ModelConfig
 from vlstack.models.vlm import QwenImageModel
-from vlstack.train import deepspeed_engine
-from vlstack.train.deepspeed_engine import (
+from vlstack.train.backends import deepspeed as deepspeed_engine
+from vlstack.train.backends.deepspeed import (
     deepspeed_settings,
     load_deepspeed_config,
     load_state,
     resolve_offload,
 )
 from vlstack.train.objectives import itc_objective
-from vlstack.train.parallel import ParallelConfig, apply_activation_checkpointing
+from vlstack.models.parallelize import apply_activation_checkpointing
+from vlstack.train.config import ParallelConfig
 from vlstack.train.pretrain import PretrainConfig
 from vlstack.train.trainer import TrainConfig, Trainer
 
@@ -209,14 +210,15 @@ def test_zero3_follows_the_single_process_curve_exports_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrain_cli_under_deepspeed(tmp_path):
+def test_pretrain_cli_under_deepspeed(tmp_path, pretrain_data):
     """The README command: the mixed ITC + ITM + MLM + VTM loss in bf16 on 2 ranks, with activation
     checkpointing (which the seed's DeepSpeed config asks for)."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "vlstack.cli", "pretrain", "--config", str(ROOT / "configs" / "nano.yaml"),
                "--set", "train.parallel.mode=deepspeed", "--set", "train.activation_checkpointing=true",
-               "--set", "train.steps=8", "--set", "train.log_every=1", "--set", f"out_dir={out}"]
+               "--set", "train.steps=8", "--set", "train.log_every=1", "--set", f"out_dir={out}",
+               *[arg for o in pretrain_data() for arg in ("--set", o)]]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads((out / "pretrain.json").read_text())

@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlstack.align import stages
+from vlstack.train import finetune
 from vlstack.train.finetune import (
     DatasetSpec,
     FinetuneConfig,
     FinetuneEvalConfig,
-    MODULES,
     LoraSettings,
     StageConfig,
     add_lora,
@@ -25,7 +24,7 @@ from vlstack.cli import main
 from vlstack.config import load_config, save_yaml
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import encode_conversations
-from vlstack.synthetic.instructions import instruction_samples
+from vlstack.synthetic.instructions import instruction_samples, write_instructions
 from vlstack.errors import ConfigError, DataError
 from vlstack.models.config import ModelConfig
 from vlstack.models.vlm import QwenImageModel
@@ -36,6 +35,20 @@ from vlstack.train.trainer import TrainConfig, Trainer
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """`datasets(name, n)`: the path of a synthetic instruction dataset (train split) written once."""
+    root = tmp_path_factory.mktemp("instructions")
+
+    def path(name: str, n: int, split: str = "train") -> str:
+        folder = root / f"{name}-{split}-{n}"
+        if not folder.is_dir():
+            write_instructions(folder, name, n, split=split)
+        return str(folder)
+
+    return path
+
+
 def nano_run(out_dir, *stages: StageConfig, **train) -> FinetuneConfig:
     """A from-scratch nano run: seconds per stage."""
     return FinetuneConfig(
@@ -44,8 +57,9 @@ def nano_run(out_dir, *stages: StageConfig, **train) -> FinetuneConfig:
         eval=FinetuneEvalConfig(datasets=[], every_stage=False), out_dir=str(out_dir))
 
 
-def stage(name="general", steps=3, **fields) -> StageConfig:
-    fields.setdefault("datasets", [DatasetSpec("shapes_vqa", 24)])
+def stage(paths, name="general", steps=3, **fields) -> StageConfig:
+    """A stage on 24 shapes_vqa conversations unless `datasets` says otherwise (`paths`: the fixture)."""
+    fields.setdefault("datasets", [DatasetSpec("shapes_vqa", paths("shapes_vqa", 24))])
     return StageConfig(name, steps=steps, batch_size=8, lr=3e-3, **fields)
 
 
@@ -59,51 +73,54 @@ def weights(directory) -> dict[str, torch.Tensor]:
     (dict(lr_scale={"vit": 0.1}), "lr_scale: unknown module(s) ['vit']; valid modules: vision, projector"),
     (dict(lr_scale={"vision": 0.0}), "lr_scale: multipliers must be above 0"),
     (dict(datasets=[]), "has no data: list at least one dataset"),
-    (dict(datasets=[DatasetSpec("shapes_vqa", 0)]), "a stage needs data"),
-    (dict(datasets=[DatasetSpec("shapes")]), "unknown dataset 'shapes'; valid datasets: shapes_vqa"),
-    (dict(datasets=[DatasetSpec("file", path="missing.json")]), "dataset 'file' needs a path to an existing file"),
+    (dict(datasets=[DatasetSpec("mine", "missing.json")]), "path 'missing.json' is not a shard directory or a JSON"),
+    (dict(datasets=[DatasetSpec("mine", str(ROOT), samples=0)]), "has samples=0; use 1 or more"),
 ])
-def test_bad_recipes_fail_before_any_work(tmp_path, change, message):
-    config = nano_run(tmp_path / "run", stage("general"), stage("domain", **change))
+def test_bad_recipes_fail_before_any_work(tmp_path, change, message, datasets):
+    config = nano_run(tmp_path / "run", stage(datasets, "general"), stage(datasets, "domain", **change))
     with pytest.raises(ConfigError, match=re.escape(message)):
         run_finetune(config)
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("recipe", ["seed plan", "configs/finetune.yaml", "demo", "quick"])
-def test_shipped_recipes_are_valid(recipe):
-    config = {"seed plan": FinetuneConfig, "demo": lambda: FinetuneConfig.demo("ckpt"),
-              "quick": lambda: FinetuneConfig.quick("ckpt"),
+@pytest.mark.parametrize("recipe", ["article plan", "configs/finetune.yaml"])
+def test_shipped_recipes_are_valid_once_their_data_exists(recipe, datasets):
+    config = {"article plan": FinetuneConfig,
               "configs/finetune.yaml": lambda: load_config(FinetuneConfig, ROOT / "configs" / "finetune.yaml")}[recipe]()
-    check_config(config)
     assert [s.name for s in config.stages] == ["general", "domain", "safety"]
+    for spec in [*(spec for s in config.stages for spec in s.datasets), *config.eval.datasets]:
+        spec.path = datasets("shapes_vqa", 8)
+    for s in config.stages:
+        s.datasets = s.datasets or [DatasetSpec("shapes_vqa", datasets("shapes_vqa", 8))]
+    check_config(config)
 
 
-def test_a_malformed_conversation_file_fails_before_training(tmp_path):
+def test_a_malformed_conversation_file_fails_before_training(tmp_path, datasets):
     (tmp_path / "a.png").write_bytes(instruction_samples("shapes_vqa", 1)[0].images[0].data)
     path = tmp_path / "chat.json"
     path.write_text(json.dumps([{"id": "x", "image": "a.png", "conversations": [
         {"from": "human", "value": "<image>\nColor?"}, {"from": "gpt", "value": "red"},
         {"from": "gpt", "value": "Really red."}]}]))
-    config = nano_run(tmp_path / "run", stage("general"), stage("mine", datasets=[DatasetSpec("file", path=str(path))]))
+    config = nano_run(tmp_path / "run", stage(datasets, "general"),
+                      stage(datasets, "mine", datasets=[DatasetSpec("mine", str(path))]))
     with pytest.raises(DataError, match="x: turn 2 is 'gpt' where 'human' was expected"):
         run_finetune(config)
     assert not (tmp_path / "run").exists()
 
 
-def test_frozen_modules_are_bit_identical_and_not_in_the_optimizer(tmp_path, nano_model, tokenizer):
+def test_frozen_modules_are_bit_identical_and_not_in_the_optimizer(tmp_path, nano_model, tokenizer, datasets):
     freeze(nano_model, ["vision", "projector"])
     samples = instruction_samples("shapes_vqa", 8)
     collator = SampleCollator(tokenizer, CollateConfig(nano_model.num_image_tokens(), 128, image_size=32))
     data, _ = encode_conversations(samples, collator)
     trainer = Trainer(nano_model, sft_objective, TrainConfig(steps=1, batch_size=8, measure_mfu=False), data)
     in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    frozen = [p for module in ("vision", "projector") for name in MODULES[module]
+    frozen = [p for module in ("vision", "projector") for name in QwenImageModel.PARTS[module]
               for p in getattr(nano_model, name).parameters()]
     assert not in_optimizer & {id(p) for p in frozen}
     assert {id(p) for p in nano_model.language_model.parameters()} <= in_optimizer
 
-    config = nano_run(tmp_path / "run", stage("domain", freeze=["vision", "projector"]))
+    config = nano_run(tmp_path / "run", stage(datasets, "domain", freeze=["vision", "projector"]))
     result = run_finetune(config)["stages"]["domain"]
     before, after = weights(tmp_path / "run" / "initial"), weights(result["checkpoint"])
     for name in before:
@@ -116,7 +133,7 @@ def test_frozen_modules_are_bit_identical_and_not_in_the_optimizer(tmp_path, nan
     assert result["trainable_parameters"] == total - sum(p.numel() for p in frozen)
 
 
-def test_a_stage_lr_scale_reaches_the_optimizer(tmp_path, monkeypatch):
+def test_a_stage_lr_scale_reaches_the_optimizer(tmp_path, monkeypatch, datasets):
     rates = {}
 
     class RecordingTrainer(Trainer):
@@ -126,8 +143,9 @@ def test_a_stage_lr_scale_reaches_the_optimizer(tmp_path, monkeypatch):
             rates.update({module: {round(lr[id(p)], 9) for p in getattr(model, module).parameters()}
                           for module in ("vision", "patch_position", "language_model")})
 
-    monkeypatch.setattr(stages, "Trainer", RecordingTrainer)
-    run_finetune(nano_run(tmp_path / "run", stage("general", steps=1, lr_scale={"vision": 0.1, "projector": 2.0})))
+    monkeypatch.setattr(finetune, "Trainer", RecordingTrainer)
+    run_finetune(nano_run(tmp_path / "run", stage(datasets, "general", steps=1,
+                                                  lr_scale={"vision": 0.1, "projector": 2.0})))
     assert rates == {"vision": {3e-4}, "patch_position": {6e-3}, "language_model": {3e-3}}
 
 
@@ -153,9 +171,10 @@ def test_lora_merged_into_the_base_gives_the_same_outputs(nano_model, tokenizer)
         add_lora(QwenImageModel(nano_model.config), LoraSettings(target_modules=["no_such_layer"]))
 
 
-def test_an_interrupted_run_resumes_at_its_stage_exactly(tmp_path, monkeypatch):
-    stages = (stage("general", steps=2), stage("tuned", steps=3, lora=LoraSettings(r=4), loss="safety",
-                                               datasets=[DatasetSpec("safety", 16), DatasetSpec("shapes_vqa", 8)]))
+def test_an_interrupted_run_resumes_at_its_stage_exactly(tmp_path, monkeypatch, datasets):
+    safety = [DatasetSpec("safety", datasets("safety", 16)), DatasetSpec("shapes_vqa", datasets("shapes_vqa", 8))]
+    stages = (stage(datasets, "general", steps=2),
+              stage(datasets, "tuned", steps=3, lora=LoraSettings(r=4), loss="safety", datasets=safety))
     reference = run_finetune(nano_run(tmp_path / "reference", *stages))
 
     interrupted = nano_run(tmp_path / "run", *stages, save_every=2)
@@ -184,10 +203,11 @@ def test_an_interrupted_run_resumes_at_its_stage_exactly(tmp_path, monkeypatch):
         run_finetune(interrupted, resume=True)
 
 
-def test_cli_runs_a_recipe(tmp_path, capsys):
+def test_cli_runs_a_recipe(tmp_path, capsys, datasets):
     recipe = tmp_path / "recipe.yaml"
-    config = nano_run(tmp_path / "unused", stage("general", steps=2))
-    config.eval = FinetuneEvalConfig(datasets=["shapes_vqa", "safety"], samples=4, max_new_tokens=4)
+    config = nano_run(tmp_path / "unused", stage(datasets, "general", steps=2))
+    config.eval = FinetuneEvalConfig(datasets=[DatasetSpec(name, datasets(name, 4, "test")) for name in
+                                               ("shapes_vqa", "safety")], max_new_tokens=4)
     save_yaml(config, recipe)
     assert main(["finetune", "--config", str(recipe), "--set", f"out_dir={tmp_path / 'run'}"]) == 0
     out = capsys.readouterr().out

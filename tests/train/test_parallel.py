@@ -36,7 +36,7 @@ def test_ddp_and_fsdp2_follow_the_single_process_loss_curve(tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrain_cli_under_fsdp2_exports_a_loadable_checkpoint(tmp_path):
+def test_pretrain_cli_under_fsdp2_exports_a_loadable_checkpoint(tmp_path, pretrain_data):
     """The README command on 2 ranks: the sharded state is gathered into one model.safetensors, and the
     held-out evaluation runs on the exported model (rank 0 alone must not touch the shards)."""
     from vlstack.models.vlm import QwenImageModel
@@ -45,7 +45,8 @@ def test_pretrain_cli_under_fsdp2_exports_a_loadable_checkpoint(tmp_path):
     root = Path(__file__).resolve().parents[2]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "vlstack.cli", "pretrain", "--config", str(root / "configs" / "nano.yaml"),
-               "--set", "train.parallel.mode=fsdp2", "--set", "train.steps=4", "--set", f"out_dir={out}"]
+               "--set", "train.parallel.mode=fsdp2", "--set", "train.steps=4", "--set", f"out_dir={out}",
+               *[arg for o in pretrain_data() for arg in ("--set", o)]]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "pretrain.json").read_text())

@@ -24,9 +24,14 @@ def _losses(log: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r and not r["skipped"]}
 
 
-def test_nano_recipe_trains_checkpoints_and_exports(tmp_path, capsys):
+def sets(overrides):
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def test_nano_recipe_trains_checkpoints_and_exports(tmp_path, capsys, pretrain_data):
     out = tmp_path / "run"
-    assert main(["pretrain", "--config", NANO, "--set", f"out_dir={out}", "--set", "train.steps=6"]) == 0
+    assert main(["pretrain", "--config", NANO, "--set", f"out_dir={out}", "--set", "train.steps=6",
+                 *sets(pretrain_data())]) == 0
     results = json.loads((out / "pretrain.json").read_text())
     assert results["steps"] == 6
     assert {"itc", "itm", "mlm", "vtm"} <= set(results["history"][-1])
@@ -38,8 +43,8 @@ def test_nano_recipe_trains_checkpoints_and_exports(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
-    common = ["--config", NANO, "--set", "train.steps=60", "--set", "train.log_every=1"]
+def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path, pretrain_data):
+    common = ["--config", NANO, "--set", "train.steps=60", "--set", "train.log_every=1", *sets(pretrain_data())]
     cli = [sys.executable, "-m", "vlstack.cli", "pretrain"]
     reference = tmp_path / "reference"
     subprocess.run([*cli, *common, "--set", f"out_dir={reference}"], check=True, capture_output=True, timeout=600)
@@ -66,15 +71,20 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
 
 
 @pytest.mark.long
-def test_tiny_mixed_loss_pretraining_learns_retrieval_and_matching(tmp_path):
+def test_tiny_mixed_loss_pretraining_learns_retrieval_and_matching(tmp_path, pretrain_data):
     """The learning target: held-out image->text R@1 >= 0.6 (chance about 0.01) and ITM accuracy >= 0.85
     (chance 0.5) with the tiny preset and the mixed loss. 600 steps of 64: about 14 minutes on 2 idle
     CPU cores (R@1 0.83, ITM 0.98 when measured; 400 steps reached only 0.41 / 0.89)."""
     out = tmp_path / "run"
     overrides = ["train.steps=600", "train.batch_size=64", "train.warmup_steps=50", "train.tensorboard=false",
-                 f"out_dir={out}"]
-    assert main(["pretrain", "--config", TINY, *[arg for o in overrides for arg in ("--set", o)]]) == 0
+                 f"out_dir={out}", *pretrain_data(6000, 500)]
+    assert main(["pretrain", "--config", TINY, *sets(overrides)]) == 0
     after = json.loads((out / "pretrain.json").read_text())["after_training"]
     assert after["chance@1"] < 0.02 and after["itm_chance"] == 0.5
     assert after["r@1"] >= 0.6, after
     assert after["itm_accuracy"] >= 0.85, after
+
+
+def test_pretraining_needs_its_data_and_says_how_to_make_it(tmp_path, capsys):
+    assert main(["pretrain", "--set", f"out_dir={tmp_path}"]) == 2
+    assert "data synth --kind caption" in capsys.readouterr().err

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from vlstack.errors import CheckpointError, VlstackError
-from vlstack.train.trainer import TrainConfig, Trainer, parameter_groups, warmup_cosine
+from vlstack.train.optim import parameter_groups, warmup_cosine
+from vlstack.train.trainer import TrainConfig, Trainer
 
 
 class Regression(nn.Module):

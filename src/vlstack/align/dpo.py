@@ -31,7 +31,7 @@ from vlstack.align.preference import (
 from vlstack.errors import ConfigError
 from vlstack.models.vlm import QwenImageModel
 from vlstack.progress import progress_bar
-from vlstack.train.trainer import TrainConfig, Trainer
+from vlstack.train.trainer import TrainConfig, Trainer, resume_from
 
 
 def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
@@ -105,10 +105,11 @@ class DPOConfig:
             raise ConfigError(f"sft_weight must be 0 (plain DPO) or positive, got {self.sft_weight}")
 
 
-def run_dpo(config: DPOConfig) -> dict:
+def run_dpo(config: DPOConfig, resume: bool = False) -> dict:
     """Train with DPO; report held-out accuracy and implicit-reward accuracy before and after.
 
-    Writes OUT_DIR/train_log.jsonl, OUT_DIR/checkpoint (the aligned policy) and OUT_DIR/align.json.
+    Writes OUT_DIR/train_log.jsonl, OUT_DIR/checkpoint (the aligned policy) and OUT_DIR/align.json; with
+    `resume`, an interrupted run continues from OUT_DIR/checkpoint exactly.
     """
     engine = load_engine(config.checkpoint)
     policy = engine.model
@@ -122,7 +123,10 @@ def run_dpo(config: DPOConfig) -> dict:
     out = Path(config.out_dir)
     trainer = Trainer(policy, DPOObjective(config.beta, config.sft_weight), config.train, train_pairs, out_dir=out,
                       export=lambda directory, state: policy.write_files(directory, engine.tokenizer, state))
+    resume_from(trainer, resume)
     history = trainer.fit("DPO")
+    if trainer.step < config.train.steps:
+        return {"method": "dpo", "status": "interrupted", "step": trainer.step, "checkpoint": str(trainer.checkpoint_dir)}
     margins = config.beta * ((pair_logps(policy, held_out_pairs) - held_out_ref) @ torch.tensor([1.0, -1.0]))
     results = {
         "method": "dpo",

@@ -11,7 +11,6 @@ nothing but the KL term.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,22 +18,22 @@ from typing import Callable
 import torch
 
 from vlstack.align.logprobs import Batch, load_engine, masked_mean, score_responses
-from vlstack.align.ppo import (
+from vlstack.align.ppo import clipped_surrogate
+from vlstack.align.preference import PreferenceDataConfig, alignment_items
+from vlstack.align.rollouts import (
     RolloutConfig,
-    RunLog,
     check_minibatches,
-    clipped_surrogate,
     frozen_reference,
     generate_rollouts,
-    held_out_figures,
     prompt_batch,
     rollout_seed,
+    run_rollout_training,
+    sampling,
     score_in_chunks,
-    update_policy,
-    write_summary,
 )
-from vlstack.align.preference import PreferenceDataConfig, alignment_items
+from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
+from vlstack.infer.engine import Engine
 from vlstack.models.vlm import QwenImageModel
 from vlstack.train.trainer import TrainConfig
 
@@ -99,43 +98,45 @@ class GRPOObjective:
         }
 
 
-def run_grpo(config: GRPOConfig, on_iteration: Callable[[dict], None] | None = None) -> dict:
-    """GRPO from `config.checkpoint`; writes OUT_DIR/align_log.jsonl, OUT_DIR/checkpoint and OUT_DIR/align.json,
-    and returns the summary (reward, KL and held-out accuracy before and after)."""
-    engine = load_engine(config.checkpoint)
-    policy = engine.model
-    reference = frozen_reference(config.checkpoint)
-    train_samples = alignment_items(config.data, "train")
-    held_out = alignment_items(config.data, "held_out")
-    before = held_out_figures(engine, held_out, config.rollout)
-    G = config.group_size
-    rollouts_per_iteration = config.rollout.prompts * G
-    total_steps = config.iterations * config.epochs * rollouts_per_iteration // config.train.batch_size
-    objective = GRPOObjective(config.clip_range, config.beta)
-    out = Path(config.out_dir)
-    trainer = None
-    started = time.perf_counter()
-    with RunLog(out, config.iterations, "GRPO") as log:
-        for iteration in range(config.iterations):
-            prompts = prompt_batch(train_samples, config.rollout.prompts, iteration)
+class GRPORollouts:
+    """Makes GRPO's iteration i: `group_size` sampled answers per prompt (groups contiguous), their exact-answer
+    rewards and group-normalised advantages, the old and reference log-probabilities."""
+
+    def __init__(self, config: GRPOConfig, engine: Engine, reference: QwenImageModel, prompts: list[Sample]):
+        self.config, self.engine, self.reference, self.prompts = config, engine, reference, prompts
+
+    def __call__(self, iteration: int) -> tuple[Batch, dict[str, float]]:
+        config, policy, G = self.config, self.engine.model, self.config.group_size
+        with sampling(policy):
+            prompts = prompt_batch(self.prompts, config.rollout.prompts, iteration)
             grouped = [sample for sample in prompts for _ in range(G)]  # each prompt G times, groups contiguous
             seeds = [rollout_seed(config.train.seed, iteration, row) for row in range(len(grouped))]
-            rollouts = generate_rollouts(engine, grouped, config.rollout, seeds)
-            rewards = rollouts.rewards
+            rollouts = generate_rollouts(self.engine, grouped, config.rollout, seeds)
             old = score_in_chunks(policy, rollouts.batch)
-            ref = score_in_chunks(reference, rollouts.batch)
-            dataset = {**rollouts.batch, "old_logprobs": old.logprobs, "ref_logprobs": ref.logprobs,
-                       "advantages": group_advantages(rewards, G)}
-            trainer, update = update_policy(trainer, policy, objective, config.train, dataset, total_steps,
-                                            config.epochs, iteration)
-            sequence_kl = ((old.logprobs - ref.logprobs) * old.mask).sum(dim=1)  # [N] nats per answer
-            uniform = rewards.view(-1, G).std(dim=1) == 0  # groups that teach nothing but the KL term
-            record = {"iteration": iteration + 1, "reward": rewards.mean().item(), "kl": sequence_kl.mean().item(),
-                      "uniform_groups": uniform.float().mean().item(),
-                      "response_tokens": old.mask.sum(dim=1).mean().item(), **update,
-                      "seconds": round(time.perf_counter() - started, 2)}
-            log.write(record, ("reward", "kl", "entropy", "clip_fraction"))
-            if on_iteration is not None:
-                on_iteration(record)
-    policy.save_pretrained(out / "checkpoint", engine.tokenizer)
-    return write_summary("grpo", out, log.records, before, held_out_figures(engine, held_out, config.rollout))
+            ref = score_in_chunks(self.reference, rollouts.batch)
+        rewards = rollouts.rewards
+        dataset = {**rollouts.batch, "old_logprobs": old.logprobs, "ref_logprobs": ref.logprobs,
+                   "advantages": group_advantages(rewards, G)}
+        sequence_kl = ((old.logprobs - ref.logprobs) * old.mask).sum(dim=1)  # [N] nats per answer
+        uniform = rewards.view(-1, G).std(dim=1) == 0  # groups that teach nothing but the KL term
+        return dataset, {"reward": rewards.mean().item(), "kl": sequence_kl.mean().item(),
+                         "uniform_groups": uniform.float().mean().item(),
+                         "response_tokens": old.mask.sum(dim=1).mean().item()}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def run_grpo(config: GRPOConfig, on_iteration: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
+    """GRPO from `config.checkpoint`; writes OUT_DIR/align_log.jsonl, OUT_DIR/train_log.jsonl, OUT_DIR/checkpoint
+    (the policy, resumable) and OUT_DIR/align.json, and returns the summary (reward, KL and held-out accuracy
+    before and after). With `resume`, an interrupted run continues exactly."""
+    engine = load_engine(config.checkpoint)
+    make = GRPORollouts(config, engine, frozen_reference(config.checkpoint), alignment_items(config.data, "train"))
+    steps = config.iterations * config.epochs * config.rollout.prompts * config.group_size // config.train.batch_size
+    return run_rollout_training("grpo", engine.model, GRPOObjective(config.clip_range, config.beta), make, engine,
+                                alignment_items(config.data, "held_out"), config.rollout, config.train, steps,
+                                config.epochs, Path(config.out_dir), resume, on_iteration)

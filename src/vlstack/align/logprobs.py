@@ -25,12 +25,12 @@ Batch = dict[str, torch.Tensor]
 
 
 def load_engine(directory: str | None) -> Engine:
-    """An Engine around a checkpoint (the policy and its prompt renderer), with no image-feature cache:
-    alignment changes the vision weights, so cached features would go stale."""
+    """An Engine around a checkpoint (the policy and its prompt renderer), with no image-feature or prefix
+    cache: alignment changes the weights, so cached visual tokens or key/value states would go stale."""
     if not directory:
         raise ConfigError("alignment starts from a checkpoint: set checkpoint=DIR (a directory with config.yaml, "
                           "model.safetensors and tokenizer/, e.g. the SFT stage's output)")
-    return Engine.from_checkpoint(directory, EngineConfig(image_cache_bytes=0, max_batch_size=64))
+    return Engine.from_checkpoint(directory, EngineConfig(image_cache_bytes=0, prefix_cache_bytes=0, max_batch_size=64))
 
 
 def response_ids(engine: Engine, text: str) -> list[int]:

@@ -25,7 +25,7 @@ from vlstack.align.logprobs import Batch, lm_hidden, load_engine
 from vlstack.align.preference import PreferenceDataConfig, flatten_pairs, preference_data
 from vlstack.errors import CheckpointError
 from vlstack.models.vlm import QwenImageModel
-from vlstack.train.trainer import TrainConfig, Trainer
+from vlstack.train.trainer import TrainConfig, Trainer, resume_from
 
 HEAD_NAME = "reward_head.safetensors"
 
@@ -44,6 +44,9 @@ class RewardModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = scalar_head(backbone.config.language.hidden_size)
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        return self.backbone.transformer_blocks()
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Scores [B] of right-padded rows (`input_ids`, `attention_mask`, `pixel_values`)."""
@@ -119,7 +122,7 @@ class RewardConfig:
         tensorboard=False))
 
 
-def train_reward_model(config: RewardConfig) -> dict:
+def train_reward_model(config: RewardConfig, resume: bool = False) -> dict:
     """Train on pairs from the train split, report held-out pair accuracy; writes OUT_DIR/reward.json and a
     reward model at OUT_DIR/checkpoint (loadable with `RewardModel.from_pretrained`)."""
     engine = load_engine(config.checkpoint)
@@ -131,7 +134,11 @@ def train_reward_model(config: RewardConfig) -> dict:
     out = Path(config.out_dir)
     trainer = Trainer(model, reward_objective, config.train, train, out_dir=out,
                       export=lambda directory, state: model.write_files(directory, engine.tokenizer, state))
+    resume_from(trainer, resume)
     history = trainer.fit("reward model")
+    if trainer.step < config.train.steps:
+        return {"method": "reward", "status": "interrupted", "step": trainer.step,
+                "checkpoint": str(trainer.checkpoint_dir)}
     results = {
         "pair_accuracy_before": before,
         "pair_accuracy": pair_accuracy(model, held_out),

@@ -23,14 +23,17 @@ METHODS: dict[str, tuple[type, Callable[..., dict]]] = {
 """Method name -> (config class, run function)."""
 
 
-def run_alignment(config: AlignConfig) -> dict:
-    """Run the method `config` is for; returns its results (also written to `config.out_dir`)."""
+def run_alignment(config: AlignConfig, resume: bool = False) -> dict:
+    """Run the method `config` is for; returns its results (also written to `config.out_dir`). With `resume`,
+    a run interrupted in `config.out_dir` continues from its checkpoint exactly."""
     run = next(fn for cls, fn in METHODS.values() if isinstance(config, cls))
-    return run(config)
+    return run(config, resume=resume)
 
 
 def summary(results: dict) -> str:
     """One line for the terminal."""
+    if results.get("status") == "interrupted":
+        return f"{results['method']}: interrupted at step {results['step']}; continue with --resume"
     if "pair_accuracy" in results:
         return (f"reward model: held-out pair accuracy {results['pair_accuracy']:.3f} (before "
                 f"{results['pair_accuracy_before']:.3f}, chance 0.5); checkpoint: {results['checkpoint']}")

@@ -35,6 +35,7 @@ from vlstack.demo.apps import inspection_demo, medical_demo, pointcloud_demo
 from vlstack.demo.deployment import deployment_figures
 from vlstack.demo.recipes import DemoAppsConfig, DemoCleanConfig, DemoConfig
 from vlstack.demo.report import markdown
+from vlstack.errors import VlstackError
 from vlstack.eval.hallucination import run_hallucination, summarize
 from vlstack.eval.harness import run_eval, versions
 from vlstack.models.tokenizer import train_tokenizer
@@ -153,6 +154,9 @@ def _finetune_stage(config: DemoConfig, checkpoint: str, out: Path) -> dict:
                                  datasets=[_located(spec, held_out) for spec in config.finetune.eval.datasets]))
     shutil.rmtree(finetune.out_dir, ignore_errors=True)
     results = run_finetune(finetune)
+    interrupted = [name for name, stage in results["stages"].items() if stage["status"] == "interrupted"]
+    if interrupted:
+        raise VlstackError(f"fine-tuning stage {interrupted[0]!r} was interrupted (SIGTERM); run the demo again")
     return {
         "stages": {name: {k: stage.get(k) for k in ("steps", "first_loss", "final_loss", "samples", "seconds")}
                    for name, stage in results["stages"].items()},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -52,6 +53,16 @@ class VLMOutput:
 
 
 class QwenImageModel(nn.Module):
+    PARTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "vision": ("vision",),
+        "projector": ("projector", "patch_position"),
+        "fusion": ("fusion", "itc", "itm", "mlm", "vtm"),
+        "language": ("language_model",),
+    }
+    """The parts a fine-tuning stage can freeze or train at its own rate -> their submodules (whose names
+    are also the parameter-name prefixes). `fusion` is the fusion encoder with the pretraining heads (the
+    generation path does not use them, so they never change in SFT anyway)."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         language_model, language_cfg = build_language_model(config.language)
@@ -69,6 +80,17 @@ class QwenImageModel(nn.Module):
             module.apply(_init_weights)
         self.patch_position = PositionTable(t, config.vision.image_size // config.vision.patch_size,
                                             std=PATCH_POSITION_STD)
+
+    # --- structure, for generic training code (train/, align/, models/parallelize.py) ---------
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The repeated blocks of the vision tower, the language model and the fusion encoder: the units
+        FSDP2 shards, activation checkpointing recomputes and torch.compile compiles."""
+        return [*self.vision.blocks, *decoder(self.language_model).layers, *self.fusion.blocks]
+
+    def part(self, name: str) -> list[nn.Module]:
+        """The submodules of part `name` of `PARTS`."""
+        return [getattr(self, attribute) for attribute in self.PARTS[name]]
 
     # --- pretraining path ---------------------------------------------------------------
 

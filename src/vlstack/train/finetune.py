@@ -50,14 +50,6 @@ from vlstack.train.trainer import STATE_FILE, TrainConfig, Trainer
 
 logger = logging.getLogger(__name__)
 
-MODULES: dict[str, tuple[str, ...]] = {
-    "vision": ("vision",),
-    "projector": ("projector", "patch_position"),
-    "fusion": ("fusion", "itc", "itm", "mlm", "vtm"),
-    "language": ("language_model",),
-}
-"""Freezable parts of `QwenImageModel` -> its submodules. `fusion` is the fusion encoder with the
-pretraining heads (the generation path does not use them, so they never change in SFT anyway)."""
 STAGE_FILE = "stage.json"
 MODEL_DIR = "model"
 INITIAL_DIR = "initial"
@@ -169,9 +161,10 @@ def check_config(config: FinetuneConfig) -> None:
         if not _NAME.match(stage.name) or names.count(stage.name) > 1:
             raise ConfigError(f"{where}: name must be unique and use only letters, digits, '_' and '-'")
         for key, modules in (("freeze", stage.freeze), ("lr_scale", stage.lr_scale)):
-            unknown = [m for m in modules if m not in MODULES]
+            unknown = [m for m in modules if m not in QwenImageModel.PARTS]
             if unknown:
-                raise ConfigError(f"{where}.{key}: unknown module(s) {unknown}; valid modules: {', '.join(MODULES)}")
+                raise ConfigError(f"{where}.{key}: unknown module(s) {unknown}; valid modules: "
+                                  f"{', '.join(QwenImageModel.PARTS)}")
         if any(scale <= 0 for scale in stage.lr_scale.values()):
             raise ConfigError(f"{where}.lr_scale: multipliers must be above 0 (freeze a module to stop it training)")
         if stage.steps < 1 or stage.batch_size < 1 or stage.lr <= 0:
@@ -213,10 +206,11 @@ def dataset_samples(specs: list[DatasetSpec], where: str) -> list[Sample]:
 def freeze(model: QwenImageModel, modules: list[str]) -> None:
     """Set `requires_grad=False` on the named modules' parameters (the Trainer's optimizer skips them)."""
     for name in modules:
-        if name not in MODULES:
-            raise ConfigError(f"unknown module {name!r} in a freeze list; valid modules: {', '.join(MODULES)}")
-        for attribute in MODULES[name]:
-            getattr(model, attribute).requires_grad_(False)
+        if name not in QwenImageModel.PARTS:
+            raise ConfigError(f"unknown module {name!r} in a freeze list; valid modules: "
+                              f"{', '.join(QwenImageModel.PARTS)}")
+        for module in model.part(name):
+            module.requires_grad_(False)
 
 
 def add_lora(model: QwenImageModel, settings: LoraSettings) -> None:
@@ -269,7 +263,7 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> dict:
             break
         start = Path(result["checkpoint"])
     results["checkpoint"] = str(start)
-    results["eval"] = results["stages"][config.stages[-1].name].get("eval", {})
+    results["eval"] = results["stages"].get(config.stages[-1].name, {}).get("eval", {})
     results["seconds"] = round(time.perf_counter() - started, 1)
     (out / "finetune.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     return results
@@ -308,7 +302,7 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     tensors, rejected = encode_conversations(data[stage.name], collator, unsafe=stage.loss == "safety",
                                              description=f"encode {stage.name}")
     objective = sft_objective if stage.loss == "sft" else SafetyObjective(stage.safety)
-    lr_scale = {prefix: scale for module, scale in stage.lr_scale.items() for prefix in MODULES[module]}
+    lr_scale = {prefix: scale for module, scale in stage.lr_scale.items() for prefix in QwenImageModel.PARTS[module]}
     train = dataclasses.replace(config.train, lr=stage.lr, steps=stage.steps, batch_size=stage.batch_size,
                                 lr_scale=lr_scale)
     trainer = Trainer(model, objective, train, tensors, out_dir=stage_dir)

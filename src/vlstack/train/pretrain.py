@@ -24,7 +24,7 @@ from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel, count_parameters
 from vlstack.train.objectives import PretrainLossConfig, PretrainObjective, itc_objective
-from vlstack.train.parallel import init_distributed
+from vlstack.train.distributed import init_distributed
 from vlstack.train.trainer import TrainConfig, Trainer
 
 

@@ -2,7 +2,10 @@
 
 AdamW with warmup + cosine, gradient accumulation, global-norm clipping (correct
 under sharding), bf16 autocast or fp16 with a (sharded) gradient scaler, activation
-checkpointing, optional torch.compile, and exact resume.
+checkpointing, optional torch.compile, and exact resume. A backend
+(`vlstack.train.backends`: native single / DDP / FSDP2, or DeepSpeed) runs backward
+and the optimizer step and saves the training state; the loop, logging, skipping and
+the checkpoint layout are the same for both.
 
 Things decided identically on every rank, so no rank ever waits for another that
 took a different branch: skipping a step whose loss or gradient is not finite, and
@@ -10,51 +13,35 @@ stopping on SIGTERM. Random numbers come from a generator seeded by (seed, step,
 rank) at every step, so the random state needs no saving and a resumed run draws
 exactly what the uninterrupted run drew.
 
-Under `parallel.mode=deepspeed` a DeepSpeed engine does backward, loss scaling,
-clipping and the optimizer step (`deepspeed_engine.py`); the loop, the schedule,
-logging, skipping and checkpoint layout stay the same.
+Batches come from a `BatchSource`: `GlobalBatches` over an in-memory dataset, or any
+object with `next(rank, world)`, `state_dict()` and `load_state_dict()` (PPO's and
+GRPO's rollouts). Its position is part of every checkpoint; a source that also has
+`tensor_state()` / `load_tensor_state()` keeps tensors there too (`data.safetensors`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import signal
 import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner
+from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
 
 from vlstack.checkpoint import atomic_directory
 from vlstack.config import to_dict
 from vlstack.data.loader import GlobalBatches
-from vlstack.errors import CheckpointError, ConfigError, VlstackError
+from vlstack.errors import CheckpointError, VlstackError
+from vlstack.models.parallelize import apply_activation_checkpointing, compile_blocks
 from vlstack.progress import progress_bar
-from vlstack.train import deepspeed_engine
+from vlstack.train.backends import build_backend
+from vlstack.train.config import ParallelConfig, TrainConfig
+from vlstack.train.distributed import DistInfo, all_ranks_agree, mean_over_ranks
 from vlstack.train.flops import count_flops, matmul_peak
-from vlstack.train.parallel import (
-    DistInfo,
-    ParallelConfig,
-    all_ranks_agree,
-    apply_activation_checkpointing,
-    mean_over_ranks,
-    transformer_blocks,
-    wrap_model,
-)
 
 Batch = dict[str, torch.Tensor]
 Objective = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
@@ -62,80 +49,17 @@ Export = Callable[[Path, dict[str, torch.Tensor]], None]
 """Writes inference files (config, consolidated weights, tokenizer) into a checkpoint directory."""
 
 STATE_FILE = "trainer_state.json"
-DCP_DIR = "dcp"
+DATA_TENSORS = "data.safetensors"
+__all__ = ["Batch", "BatchSource", "Objective", "ParallelConfig", "TrainConfig", "Trainer", "resume_from"]
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation settings (seed defaults: AdamW lr 1e-4, betas 0.9/0.98, weight decay 0.01)."""
+class BatchSource(Protocol):
+    def next(self, rank: int, world: int) -> Batch:
+        """This rank's part of the next batch."""
 
-    steps: int = 1000
-    batch_size: int = 64
-    """Global batch per optimizer step, over all ranks and accumulation steps."""
-    grad_accum_steps: int = 1
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.01
-    """Applied to matrices only; norms, biases and other 1-D parameters get none."""
-    lr_scale: dict[str, float] = field(default_factory=dict)
-    """Learning-rate multipliers by parameter-name prefix: {"vision": 0.1} trains the vision tower at
-    a tenth of `lr` (LLaVA-OneVision tunes its vision tower at a fifth of the LM's rate)."""
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    """The cosine schedule decays to lr * min_lr_ratio."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip (over all shards); 0 disables it."""
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    """bf16 autocast is the fast path on GPUs and on CPUs with AVX-512 bf16; fp16 adds a loss scaler."""
-    fp16_init_scale: float = 1024.0
-    """Initial fp16 loss scale (the seed's DeepSpeed config uses 1024)."""
-    activation_checkpointing: bool = False
-    compile: bool = False
-    """torch.compile each transformer block (worth it on GPUs for long runs)."""
-    seed: int = 0
-    log_every: int = 10
-    save_every: int = 0
-    """Write a resumable checkpoint every n steps (0: only at the end and on SIGTERM)."""
-    max_skips_in_a_row: int = 20
-    """Stop with an error after this many consecutive non-finite steps (the run has diverged)."""
-    measure_mfu: bool = True
-    """Count the FLOPs of the first step and measure the matmul peak, to log MFU."""
-    tensorboard: bool = True
-    """Also write the logged metrics as TensorBoard events in OUT_DIR/tensorboard."""
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    def state_dict(self) -> dict[str, Any]: ...
 
-
-def parameter_groups(model: nn.Module, weight_decay: float, lr: float, lr_scale: dict[str, float]) -> list[dict]:
-    """AdamW groups: decay on weight matrices, none on norms, biases and scalars; each at `lr` times
-    the multiplier of the first `lr_scale` prefix its name starts with (1 if none)."""
-    names = [name for name, _ in model.named_parameters()]
-    unknown = [prefix for prefix in lr_scale if not any(_has_prefix(name, prefix) for name in names)]
-    if unknown:
-        top = sorted({name.split(".")[0] for name in names})
-        raise ConfigError(f"train.lr_scale names {unknown}, which match no parameter; top-level modules: {top}")
-    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            scale = next((value for prefix, value in lr_scale.items() if _has_prefix(name, prefix)), 1.0)
-            groups.setdefault((scale, param.ndim >= 2), []).append(param)
-    return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
-            for (scale, decay), params in groups.items()]
-
-
-def _groups(model: nn.Module, config: TrainConfig) -> list[dict]:
-    return parameter_groups(model, config.weight_decay, config.lr, config.lr_scale)
-
-
-def _has_prefix(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1, then cosine decay to `min_ratio` at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class ObjectiveModule(nn.Module):
@@ -151,36 +75,29 @@ class ObjectiveModule(nn.Module):
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, objective: Objective, config: TrainConfig, dataset: Batch,
-                 out_dir: Path | None = None, dist_info: DistInfo | None = None, export: Export | None = None):
-        """`dataset`: equal-length tensors, batched by row (an `attention_mask` among them counts tokens/s)."""
+    def __init__(self, model: nn.Module, objective: Objective, config: TrainConfig, data: Batch | BatchSource,
+                 out_dir: Path | None = None, dist_info: DistInfo | None = None, export: Export | None = None,
+                 on_step: Callable[[dict], None] | None = None):
+        """`data`: equal-length tensors, batched by row (an `attention_mask` among them counts tokens/s), or a
+        `BatchSource` of micro-batches of `batch_size / grad_accum_steps` rows. `on_step` sees every step's
+        record (skipped steps too) before any checkpoint of that step is written."""
         self.config = config
         self.out_dir = out_dir
         self.dist = dist_info or DistInfo(0, 1, next(model.parameters()).device)
         self.export = export
+        self.on_step = on_step
         self.model = model
         if config.batch_size % (self.dist.world * config.grad_accum_steps):
             raise VlstackError(f"train.batch_size {config.batch_size} must divide evenly into "
                                f"{self.dist.world} rank(s) x {config.grad_accum_steps} accumulation step(s)")
-        self.data = GlobalBatches(dataset, config.batch_size // config.grad_accum_steps, seed=config.seed)
+        self.data: BatchSource = (GlobalBatches(data, config.batch_size // config.grad_accum_steps, seed=config.seed)
+                                  if isinstance(data, dict) else data)
         if config.activation_checkpointing:
             apply_activation_checkpointing(model)
         if config.compile:
-            for block in transformer_blocks(model):
-                block.compile()
-        self.engine = None  # parallel.mode=deepspeed: owns backward, loss scaling, clipping and the step
-        if config.parallel.mode == "deepspeed":
-            self.engine = deepspeed_engine.build_engine(
-                ObjectiveModule(model, objective), _groups(model, config), config,
-                self.dist.world, scheduler=lambda optimizer: _lr_schedule(optimizer, config))
-            self.module, self.optimizer, self.scheduler = self.engine, self.engine.optimizer, self.engine.lr_scheduler
-        else:
-            self.module = wrap_model(ObjectiveModule(model, objective), model, config.parallel,
-                                     bf16=config.precision == "bf16")
-            # groups built after wrapping: FSDP2 replaces the parameters with sharded ones
-            self.optimizer = torch.optim.AdamW(_groups(model, config), lr=config.lr, betas=config.betas)
-            self.scheduler = _lr_schedule(self.optimizer, config)
-        self.scaler = _grad_scaler(config, self.dist.device)
+            compile_blocks(model)
+        self.backend = build_backend(ObjectiveModule(model, objective), model, config, self.dist)
+        self.module, self.optimizer = self.backend.module, self.backend.optimizer
         self.step = 0
         self.history: list[dict] = []
         self._stop_requested = False
@@ -204,6 +121,8 @@ class Trainer:
                 task = progress.add_task(description, total=cfg.steps, completed=self.step, status="")
                 while self.step < cfg.steps:
                     record = self.train_step()
+                    if self.on_step is not None:
+                        self.on_step(dict(record))
                     skips_in_a_row = skips_in_a_row + 1 if record["skipped"] else 0
                     if skips_in_a_row > cfg.max_skips_in_a_row:
                         raise VlstackError(
@@ -243,7 +162,7 @@ class Trainer:
         """One optimizer step over `grad_accum_steps` micro-batches."""
         cfg = self.config
         torch.manual_seed(((cfg.seed * 1_000_003) + self.step) * 1_009 + self.dist.rank)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.backend.zero_grad()
         losses, sums, samples, tokens = [], {}, 0, 0
         for micro in range(cfg.grad_accum_steps):
             batch = {k: v.to(self.dist.device) for k, v in self.data.next(self.dist.rank, self.dist.world).items()}
@@ -251,7 +170,7 @@ class Trainer:
                                 enabled=cfg.precision != "fp32"):
                 loss, metrics = self.module(batch)
             finite = all_ranks_agree(bool(torch.isfinite(loss)), self.dist.device)
-            self._backward(loss, finite, last=micro == cfg.grad_accum_steps - 1)
+            self.backend.backward(loss, finite, last=micro == cfg.grad_accum_steps - 1)
             if not finite:
                 return self._skip(loss.item(), "non-finite loss")
             losses.append(loss.item())
@@ -259,36 +178,14 @@ class Trainer:
                 sums[name] = sums.get(name, 0.0) + value / cfg.grad_accum_steps
             samples += _rows(batch) * self.dist.world
             tokens += _tokens(batch) * self.dist.world
-        applied, grad_norm = self._optimizer_step()
+        applied, grad_norm = self.backend.step()
         if not applied:
             return self._skip(sum(losses) / len(losses), "non-finite gradient", grad_norm)
         self.step += 1
         loss = mean_over_ranks(sum(losses) / len(losses), self.dist.device)
-        record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+        record = {"step": self.step, "loss": loss, "lr": self.backend.last_lr(), "grad_norm": grad_norm}
         record.update({name: mean_over_ranks(value, self.dist.device) for name, value in sums.items()})
         return {**record, "skipped": False, "samples": samples, "tokens": tokens}
-
-    def _backward(self, loss: torch.Tensor, finite: bool, last: bool) -> None:
-        """Accumulate one micro-batch's gradient (none for a non-finite loss: the step is dropped)."""
-        if self.engine is not None:
-            deepspeed_engine.backward_and_step(self.engine, loss, finite, last)
-        elif finite:
-            self.scaler.scale(loss / self.config.grad_accum_steps).backward()
-
-    def _optimizer_step(self) -> tuple[bool, float]:
-        """Unscale, clip and apply the accumulated gradient (the DeepSpeed engine already has);
-        returns whether it was applied (not if a gradient is non-finite on any rank) and its norm."""
-        if self.engine is not None:
-            return deepspeed_engine.step_outcome(self.engine)
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = _clip(self.model, self.config.grad_clip)
-        if not all_ranks_agree(math.isfinite(grad_norm), self.dist.device):
-            self.scaler.update()  # fp16: an overflow lowers the loss scale
-            return False, grad_norm
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return True, grad_norm
 
     def _count_step_flops(self) -> int:
         """FLOPs of one step (forward + backward, all ranks), counted on a rehearsal that changes
@@ -302,19 +199,15 @@ class Trainer:
             with torch.autocast(self.dist.device.type, dtype=_autocast_dtype(self.config.precision),
                                 enabled=self.config.precision != "fp32"):
                 loss, _ = self.module(batch)
-            if self.engine is not None:
-                self.engine.set_gradient_accumulation_boundary(False)  # accumulate only, never step
-                self.engine.backward(loss)
-            else:
-                loss.backward()
+            self.backend.rehearsal_backward(loss)
 
         _, flops = count_flops(forward_backward)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.backend.zero_grad()
         return flops * self.config.grad_accum_steps * self.dist.world
 
     def _skip(self, loss: float, reason: str, grad_norm: float | None = None) -> dict:
         """Drop the step without touching the weights; the step counter does not advance."""
-        self.optimizer.zero_grad(set_to_none=True)
+        self.backend.zero_grad()
         return {"step": self.step + 1, "loss": loss, "grad_norm": grad_norm, "skipped": True, "reason": reason,
                 "samples": 0, "tokens": 0}
 
@@ -345,50 +238,34 @@ class Trainer:
             raise VlstackError("this Trainer has no out_dir to write checkpoints to")
         return self.out_dir / "checkpoint"
 
-    @property
-    def _state_dir(self) -> str:
-        """Where a checkpoint keeps the training state: DeepSpeed's own format, or DCP."""
-        return DCP_DIR if self.engine is None else deepspeed_engine.DEEPSPEED_DIR
-
     def save_checkpoint(self) -> Path:
-        """Write the resumable state (dcp/ or deepspeed/, + trainer_state.json) and the inference files,
-        atomically."""
+        """Write the resumable state (the backend's folder, trainer_state.json, the data source's tensors)
+        and the inference files, atomically."""
         target = self.checkpoint_dir
+        state_dir = self.backend.state_dir
         staging = target.with_name(f".{target.name}.staging-{self.step}")
         if self.dist.is_main:
             staging.mkdir(parents=True, exist_ok=True)
         _barrier()
-        full = self._save_training_state(staging / self._state_dir)
+        full = self.backend.save(staging / state_dir, full_weights=self.dist.is_main and self.export is not None)
         if self.dist.is_main:
             with atomic_directory(target) as tmp:
-                (staging / self._state_dir).rename(tmp / self._state_dir)
+                (staging / state_dir).rename(tmp / state_dir)
                 (tmp / STATE_FILE).write_text(json.dumps(self._trainer_state(), indent=2), encoding="utf-8")
+                tensors = getattr(self.data, "tensor_state", dict)()
+                if tensors:
+                    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / DATA_TENSORS))
                 if self.export is not None:
                     self.export(tmp, {k.removeprefix("model."): v for k, v in full.items()})
             staging.rmdir()
         _barrier()
         return target
 
-    def _save_training_state(self, directory: Path) -> dict[str, torch.Tensor]:
-        """Every rank writes its part of the training state; returns the consolidated weights
-        for the inference export (on the main rank; empty on the others)."""
-        if self.engine is not None:
-            deepspeed_engine.save_state(self.engine, directory)
-            _barrier()
-            wanted = self.dist.is_main and self.export is not None
-            return deepspeed_engine.consolidated_weights(directory) if wanted else {}
-        model_state, optim_state = get_state_dict(self.module, self.optimizer)
-        full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        with _quiet_single_process_dcp():
-            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory))
-        return full
-
     def _trainer_state(self) -> dict:
         return {
             "step": self.step,
             "data": self.data.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            **self.backend.state_dict(),
             "world_size": self.dist.world,
             "config": to_dict(self.config),
         }
@@ -397,35 +274,27 @@ class Trainer:
         """Restore weights, optimizer, schedule, loss scale and data position from a checkpoint."""
         directory = Path(directory)
         state_file = directory / STATE_FILE
-        if not state_file.is_file() or not (directory / self._state_dir).is_dir():
-            raise CheckpointError(f"{directory} holds no training state ({STATE_FILE} and {self._state_dir}/); "
-                                  "pass the `checkpoint` directory of an earlier run's out_dir (DeepSpeed runs "
-                                  f"keep theirs in {deepspeed_engine.DEEPSPEED_DIR}/, the other modes in {DCP_DIR}/)")
+        state_dir = self.backend.state_dir
+        if not state_file.is_file() or not (directory / state_dir).is_dir():
+            raise CheckpointError(f"{directory} holds no training state ({STATE_FILE} and {state_dir}/); pass the "
+                                  "`checkpoint` directory of an earlier run's out_dir (DeepSpeed runs keep theirs in "
+                                  "deepspeed/, the other modes in dcp/)")
         try:
             state = json.loads(state_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{state_file} is corrupt ({exc}); resume from an intact checkpoint") from exc
-        if self.engine is not None:
-            deepspeed_engine.load_state(self.engine, directory / self._state_dir, state["world_size"],
-                                        self.dist.world)
-        else:
-            self._load_dcp(directory / DCP_DIR)
+        self.backend.load(directory / state_dir, state["world_size"])
         self.step = state["step"]
         self.data.load_state_dict(state["data"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if (directory / DATA_TENSORS).is_file():
+            self.data.load_tensor_state(load_file(str(directory / DATA_TENSORS)))
+        self.backend.load_state_dict(state)
 
-    def _load_dcp(self, directory: Path) -> None:
-        model_state, optim_state = get_state_dict(self.module, self.optimizer)
-        loaded = {"model": model_state, "optim": optim_state}
-        try:
-            # partial: parameters that never had a gradient (heads an objective does not use) have no
-            # optimizer state in the checkpoint, and keep the fresh (empty) state they get here
-            with _quiet_single_process_dcp():
-                dcp.load(loaded, checkpoint_id=str(directory), planner=DefaultLoadPlanner(allow_partial_load=True))
-        except Exception as exc:  # DCP raises several types for missing/mismatched entries
-            raise CheckpointError(f"cannot restore the training state from {directory}: {exc}") from exc
-        set_state_dict(self.module, self.optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+
+def resume_from(trainer: Trainer, resume: bool) -> None:
+    """`trainer.resume` from its own checkpoint when `resume` is set and an earlier run left one."""
+    if resume and (trainer.checkpoint_dir / STATE_FILE).is_file():
+        trainer.resume(trainer.checkpoint_dir)
 
 
 def _rows(batch: Batch) -> int:
@@ -445,37 +314,6 @@ def _autocast_dtype(precision: str) -> torch.dtype:
 
 def _compute_dtype(precision: str) -> torch.dtype:
     return torch.float32 if precision == "fp32" else _autocast_dtype(precision)
-
-
-def _lr_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps, config.min_lr_ratio))
-
-
-def _grad_scaler(config: TrainConfig, device: torch.device):
-    enabled = config.precision == "fp16" and config.parallel.mode != "deepspeed"  # DeepSpeed scales its own loss
-    if config.parallel.mode == "fsdp2":
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
-        return ShardedGradScaler(device.type, init_scale=config.fp16_init_scale, enabled=enabled)
-    return torch.amp.GradScaler(device.type, init_scale=config.fp16_init_scale, enabled=enabled)
-
-
-def _clip(model: nn.Module, max_norm: float) -> float:
-    """Clip the global gradient norm; under FSDP2 the norm is reduced over all shards."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
-    return float(norm)
-
-
-@contextlib.contextmanager
-def _quiet_single_process_dcp() -> Iterator[None]:
-    """DCP warns that it runs without a process group; for a single process that is the intent."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
 
 
 def _barrier() -> None:

@@ -20,6 +20,7 @@ from vlstack.synthetic.defects import DEFECT_TYPES
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_manifest, read_shards, write_shards
 from vlstack.synthetic.corpus import make_sample, synthesize
+from vlstack.synthetic.truth import score_cleaning
 from vlstack.errors import ConfigError
 
 TRUSTED_FIT, TRUSTED_CALIBRATE = 2000, 300
@@ -122,9 +123,11 @@ def cleaned(spoiled, trusted, scorer_and_threshold, tmp_path_factory):
     return out, summary
 
 
-def test_every_injected_defect_is_caught_and_few_clean_samples_are_dropped(cleaned):
-    _, summary = cleaned
-    truth = summary["ground_truth"]
+def test_every_injected_defect_is_caught_and_few_clean_samples_are_dropped(spoiled, cleaned):
+    out, _ = cleaned
+    truth = score_cleaning(spoiled, out)
+    assert json.loads((out / "ground_truth.json").read_text()) == truth
+    assert "Against the injected defects" in (out / "report.md").read_text()
     print("\ndefect                 injected  caught  recall  dropped")
     for name, row in truth["defects"].items():
         print(f"{name:22} {row['injected']:8} {row['caught']:7} {row['recall']:7.3f} {row['dropped']:8}")

@@ -1,6 +1,7 @@
-"""parallel.mode=deepspeed: ZeRO-3 through `deepspeed.initialize`, driven by the same Trainer.
+"""The DeepSpeed backend (parallel.mode=deepspeed): ZeRO-3 through `deepspeed.initialize`, driven by the
+same Trainer loop as the native backend.
 
-The DeepSpeed config (YAML or JSON, like the seed's: `configs/deepspeed_zero3.yaml`)
+The DeepSpeed config (YAML or JSON, like the article's: `configs/deepspeed_zero3.yaml`)
 says how to shard and offload; `train.*` says what to optimise. Every setting both can
 express (batch size, accumulation, lr, betas, weight decay, clipping, precision, loss
 scale) is filled into the DeepSpeed config from `train.*` where the file leaves it out,
@@ -26,23 +27,24 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from vlstack.config import read_yaml
 from vlstack.errors import CheckpointError, ConfigError, VlstackError
-
-if TYPE_CHECKING:
-    from vlstack.train.trainer import TrainConfig
+from vlstack.train.config import TrainConfig
+from vlstack.train.distributed import DistInfo
+from vlstack.train.optim import config_groups, lr_schedule
 
 logger = logging.getLogger(__name__)
 
 DEEPSPEED_DIR = "deepspeed"
 """The training state inside a checkpoint directory (DeepSpeed's layout: `latest`, `state/`)."""
 TAG = "state"
-SEED_WRAPPER = "deepspeed_config"
-"""The seed writes its config under this one top-level key; both forms are accepted."""
+ARTICLE_WRAPPER = "deepspeed_config"
+"""The article writes its config under this one top-level key; both forms are accepted."""
 OFFLOADS = ("offload_optimizer", "offload_param")
 CHECKPOINT_WRAPPER = "_checkpoint_wrapped_module."
 """What torch's activation-checkpointing wrapper adds to parameter names (its state_dict drops it)."""
@@ -73,10 +75,10 @@ def load_deepspeed_config(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
     else:
         data = read_yaml(path)
-    if set(data) == {SEED_WRAPPER}:
-        data = data[SEED_WRAPPER]
+    if set(data) == {ARTICLE_WRAPPER}:
+        data = data[ARTICLE_WRAPPER]
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: {SEED_WRAPPER} must hold a mapping, got {type(data).__name__}")
+            raise ConfigError(f"{path}: {ARTICLE_WRAPPER} must hold a mapping, got {type(data).__name__}")
     return data
 
 
@@ -284,3 +286,46 @@ def _gather_persistent_parameters(engine) -> None:
     persistent = getattr(engine.optimizer, "persistent_parameters", None)  # ZeRO-3 only
     if persistent:
         persistent[0].all_gather(persistent)
+
+
+class DeepSpeedBackend:
+    """The Trainer's backend on a DeepSpeed engine: it owns backward, loss scaling, clipping and the step."""
+
+    state_dir = DEEPSPEED_DIR
+
+    def __init__(self, module: nn.Module, model: nn.Module, config: TrainConfig, dist: DistInfo):
+        self.dist = dist
+        self.engine = build_engine(module, config_groups(model, config), config, dist.world,
+                                   scheduler=lambda optimizer: lr_schedule(optimizer, config))
+        self.module, self.optimizer = self.engine, self.engine.optimizer
+
+    def backward(self, loss: torch.Tensor, finite: bool, last: bool) -> None:
+        backward_and_step(self.engine, loss, finite, last)
+
+    def step(self) -> tuple[bool, float]:
+        return step_outcome(self.engine)
+
+    def rehearsal_backward(self, loss: torch.Tensor) -> None:
+        self.engine.set_gradient_accumulation_boundary(False)  # accumulate only, never step
+        self.engine.backward(loss)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def last_lr(self) -> float:
+        return self.engine.lr_scheduler.get_last_lr()[0]
+
+    def save(self, directory: Path, full_weights: bool) -> dict[str, torch.Tensor]:
+        save_state(self.engine, directory)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        return consolidated_weights(directory) if full_weights else {}
+
+    def load(self, directory: Path, saved_world: int) -> None:
+        load_state(self.engine, directory, saved_world, self.dist.world)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.engine.lr_scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.engine.lr_scheduler.load_state_dict(state["scheduler"])

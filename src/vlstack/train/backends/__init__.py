@@ -1,0 +1,61 @@
+"""The Trainer's backends: what runs backward and the optimizer step, and how training state is saved.
+
+Two implementations of one interface (`Backend`): `native` (one process, DDP or FSDP2, with
+PyTorch's AdamW, the warmup + cosine schedule and a gradient scaler; state in DCP) and
+`deepspeed` (a DeepSpeed ZeRO-3 engine; state in DeepSpeed's own format). The Trainer's loop is
+the same for both; `build_backend` is the one place that chooses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from vlstack.train.config import TrainConfig
+from vlstack.train.distributed import DistInfo
+
+
+class Backend(Protocol):
+    module: nn.Module
+    """What the Trainer calls forward on: the objective's module, wrapped for the parallel mode."""
+    optimizer: torch.optim.Optimizer
+    state_dir: str
+    """The folder of a checkpoint that holds this backend's training state."""
+
+    def backward(self, loss: torch.Tensor, finite: bool, last: bool) -> None:
+        """Accumulate one micro-batch's gradient (`finite`: agreed by every rank; `last`: of the step)."""
+
+    def step(self) -> tuple[bool, float]:
+        """Unscale, clip and apply the accumulated gradient: (applied, gradient norm before clipping)."""
+
+    def rehearsal_backward(self, loss: torch.Tensor) -> None:
+        """A backward pass that only accumulates (for counting a step's FLOPs); the caller drops the gradient."""
+
+    def zero_grad(self) -> None: ...
+
+    def last_lr(self) -> float: ...
+
+    def save(self, directory: Path, full_weights: bool) -> dict[str, torch.Tensor]:
+        """Write this rank's part of the training state into `directory`; returns the consolidated weights
+        (on the main rank, when `full_weights`; else empty)."""
+
+    def load(self, directory: Path, saved_world: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the backend keeps beside its state folder in trainer_state.json (schedule, loss scale)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def build_backend(module: nn.Module, model: nn.Module, config: TrainConfig, dist: DistInfo) -> Backend:
+    """The backend of `config.parallel.mode` around `module` (whose forward runs the objective on `model`)."""
+    if config.parallel.mode == "deepspeed":
+        from vlstack.train.backends.deepspeed import DeepSpeedBackend
+
+        return DeepSpeedBackend(module, model, config, dist)
+    from vlstack.train.backends.native import NativeBackend
+
+    return NativeBackend(module, model, config, dist)

@@ -1,0 +1,82 @@
+"""Process groups: which rank this is, and the decisions every rank must take alike.
+
+Launch several processes with `torchrun --nproc_per_node=N`; on CPUs the gloo backend is
+used, on GPUs NCCL. How the model is then spread over them is the backend's business
+(`vlstack.train.backends`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vlstack.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(mode: str) -> DistInfo:
+    """Join the process group that torchrun describes in the environment (or none for `single`)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if mode == "single":
+        if world > 1:
+            raise ConfigError(f"{world} processes were launched but parallel.mode is 'single'; "
+                              "set --set train.parallel.mode=ddp, fsdp2 or deepspeed")
+        return DistInfo(0, 1, _device(0))
+    if "RANK" not in os.environ:
+        raise ConfigError(f"parallel.mode={mode} needs a launcher: run under torchrun --nproc_per_node=N")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), device)
+
+
+def _device(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def all_ranks_agree(flag: bool, device: torch.device) -> bool:
+    """True only if `flag` is True on every rank, so all ranks take the same branch (no hangs)."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], device=device, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.item() / dist.get_world_size()
+
+
+def local_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Bytes of parameters (and optimizer state) held by this rank: a shard's share under FSDP2."""
+    def nbytes(t: torch.Tensor) -> int:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        return local.numel() * local.element_size()
+
+    total = sum(nbytes(p) for p in model.parameters())
+    if optimizer is not None:
+        total += sum(nbytes(v) for state in optimizer.state.values() for v in state.values()
+                     if isinstance(v, torch.Tensor) and v.ndim > 0)
+    return total
