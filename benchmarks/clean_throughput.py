@@ -31,13 +31,14 @@ from pathlib import Path
 import cv2
 import torch
 
+from vlstack.checkpoint import save_model
 from vlstack.data.clean.pipeline import CleanConfig
 from vlstack.data.clean.run import REJECTED, clean
 from vlstack.data.shards import read_shards
-from vlstack.synthetic.corpus import synthesize
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel
+from vlstack.synthetic.corpus import synthesize
 
 RUNS = (("local", 1), ("local", 2), ("ray", 2))
 
@@ -48,7 +49,7 @@ def scorer_checkpoint(directory: Path, texts: list[str]) -> Path:
     config = ModelConfig.from_preset("tiny")
     config.image_token_id = special_token_ids(tokenizer).image
     torch.manual_seed(0)
-    QwenImageModel(config).save_pretrained(directory, tokenizer)
+    save_model(QwenImageModel(config), directory, tokenizer)
     return directory
 
 

@@ -48,13 +48,13 @@ import transformers
 from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from vlstack.data.collate import image_to_tensor
-from vlstack.synthetic.scenes import shape_scenes
 from vlstack.eval.deployment import feature_cache_figures
 from vlstack.infer.engine import Engine, EngineConfig, Request, SamplingParams
 from vlstack.infer.quantize import best_seconds, linear_heavy_passes, quantize_model
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import IM_END, special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel
+from vlstack.synthetic.scenes import shape_scenes
 from vlstack.train.flops import matmul_peak
 
 QUESTIONS = ["What colour is the largest shape in this picture?", "How many shapes are there in the image?",

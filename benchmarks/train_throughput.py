@@ -26,9 +26,9 @@ import torch
 
 from vlstack.models.config import ModelConfig
 from vlstack.models.vlm import QwenImageModel
-from vlstack.train.objectives import PretrainLossConfig, PretrainObjective
 from vlstack.train.config import ParallelConfig
 from vlstack.train.distributed import init_distributed, local_bytes
+from vlstack.train.objectives import PretrainLossConfig, PretrainObjective
 from vlstack.train.trainer import TrainConfig, Trainer
 
 MODES = (("single", 1), ("ddp", 2), ("fsdp2", 2))

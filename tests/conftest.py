@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlstack.synthetic.corpus import synthesize
-from vlstack.synthetic.scenes import shape_scenes
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel
+from vlstack.synthetic.corpus import synthesize
+from vlstack.synthetic.scenes import shape_scenes
 
 # The tests' models are tiny: one intra-op thread runs them as fast as two on an idle machine and many
 # times faster on a busy one (spinning threads); multi-process tests start their own processes.

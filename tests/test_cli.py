@@ -5,16 +5,16 @@ import sys
 import pytest
 
 from vlstack.cli import main
-from vlstack.models.config import SEED_TABLE
+from vlstack.models.config import ARTICLE_TABLE
 
 
-@pytest.mark.parametrize("preset", list(SEED_TABLE))
+@pytest.mark.parametrize("preset", list(ARTICLE_TABLE))
 def test_info_json_is_within_two_percent_of_the_seed(preset, capsys):
     assert main(["info", "--preset", preset, "--json"]) == 0
     counts = json.loads(capsys.readouterr().out)
     for key in ("vision", "language", "fusion", "total"):
         assert isinstance(counts[key], int)
-        assert abs(counts[key] / SEED_TABLE[preset][key] - 1) <= 0.02
+        assert abs(counts[key] / ARTICLE_TABLE[preset][key] - 1) <= 0.02
 
 
 def test_info_table_and_overrides(capsys):

@@ -1,10 +1,12 @@
-"""Model weights on disk: safetensors only (never pickle), written atomically.
+"""A checkpoint directory and its one loader: `save_model`, `load_model` (fp32 or int8).
 
-A checkpoint is a directory (`config.yaml`, `model.safetensors`, `tokenizer/`);
-`vlstack.models.vlm` knows which files go in it, this module knows how to write
-and verify them. Weights over `max_shard_size` are split into
-`model-0000i-of-0000n.safetensors` shards with a `model.safetensors.index.json`,
-the layout `transformers` uses.
+A checkpoint is a directory: `config.yaml` (the ModelConfig), `model.safetensors`
+(safetensors only, never pickle; weights over `max_shard_size` are split into
+`model-0000i-of-0000n.safetensors` shards with a `model.safetensors.index.json`, the
+layout `transformers` uses), `tokenizer/`, and for an int8 checkpoint `quantization.yaml`
+(the int8 weights and scales in torchao's safetensors layout, the tensor-subclass
+description in the file header). Everything is written atomically. A training run adds its
+resumable state (`dcp/` or `deepspeed/`, `trainer_state.json`) beside these files.
 """
 
 from __future__ import annotations
@@ -14,21 +16,150 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Literal
 
 import torch
 from huggingface_hub import save_torch_state_dict
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
-from vlstack.errors import CheckpointError
+from vlstack.config import from_dict, read_yaml, save_yaml
+from vlstack.errors import CheckpointError, ConfigError
+from vlstack.models.config import ModelConfig
+from vlstack.models.tokenizer import load_tokenizer
+from vlstack.models.vlm import QwenImageModel
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
+QUANTIZATION_NAME = "quantization.yaml"
+METHODS: tuple[str, ...] = ("int8-dynamic", "int8-weight-only")
+Method = Literal["int8-dynamic", "int8-weight-only"]
+
+
+# --- the model: save and load -------------------------------------------------------------------
+
+
+def save_model(model: QwenImageModel, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
+    """Write `config.yaml`, `model.safetensors` and (if given) `tokenizer/` into `directory`, atomically."""
+    with atomic_directory(directory) as tmp:
+        write_model_files(model, tmp, tokenizer)
+    return Path(directory)
+
+
+def write_model_files(model: QwenImageModel, directory: Path, tokenizer: PreTrainedTokenizerBase | None = None,
+                      state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """The checkpoint files, written into an existing directory; `state_dict` replaces the model's own
+    weights (e.g. the consolidated weights of a sharded model)."""
+    save_yaml(model.config, directory / CONFIG_NAME)
+    save_weights(model.state_dict() if state_dict is None else state_dict, directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
+
+
+def model_config(directory: str | Path) -> ModelConfig:
+    """The ModelConfig a checkpoint directory was saved with."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{Path(directory)} is not a vlstack checkpoint (no {CONFIG_NAME}); pass a directory "
+                              "written by save_model() (a run's checkpoint/ or a stage's model/)")
+    return from_dict(ModelConfig, read_yaml(path))
+
+
+def load_model(directory: str | Path) -> QwenImageModel:
+    """The model of a checkpoint directory, fp32 or int8 (`quantization.yaml` says which), in eval mode.
+    An int8 model runs on torchao's kernels; `vlstack.infer.quantize.select_kernel` picks a faster one."""
+    directory = Path(directory)
+    model = QwenImageModel(model_config(directory))
+    quantization = quantization_of(directory)
+    if quantization is None:
+        load_weights(model, directory)
+        return model.eval()
+    int8_structure(model, quantization.method)  # the int8 structure the saved tensors fill
+    try:
+        model.load_state_dict(read_int8_weights(directory / WEIGHTS_NAME), assign=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the int8 weights in {directory} do not fit its config.yaml: {exc}") from exc
+    return model.eval()
+
+
+def load_checkpoint_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
+    return load_tokenizer(Path(directory) / TOKENIZER_DIR)
+
+
+# --- int8 checkpoints ---------------------------------------------------------------------------
+
+
+@dataclass
+class QuantizationConfig:
+    """What `quantization.yaml` records next to the int8 weights."""
+
+    method: Method = "int8-dynamic"
+    """int8-dynamic: int8 weights and activations; int8-weight-only: int8 weights, fp32 activations."""
+    modules: str = "every nn.Linear (vision, language model incl. lm_head, fusion, projector, heads)"
+    """Which layers hold int8 weights (informational)."""
+
+    def __post_init__(self) -> None:
+        check_method(self.method)
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"unknown quantization method {method!r}; choose one of: {', '.join(METHODS)}")
+
+
+def quantization_of(directory: str | Path) -> QuantizationConfig | None:
+    """The quantization recorded in a checkpoint directory; None for an fp32 checkpoint."""
+    path = Path(directory) / QUANTIZATION_NAME
+    return from_dict(QuantizationConfig, read_yaml(path)) if path.is_file() else None
+
+
+def int8_structure(model: nn.Module, method: str) -> None:
+    """Replace the weight of every nn.Linear by a torchao Int8Tensor (per-output-channel scales)."""
+    check_method(method)
+    from torchao import quantization as ao
+
+    config = (ao.Int8DynamicActivationInt8WeightConfig(set_inductor_config=False) if method == "int8-dynamic"
+              else ao.Int8WeightOnlyConfig(set_inductor_config=False))
+    ao.quantize_(model, config, filter_fn=lambda module, _name: isinstance(module, nn.Linear))
+
+
+def write_int8_model(model: QwenImageModel, method: str, directory: Path,
+                     tokenizer_dir: Path | None = None) -> None:
+    """The files of an int8 checkpoint of `model` (already in `int8_structure`), into an existing directory."""
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    tensors, metadata = flatten_tensor_state_dict(model.state_dict())
+    save_yaml(model.config, directory / CONFIG_NAME)
+    save_yaml(QuantizationConfig(method=method), directory / QUANTIZATION_NAME)  # type: ignore[arg-type]
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / WEIGHTS_NAME), metadata=metadata)
+    if tokenizer_dir is not None and tokenizer_dir.is_dir():
+        shutil.copytree(tokenizer_dir, directory / TOKENIZER_DIR)
+
+
+def read_int8_weights(path: Path) -> dict[str, torch.Tensor]:
+    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+
+    try:
+        with safe_open(str(path), "pt") as file:
+            metadata = file.metadata() or {}
+        tensors = load_file(str(path))
+        state, leftover = unflatten_tensor_state_dict(tensors, metadata)
+    except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a readable int8 checkpoint ({exc}); write it with "
+                              "`vlstack quantize`") from exc
+    if leftover:
+        raise CheckpointError(f"{path} holds tensors its header does not describe: {sorted(leftover)[:5]}")
+    return state
+
+
+# --- files ----------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "LoRA and loss; writes OUT_DIR/<nn>-<stage>/model/ (LoRA merged) and stage.json per stage, "
                         "and OUT_DIR/finetune.json with held-out VQA accuracy and refusal rates. The preference "
                         "stage follows with `vlstack align`.")
-    finetune.add_argument("--config", help="a YAML recipe, e.g. configs/finetune.yaml (default: the seed's plan)")
+    finetune.add_argument("--config", help="a YAML recipe, e.g. configs/finetune.yaml (default: the article's plan)")
     finetune.add_argument("--resume", action="store_true",
                           help="continue OUT_DIR: skip finished stages, resume the interrupted one")
     finetune.set_defaults(handler=_finetune)
@@ -259,14 +259,14 @@ def _command(commands, name: str, summary: str, details: str) -> argparse.Argume
 
 def _info(args: argparse.Namespace) -> int:
     from vlstack.config import apply_overrides
-    from vlstack.models.config import SEED_TABLE, ModelConfig
+    from vlstack.models.config import ARTICLE_TABLE, ModelConfig
     from vlstack.models.vlm import count_parameters
 
     config = apply_overrides(ModelConfig.from_preset(args.preset), args.overrides)
     counts = count_parameters(config)
-    seed = SEED_TABLE.get(args.preset) if not args.overrides else None
+    article = ARTICLE_TABLE.get(args.preset) if not args.overrides else None
     if args.json:
-        print(json.dumps({"preset": args.preset, **counts, **({"seed_table": seed} if seed else {})}))
+        print(json.dumps({"preset": args.preset, **counts, **({"article_table": article} if article else {})}))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -275,11 +275,11 @@ def _info(args: argparse.Namespace) -> int:
     table.add_column("component")
     table.add_column("parameters", justify="right")
     table.add_column("", justify="right")
-    if seed:
-        table.add_column("seed article", justify="right")
+    if article:
+        table.add_column("article", justify="right")
         table.add_column("difference", justify="right")
     for name, count in counts.items():
-        extra = [_human(seed[name]), f"{(count / seed[name] - 1) * 100:+.2f}%"] if seed else []
+        extra = [_human(article[name]), f"{(count / article[name] - 1) * 100:+.2f}%"] if article else []
         table.add_row(name, f"{count:,}", _human(count), *extra)
     Console().print(table)
     return 0
@@ -318,8 +318,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from vlstack.train.finetune import FinetuneConfig, run_finetune, summary
     from vlstack.config import load_config
+    from vlstack.train.finetune import FinetuneConfig, run_finetune, summary
 
     config = load_config(FinetuneConfig, args.config, args.overrides)
     print(summary(run_finetune(config, resume=args.resume)))

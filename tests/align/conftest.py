@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from vlstack.align.logprobs import load_engine
-from vlstack.align.rollouts import RolloutConfig, sampled_reward
 from vlstack.align.preference import PreferenceDataConfig, alignment_items
+from vlstack.align.rollouts import RolloutConfig, sampled_reward
+from vlstack.checkpoint import load_model, save_model
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import encode_conversations
 from vlstack.models.config import ModelConfig
@@ -50,7 +51,7 @@ def nano_checkpoint(tmp_path_factory):
     config.image_token_id = special_token_ids(tokenizer).image
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("align") / "nano"
-    QwenImageModel(config).save_pretrained(directory, tokenizer)
+    save_model(QwenImageModel(config), directory, tokenizer)
     return directory
 
 
@@ -58,7 +59,7 @@ def nano_checkpoint(tmp_path_factory):
 def sft_checkpoint(nano_checkpoint, tmp_path_factory):
     """The nano model after 400 SFT steps on colour questions (the fine-tuning stages' `sft_objective`):
     it answers with a colour, right about 70% of the time on held-out scenes."""
-    model = QwenImageModel.from_pretrained(nano_checkpoint)
+    model = load_model(nano_checkpoint)
     tokenizer = load_tokenizer(nano_checkpoint / "tokenizer")
     collator = SampleCollator(tokenizer, CollateConfig(num_image_tokens=model.num_image_tokens(), max_length=128,
                                                        image_size=model.config.vision.image_size))
@@ -67,7 +68,7 @@ def sft_checkpoint(nano_checkpoint, tmp_path_factory):
                         tensorboard=False)
     Trainer(model, sft_objective, train, data).fit("SFT warm-up")
     directory = tmp_path_factory.mktemp("align") / "sft"
-    model.save_pretrained(directory, tokenizer)
+    save_model(model, directory, tokenizer)
     return directory
 
 

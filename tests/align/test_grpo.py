@@ -9,11 +9,11 @@ import torch
 
 from vlstack.align.grpo import GRPOConfig, GRPOObjective, group_advantages, k3_kl, run_grpo
 from vlstack.align.logprobs import load_engine, score_responses
-from vlstack.align.rollouts import RolloutConfig, generate_rollouts
 from vlstack.align.preference import alignment_items
-from vlstack.synthetic.preferences import vqa_samples
+from vlstack.align.rollouts import RolloutConfig, generate_rollouts
 from vlstack.cli import main
 from vlstack.errors import ConfigError
+from vlstack.synthetic.preferences import vqa_samples
 from vlstack.train.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,9 +5,9 @@ import torch
 
 from vlstack.align.logprobs import encode_responses, load_engine, pack_sequences, response_ids, score_responses
 from vlstack.align.preference import prompt_request
-from vlstack.synthetic.preferences import vqa_samples
 from vlstack.errors import ConfigError, InputError
 from vlstack.models.language import decoder
+from vlstack.synthetic.preferences import vqa_samples
 
 
 @pytest.fixture(scope="module")

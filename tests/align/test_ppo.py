@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from vlstack.align.rollouts import RolloutConfig
 from vlstack.align.ppo import (
     KLConfig,
     KLController,
@@ -18,11 +17,12 @@ from vlstack.align.ppo import (
     token_rewards,
     whiten,
 )
-from vlstack.align.reward import RewardModel
+from vlstack.align.reward import RewardModel, save_reward_model
+from vlstack.align.rollouts import RolloutConfig
+from vlstack.checkpoint import load_model
 from vlstack.errors import ConfigError
 from vlstack.infer.engine import Engine
 from vlstack.models.tokenizer import load_tokenizer
-from vlstack.models.vlm import QwenImageModel
 from vlstack.train.trainer import TrainConfig
 
 
@@ -111,7 +111,7 @@ def test_short_run_logs_every_iteration_and_saves_the_policy(nano_checkpoint, tm
 
 def test_reward_can_come_from_a_reward_model(nano_checkpoint, tmp_path, alignment_data):
     torch.manual_seed(0)
-    RewardModel(QwenImageModel.from_pretrained(nano_checkpoint)).save_pretrained(
+    save_reward_model(RewardModel(load_model(nano_checkpoint)),
         tmp_path / "rm", load_tokenizer(nano_checkpoint / "tokenizer"))
     config = _quick(nano_checkpoint, tmp_path / "ppo", alignment_data(8, 4), reward="model",
                     reward_model=str(tmp_path / "rm"))

@@ -7,10 +7,18 @@ import torch
 
 from vlstack.align.logprobs import load_engine
 from vlstack.align.preference import preference_data, preference_pairs
-from vlstack.synthetic.preferences import CANDIDATES, preference_samples
-from vlstack.align.reward import HEAD_NAME, RewardConfig, RewardModel, reward_objective, train_reward_model
+from vlstack.align.reward import (
+    HEAD_NAME,
+    RewardConfig,
+    RewardModel,
+    load_reward_model,
+    reward_objective,
+    save_reward_model,
+    train_reward_model,
+)
+from vlstack.checkpoint import load_model
 from vlstack.errors import CheckpointError
-from vlstack.models.vlm import QwenImageModel
+from vlstack.synthetic.preferences import CANDIDATES, preference_samples
 from vlstack.train.trainer import TrainConfig
 
 
@@ -29,13 +37,13 @@ def test_save_and_load_keep_the_scores_and_the_backbone_loads_alone(nano_checkpo
     model = RewardModel(engine.model).eval()
     pairs = preference_data(engine, alignment_data(3, 2), "train")
     rows = {k: v[:, 0] if k != "pixel_values" else v for k, v in pairs.items()}
-    model.save_pretrained(tmp_path / "rm", engine.tokenizer)
+    save_reward_model(model, tmp_path / "rm", engine.tokenizer)
     with torch.no_grad():
-        torch.testing.assert_close(RewardModel.from_pretrained(tmp_path / "rm")(rows), model(rows), rtol=0, atol=0)
-    QwenImageModel.from_pretrained(tmp_path / "rm")  # an ordinary checkpoint, plus the head
+        torch.testing.assert_close(load_reward_model(tmp_path / "rm")(rows), model(rows), rtol=0, atol=0)
+    load_model(tmp_path / "rm")  # an ordinary checkpoint, plus the head
     (tmp_path / "rm" / HEAD_NAME).unlink()
     with pytest.raises(CheckpointError, match="is not a reward model"):
-        RewardModel.from_pretrained(tmp_path / "rm")
+        load_reward_model(tmp_path / "rm")
 
 
 @pytest.mark.long
@@ -50,7 +58,7 @@ def test_reward_model_prefers_the_correct_answer_on_held_out_scenes(sft_checkpoi
     assert results["chance"] == 0.5 and results["held_out_pairs"] == 200
     assert results["pair_accuracy"] >= 0.9, results["pair_accuracy"]
     assert results["pair_accuracy_before"] < 0.7
-    RewardModel.from_pretrained(results["checkpoint"])
+    load_reward_model(results["checkpoint"])
 
 
 def test_absent_rejections_name_nothing_in_the_scene():

@@ -16,6 +16,7 @@ from vlstack.apps.embodied import (
     run_episode,
     scripted_episode,
 )
+from vlstack.checkpoint import save_model
 from vlstack.cli import main
 from vlstack.errors import InputError
 
@@ -160,7 +161,7 @@ def test_a_nano_model_plans_through_the_engine_from_the_cli(nano_model, tokenize
         for param in nano_model.language_model.parameters():
             if param.ndim == 2:
                 param.normal_(0, 0.5)
-    nano_model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
+    save_model(nano_model, tmp_path / "ckpt", tokenizer=tokenizer)
     out = tmp_path / "runs"
     code = main(["embodied", "--env", EMPTY, "--model", str(tmp_path / "ckpt"), "--out", str(out), "--episodes", "2",
                  "--set", "episode.max_plans=2", "--set", "episode.save_frames=false",

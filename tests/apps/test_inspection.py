@@ -6,13 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from vlstack.demo.apps import write_video
 from vlstack.apps.detectors import ClassicalDetector, detection_counts, match_boxes, precision_recall
 from vlstack.apps.inspection import InspectionConfig, build_detector, frames_from, run_inspection
+from vlstack.checkpoint import save_model
 from vlstack.cli import main
-from vlstack.synthetic.surfaces import surface_set
+from vlstack.demo.apps import write_video
 from vlstack.errors import ConfigError, InputError
 from vlstack.infer.engine import Engine
+from vlstack.synthetic.surfaces import surface_set
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_the_yolo_adapter_names_the_package_it_needs(tmp_path):
 
 
 def test_cli_inspects_a_folder(tmp_path, line, nano_model, tokenizer, capsys):
-    nano_model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
+    save_model(nano_model, tmp_path / "ckpt", tokenizer=tokenizer)
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, item in enumerate(line.images[:2]):

@@ -16,13 +16,14 @@ from pydicom.uid import UID
 from vlstack.apps.deid import METHOD, Deidentifier
 from vlstack.apps.dicom import read_folder, render, write_dicom
 from vlstack.apps.medical import MedicalConfig, run_medical
+from vlstack.checkpoint import save_model
 from vlstack.cli import main
-from vlstack.synthetic.scans import scan
 from vlstack.errors import CheckpointError, DataError
 from vlstack.infer.engine import Engine
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import special_token_ids
 from vlstack.models.vlm import QwenImageModel
+from vlstack.synthetic.scans import scan
 
 PHI = {
     "PatientName": "Zhangsecret^Weihidden", "PatientID": "PID-99887766", "PatientBirthDate": "19290102",
@@ -40,7 +41,7 @@ def checkpoint(tmp_path_factory, tokenizer) -> Path:
     config.image_token_id = special_token_ids(tokenizer).image
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("medical") / "nano"
-    QwenImageModel(config).save_pretrained(path, tokenizer=tokenizer)
+    save_model(QwenImageModel(config), path, tokenizer=tokenizer)
     return path
 
 

@@ -18,11 +18,11 @@ from vlstack.data.conversations import (
     encode_conversations,
     load_conversations,
 )
-from vlstack.synthetic.instructions import instruction_samples
 from vlstack.data.schema import ImageRef, Rejected, Sample
 from vlstack.data.sources import read_messages
 from vlstack.errors import DataError
 from vlstack.models.tokenizer import IM_END, IM_START, special_token_ids
+from vlstack.synthetic.instructions import instruction_samples
 from vlstack.train.objectives import sft_objective
 
 PER_IMAGE = 4

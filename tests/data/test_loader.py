@@ -10,9 +10,9 @@ from vlstack.data.collate import IGNORE_INDEX, CollateConfig, SampleCollator, sa
 from vlstack.data.loader import ShardDataset, ShardStream
 from vlstack.data.schema import ImageRef, Sample
 from vlstack.data.shards import write_shards
-from vlstack.synthetic.corpus import make_sample
 from vlstack.errors import DataError
 from vlstack.models.tokenizer import special_token_ids
+from vlstack.synthetic.corpus import make_sample
 
 KINDS = ("caption", "vqa", "interleaved", "grounding")
 

@@ -6,8 +6,8 @@ import pytest
 
 from vlstack.data.schema import ImageRef, Rejected, Sample
 from vlstack.data.shards import MANIFEST, ShardWriter, iter_tar, read_manifest, read_shards, write_shards
-from vlstack.synthetic.scenes import caption_sample, interleaved_sample
 from vlstack.errors import DataError
+from vlstack.synthetic.scenes import caption_sample, interleaved_sample
 
 
 def corpus(n: int) -> list[Sample]:

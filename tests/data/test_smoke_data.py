@@ -1,8 +1,8 @@
 import torch
 
 from vlstack.data.collate import image_to_tensor, tokenize_texts
-from vlstack.synthetic.scenes import COLORS, caption_for, shape_scene
 from vlstack.errors import DataError
+from vlstack.synthetic.scenes import COLORS, caption_for, shape_scene
 
 
 def test_scenes_are_deterministic_and_captions_are_true():

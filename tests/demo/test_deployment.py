@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from vlstack.checkpoint import save_model
 from vlstack.demo.deployment import deployment_figures
 from vlstack.demo.recipes import DemoConfig
 from vlstack.models.config import ModelConfig
@@ -15,7 +16,7 @@ def test_deployment_figures_for_the_demo(tmp_path, tokenizer):
     config = ModelConfig.from_preset("nano")
     config.image_token_id = special_token_ids(tokenizer).image
     torch.manual_seed(0)
-    QwenImageModel(config).save_pretrained(tmp_path / "ckpt", tokenizer)
+    save_model(QwenImageModel(config), tmp_path / "ckpt", tokenizer)
     figures = deployment_figures(tmp_path / "ckpt", tmp_path / "deploy", DemoConfig.quick().deployment)["figures"]
     assert set(figures["int8_dynamic"]["retrieval_delta_points"]) == {"r@1", "r@5", "itm_accuracy"}
     assert figures["int8_dynamic"]["weight_bytes"]["int8"] < figures["int8_dynamic"]["weight_bytes"]["fp32"]

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from vlstack.checkpoint import load_model
 from vlstack.cli import main
-from vlstack.models.vlm import QwenImageModel
 
 
 @pytest.mark.slow
@@ -36,6 +36,6 @@ def test_quick_demo_runs_every_stage_and_learns(tmp_path, capsys):
     apps = stages["apps"]
     assert apps["medical"]["identifier_leaks"] == [] and apps["inspection"]["recall"] >= 0.9
     assert apps["pointcloud"]["test_accuracy"] > 0.6 and apps["embodied_scripted"]["success"]
-    QwenImageModel.from_pretrained(pretrain["checkpoint"])  # the saved checkpoint loads
-    QwenImageModel.from_pretrained(stages["align"]["checkpoint"])
+    load_model(pretrain["checkpoint"])  # the saved checkpoint loads
+    load_model(stages["align"]["checkpoint"])
     assert "held-out image->text R@1" in capsys.readouterr().out

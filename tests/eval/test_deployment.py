@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from vlstack.checkpoint import load_model
 from vlstack.config import load_config
 from vlstack.data.loader import pairs_to_tensors
 from vlstack.eval.deployment import DeploymentEvalConfig, compare_quantized
-from vlstack.infer.quantize import QuantizeConfig, load_model, quantize_model
+from vlstack.infer.quantize import QuantizeConfig, quantize_model
 from vlstack.models.tokenizer import load_tokenizer
 from vlstack.synthetic.scenes import shape_scenes, split_seed
 from vlstack.train.pretrain import PretrainConfig, run_pretraining

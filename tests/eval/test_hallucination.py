@@ -5,15 +5,14 @@ import json
 
 import pytest
 
+from vlstack.checkpoint import save_model
 from vlstack.cli import main
 from vlstack.config import from_dict
-from vlstack.synthetic.hallucination import scene_lexicon, write_hallucination_suite
-from vlstack.synthetic.scenes import caption_for, shape_scenes
 from vlstack.errors import CheckpointError, ConfigError, DataError, InputError
 from vlstack.eval.hallucination import (
+    ARTICLE_THRESHOLDS,
     CALIBRATION_FILE,
     LABELS,
-    SEED_THRESHOLDS,
     Calibration,
     HallucinationConfig,
     HallucinationDetector,
@@ -30,6 +29,8 @@ from vlstack.eval.hallucination import (
 from vlstack.eval.metrics import pope_metrics
 from vlstack.infer.engine import Engine
 from vlstack.models.config import ModelConfig
+from vlstack.synthetic.hallucination import scene_lexicon, write_hallucination_suite
+from vlstack.synthetic.scenes import caption_for, shape_scenes
 from vlstack.train.pretrain import PretrainConfig, PretrainDataConfig, run_pretraining
 from vlstack.train.trainer import TrainConfig
 
@@ -194,14 +195,14 @@ def test_calibration_is_monotone_and_ordered():
     assert separated.low == separated.high == pytest.approx(0.5)  # nothing uncertain
     assert separated.auroc == 1.0
     seed = Calibration()
-    assert (seed.low, seed.high, seed.fitted) == (*SEED_THRESHOLDS, False)
+    assert (seed.low, seed.high, seed.fitted) == (*ARTICLE_THRESHOLDS, False)
     assert [seed.label(s) for s in (0.1, 0.15, 0.3, 0.31)] == ["hallucination", "uncertain", "uncertain", "reliable"]
     with pytest.raises(DataError, match="both kinds"):
         fit_calibration([], [0.1])
 
 
 def test_calibration_is_stored_with_the_checkpoint(tmp_path, nano_model, tokenizer):
-    nano_model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
+    save_model(nano_model, tmp_path / "ckpt", tokenizer=tokenizer)
     assert HallucinationDetector.from_checkpoint(tmp_path / "ckpt", LEXICON).calibration == Calibration()  # seed's
     fitted = fit_calibration([0.5, 0.7, 0.9], [0.1, 0.3, 0.6], 0.0)
     fitted.save(tmp_path / "ckpt")
@@ -240,7 +241,7 @@ def test_detector_scores_claimed_entities(nano_model, tokenizer):
 
 
 def test_run_hallucination_end_to_end(tmp_path, nano_model, tokenizer, suite):
-    nano_model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
+    save_model(nano_model, tmp_path / "ckpt", tokenizer=tokenizer)
     results = run_hallucination(tmp_path / "ckpt", HallucinationConfig(**TINY_RUN, data=str(suite)),
                                 out_dir=tmp_path / "out")
 
@@ -296,7 +297,7 @@ def test_config_errors(tmp_path, nano_model, tokenizer):
 
 
 def test_cli_eval_hallucination_only(tmp_path, nano_model, tokenizer, capsys):
-    nano_model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
+    save_model(nano_model, tmp_path / "ckpt", tokenizer=tokenizer)
     write_hallucination_suite(tmp_path / "data" / "hallucination", 6, 6, pope_scenes=2, languages=["en"])
     out = tmp_path / "eval"
     overrides = [arg for key, value in TINY_RUN.items() if key != "languages"

@@ -4,12 +4,13 @@ import json
 
 import pytest
 
+from vlstack.checkpoint import save_model
 from vlstack.cli import main
 from vlstack.errors import ConfigError, DataError, VlstackError
-from vlstack.eval.harness import SEED_BENCHMARKS, EvalConfig, run_eval
-from vlstack.eval.report import SEED_REFERENCE
-from vlstack.synthetic.suites import write_suites
+from vlstack.eval.harness import ARTICLE_BENCHMARKS, EvalConfig, run_eval
+from vlstack.eval.report import ARTICLE_REFERENCE
 from vlstack.infer.engine import Engine
+from vlstack.synthetic.suites import write_suites
 
 FAST = {"max_new_tokens": 3, "batch_size": 2}
 
@@ -25,7 +26,7 @@ def suites(tmp_path_factory):
 @pytest.fixture
 def checkpoint(tmp_path, nano_model, tokenizer):
     directory = tmp_path / "ckpt"
-    nano_model.save_pretrained(directory, tokenizer=tokenizer)
+    save_model(nano_model, directory, tokenizer=tokenizer)
     return directory
 
 
@@ -34,7 +35,7 @@ def test_every_seed_benchmark_end_to_end_on_synthetic_suites(tmp_path, checkpoin
     results = run_eval(checkpoint, EvalConfig(out_dir=str(out), data_root=str(suites), limit=3, **FAST))
 
     assert json.loads((out / "results.json").read_text(encoding="utf-8")) == results
-    assert list(results["benchmarks"]) == SEED_BENCHMARKS
+    assert list(results["benchmarks"]) == ARTICLE_BENCHMARKS
     assert set(results["versions"]) >= {"vlstack", "torch", "transformers"}
     assert results["config"]["limit"] == 3 and results["seconds"] > 0
     for name, bench in results["benchmarks"].items():
@@ -46,10 +47,10 @@ def test_every_seed_benchmark_end_to_end_on_synthetic_suites(tmp_path, checkpoin
         assert 0.0 <= bench["metrics"][bench["primary"]] <= 100.0
     markdown = (out / "report.md").read_text(encoding="utf-8")
     page = (out / "report.html").read_text(encoding="utf-8")
-    for name, (_, reference) in SEED_REFERENCE.items():
+    for name, (_, reference) in ARTICLE_REFERENCE.items():
         assert f"## {name}" in markdown and f"<h2>{name}</h2>" in page
         assert f"{reference:.1f}" in markdown and f"{reference:.1f}" in page
-    assert "| benchmark | metric | ours | seed article |" in markdown
+    assert "| benchmark | metric | ours | article |" in markdown
     assert "| 3 of 4 |" in markdown
 
 
@@ -63,7 +64,7 @@ def test_cli_eval(tmp_path, checkpoint, capsys, suites):
     assert list(results["benchmarks"]) == ["gqa", "chartqa"]
     assert [b["count"] for b in results["benchmarks"].values()] == [2, 2]
     printed = capsys.readouterr().out
-    assert "gqa: accuracy" in printed and "(seed 78.3)" in printed and "report.md" in printed
+    assert "gqa: accuracy" in printed and "(article 78.3)" in printed and "report.md" in printed
 
 
 def test_unknown_benchmark_lists_the_registered_ones(capsys):

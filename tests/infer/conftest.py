@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlstack.checkpoint import save_model
 from vlstack.infer.engine import Engine, EngineConfig
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import special_token_ids
@@ -35,5 +36,5 @@ def sharpened_checkpoint(tmp_path_factory, tokenizer):
     torch.manual_seed(0)
     model = sharpen(QwenImageModel(config))
     directory = tmp_path_factory.mktemp("sharpened") / "fp32"
-    model.save_pretrained(directory, tokenizer)
+    save_model(model, directory, tokenizer)
     return directory

@@ -1,11 +1,12 @@
 import pytest
 import torch
 
+from vlstack.checkpoint import save_model
 from vlstack.data.collate import image_to_tensor
-from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import InputError
 from vlstack.infer.engine import Engine, EngineConfig, Request, SamplingParams
 from vlstack.models.tokenizer import IMAGE
+from vlstack.synthetic.scenes import shape_scenes
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def test_prompts_over_the_positions_are_an_input_error(engine, scenes):
 
 
 def test_from_checkpoint(nano_model, tokenizer, tmp_path, scenes):
-    nano_model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
+    save_model(nano_model, tmp_path / "ckpt", tokenizer=tokenizer)
     engine = Engine.from_checkpoint(tmp_path / "ckpt")
     direct = Engine(nano_model, tokenizer)
     request = _requests(scenes)[0]

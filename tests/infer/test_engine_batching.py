@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from vlstack.synthetic.scenes import shape_scenes
 from vlstack.infer.engine import Engine, Request
 from vlstack.models.tokenizer import IMAGE
+from vlstack.synthetic.scenes import shape_scenes
 
 
 @pytest.fixture(scope="module")

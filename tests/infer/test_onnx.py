@@ -10,9 +10,9 @@ import onnx
 import pytest
 import torch
 
+from vlstack.checkpoint import load_model
 from vlstack.cli import main
 from vlstack.data.collate import image_to_tensor
-from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import CheckpointError, ConfigError, DataError
 from vlstack.infer.engine import Engine, EngineConfig, Request
 from vlstack.infer.onnx import (
@@ -30,6 +30,7 @@ from vlstack.infer.quantize import quantize_checkpoint
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import special_token_ids
 from vlstack.models.vlm import QwenImageModel
+from vlstack.synthetic.scenes import shape_scenes
 
 
 def write_scenes(folder, n, seed):
@@ -71,7 +72,7 @@ def test_without_calibration_images_there_is_no_static_model(sharpened_checkpoin
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_onnx_runtime_matches_pytorch_on_a_dynamic_batch_axis(exported, sharpened_checkpoint, pixels, batch):
-    model = QwenImageModel.from_pretrained(sharpened_checkpoint)
+    model = load_model(sharpened_checkpoint)
     encoder = OrtVisualEncoder(exported / VISION_ONNX, model)
     assert isinstance(encoder.session.get_inputs()[0].shape[0], str)  # a symbolic (dynamic) batch axis
     reference, got = visual_tokens(model, pixels[:batch]), encoder(pixels[:batch])
@@ -86,7 +87,7 @@ def test_ort_int8_models_are_quantized_and_stay_close(exported, sharpened_checkp
     ops = {node.op_type for node in onnx.load(str(exported / filename)).graph.node}
     assert quantized_op in ops
     assert (exported / filename).stat().st_size < 0.5 * (exported / VISION_ONNX).stat().st_size
-    model = QwenImageModel.from_pretrained(sharpened_checkpoint)
+    model = load_model(sharpened_checkpoint)
     reference, got = visual_tokens(model, pixels), OrtVisualEncoder(exported / filename)(pixels)
     cosine = torch.nn.functional.cosine_similarity(reference, got, dim=-1)
     assert cosine.min() > 0.99
@@ -94,7 +95,7 @@ def test_ort_int8_models_are_quantized_and_stay_close(exported, sharpened_checkp
 
 
 def test_engine_with_onnx_vision_gives_the_pytorch_greedy_outputs(exported, sharpened_checkpoint):
-    model = QwenImageModel.from_pretrained(sharpened_checkpoint)
+    model = load_model(sharpened_checkpoint)
     torch_engine = Engine.from_checkpoint(sharpened_checkpoint, EngineConfig(fast_path_max_new_tokens=0))
     onnx_engine = Engine(model, torch_engine.tokenizer, EngineConfig(fast_path_max_new_tokens=0,
                                                                      vision_onnx=str(exported / VISION_ONNX)))
@@ -119,7 +120,7 @@ def test_missing_onnxruntime_names_the_extra(exported, monkeypatch, sharpened_ch
     with pytest.raises(ConfigError, match=r"pip install 'vlstack\[onnx\]'"):
         OrtVisualEncoder(exported / VISION_ONNX)
     with pytest.raises(ConfigError, match=r"vlstack\[onnx\]"):
-        Engine(QwenImageModel.from_pretrained(sharpened_checkpoint), tokenizer,
+        Engine(load_model(sharpened_checkpoint), tokenizer,
                EngineConfig(vision_onnx=str(exported / VISION_ONNX)))
 
 

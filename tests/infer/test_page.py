@@ -9,9 +9,9 @@ import openai
 import pytest
 from playwright.sync_api import sync_playwright
 
-from vlstack.synthetic.scenes import shape_scenes
 from vlstack.infer.engine import Engine, EngineConfig
 from vlstack.infer.server import ServerConfig, create_app, serve_in_background
+from vlstack.synthetic.scenes import shape_scenes
 
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

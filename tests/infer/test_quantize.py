@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
 
+from vlstack.checkpoint import QUANTIZATION_NAME, load_model, quantization_of
 from vlstack.cli import main
-from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import CheckpointError, ConfigError
 from vlstack.infer.engine import Engine, EngineConfig, Request
-from vlstack.infer.quantize import (
-    QUANTIZATION_NAME,
-    load_model,
-    quantization_of,
-    quantize_checkpoint,
-    quantize_model,
-    weight_bytes,
-)
-from vlstack.models.vlm import QwenImageModel
+from vlstack.infer.quantize import load_for_inference, quantize_checkpoint, quantize_model, weight_bytes
+from vlstack.synthetic.scenes import shape_scenes
 
 METHODS = ["int8-dynamic", "int8-weight-only"]
 
@@ -48,7 +40,7 @@ def _inputs():
 @pytest.mark.parametrize(("method", "kernel"),
                          [("int8-dynamic", "torchao"), ("int8-dynamic", "fbgemm"), ("int8-weight-only", "auto")])
 def test_every_linear_is_int8_and_outputs_stay_close(sharpened_checkpoint, method, kernel):
-    fp32 = QwenImageModel.from_pretrained(sharpened_checkpoint)
+    fp32 = load_model(sharpened_checkpoint)
     int8 = quantize_model(copy.deepcopy(fp32), method, kernel)
     linears = [m for m in int8.modules() if isinstance(m, nn.Linear)]
     if method == "int8-dynamic" and kernel == "fbgemm":
@@ -75,8 +67,8 @@ def test_int8_checkpoint_round_trip_is_exact_and_small(sharpened_checkpoint, tmp
         qkv = [k for k in names if k.startswith("vision.blocks.0.attn") and "qkv" in k]
         assert any(file.get_tensor(k).dtype == torch.int8 for k in qkv)
     assert (out / "model.safetensors").stat().st_size < 0.6 * (sharpened_checkpoint / "model.safetensors").stat().st_size
-    loaded = load_model(out)
-    in_memory = quantize_model(QwenImageModel.from_pretrained(sharpened_checkpoint), method)
+    loaded = load_for_inference(out)  # the int8 checkpoint on the kernel quantize_model picks
+    in_memory = quantize_model(load_model(sharpened_checkpoint), method)
     with torch.no_grad():
         a, b = loaded(*_inputs()), in_memory(*_inputs())
     assert torch.equal(a.image_embeds, b.image_embeds) and torch.equal(a.mlm_logits, b.mlm_logits)
@@ -85,7 +77,7 @@ def test_int8_checkpoint_round_trip_is_exact_and_small(sharpened_checkpoint, tmp
 def test_engine_loads_an_int8_checkpoint(sharpened_checkpoint, tmp_path, requests):
     out = quantize_checkpoint(sharpened_checkpoint, tmp_path / "int8", "int8-dynamic")
     engine = Engine.from_checkpoint(out, EngineConfig(fast_path_max_new_tokens=0))
-    reference = Engine(quantize_model(QwenImageModel.from_pretrained(sharpened_checkpoint), "int8-dynamic"),
+    reference = Engine(quantize_model(load_model(sharpened_checkpoint), "int8-dynamic"),
                        engine.tokenizer, EngineConfig(fast_path_max_new_tokens=0))
     got = [r.token_ids for r in engine.generate(requests)]
     assert got == [r.token_ids for r in reference.generate(requests)]
@@ -94,7 +86,7 @@ def test_engine_loads_an_int8_checkpoint(sharpened_checkpoint, tmp_path, request
     assert all(r.token_ids for r in bf16.generate(requests))  # int8 layers take autocast's bf16 inputs
 
 
-def test_bad_method_bad_files_and_missing_torchao_are_clear_errors(sharpened_checkpoint, tmp_path, monkeypatch):
+def test_bad_method_and_bad_files_are_clear_errors(sharpened_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match="int8-dynamic, int8-weight-only"):
         quantize_checkpoint(sharpened_checkpoint, tmp_path / "x", "int4")
     assert not (tmp_path / "x").exists()
@@ -102,10 +94,8 @@ def test_bad_method_bad_files_and_missing_torchao_are_clear_errors(sharpened_che
     (out / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="vlstack quantize"):
         load_model(out)
-    monkeypatch.setitem(sys.modules, "torchao", None)
-    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
-    with pytest.raises(ConfigError, match=r"vlstack\[quantize\]"):
-        quantize_model(QwenImageModel.from_pretrained(sharpened_checkpoint), "int8-dynamic")
+    with pytest.raises(ConfigError, match="already an int8 checkpoint"):
+        quantize_checkpoint(out, tmp_path / "twice", "int8-dynamic")
 
 
 def test_cli_quantize_writes_the_checkpoint_and_the_report(sharpened_checkpoint, tmp_path, capsys):

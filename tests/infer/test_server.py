@@ -21,11 +21,12 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from vlstack.checkpoint import save_model
 from vlstack.cli import main
-from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import InputError
 from vlstack.infer.engine import Engine, EngineConfig, Request
 from vlstack.infer.server import ApiError, BatchWorker, ServerConfig, check_remote_url, create_app, serve_in_background
+from vlstack.synthetic.scenes import shape_scenes
 
 MODEL = "vlstack"
 
@@ -342,7 +343,7 @@ def test_the_chat_page_and_its_assets_are_served(start):
 
 def test_cli_serve_loads_the_checkpoint_and_takes_the_key_from_the_environment(nano_model, tokenizer, tmp_path,
                                                                                monkeypatch, images):
-    nano_model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
+    save_model(nano_model, tmp_path / "ckpt", tokenizer=tokenizer)
     launched = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: launched.update(app=app, **kwargs))
     monkeypatch.setenv("VLSTACK_API_KEY", "from-env")

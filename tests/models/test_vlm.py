@@ -2,8 +2,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from vlstack.checkpoint import load_model, save_model
 from vlstack.errors import CheckpointError, InputError
-from vlstack.models.config import SEED_TABLE, LanguageConfig, ModelConfig
+from vlstack.models.config import ARTICLE_TABLE, LanguageConfig, ModelConfig
 from vlstack.models.tokenizer import expand_image_placeholders, special_token_ids
 from vlstack.models.vlm import QwenImageModel, count_parameters
 
@@ -46,10 +47,10 @@ def test_initial_temperature_is_the_seed_value(nano_model):
     assert nano_model.itc.temperature.item() == pytest.approx(0.07)
 
 
-@pytest.mark.parametrize("name", list(SEED_TABLE))
+@pytest.mark.parametrize("name", list(ARTICLE_TABLE))
 def test_presets_match_the_seed_table_per_component(name):
     counts = count_parameters(ModelConfig.from_preset(name))
-    for component, target in SEED_TABLE[name].items():
+    for component, target in ARTICLE_TABLE[name].items():
         assert abs(counts[component] / target - 1) <= 0.02, (component, counts[component], target)
 
 
@@ -66,9 +67,9 @@ def test_language_model_is_shaped_like_qwen():
 
 def test_save_load_round_trip_is_bit_equal(nano_model, tokenizer, tmp_path):
     pixels, ids, mask = _batch(nano_model)
-    nano_model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
+    save_model(nano_model, tmp_path / "ckpt", tokenizer=tokenizer)
     assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.yaml", "model.safetensors", "tokenizer"}
-    loaded = QwenImageModel.from_pretrained(tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt")
     with torch.no_grad():
         a, b = nano_model(pixels, ids, mask), loaded(pixels, ids, mask)
     for field in ("image_embeds", "text_embeds", "fused", "itm_logits", "mlm_logits", "vtm_pred"):
@@ -89,13 +90,13 @@ def test_large_weights_are_sharded_with_an_index(nano_model, tmp_path):
 
 
 def test_saving_over_an_existing_checkpoint_replaces_it(nano_model, tmp_path):
-    nano_model.save_pretrained(tmp_path / "ckpt")
-    nano_model.save_pretrained(tmp_path / "ckpt")
+    save_model(nano_model, tmp_path / "ckpt")
+    save_model(nano_model, tmp_path / "ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp dirs left behind
 
 
 def test_wrong_architecture_names_mismatched_keys(nano_model, nano_config, tmp_path):
-    nano_model.save_pretrained(tmp_path / "ckpt")
+    save_model(nano_model, tmp_path / "ckpt")
     nano_config.fusion.layers = 2
     nano_config.vision.width = 96
     other = QwenImageModel(nano_config)
@@ -110,12 +111,12 @@ def test_wrong_architecture_names_mismatched_keys(nano_model, nano_config, tmp_p
 
 def test_missing_and_corrupt_checkpoints(nano_model, tmp_path):
     with pytest.raises(CheckpointError, match="not a vlstack checkpoint"):
-        QwenImageModel.from_pretrained(tmp_path)
-    nano_model.save_pretrained(tmp_path / "ckpt")
+        load_model(tmp_path)
+    save_model(nano_model, tmp_path / "ckpt")
     weights = tmp_path / "ckpt" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
-        QwenImageModel.from_pretrained(tmp_path / "ckpt")
+        load_model(tmp_path / "ckpt")
 
 
 def test_a_local_qwen2_checkpoint_loads_as_the_language_model(tmp_path, nano_config):
@@ -135,9 +136,9 @@ def test_a_local_qwen2_checkpoint_loads_as_the_language_model(tmp_path, nano_con
         got = model.language_model(ids).logits
     assert torch.equal(expected, got)
     # and the combined model still saves/loads without the original directory
-    model.save_pretrained(tmp_path / "vlm")
+    save_model(model, tmp_path / "vlm")
     (tmp_path / "qwen" / "config.json").unlink()
-    assert torch.equal(QwenImageModel.from_pretrained(tmp_path / "vlm").language_model(ids).logits, got)
+    assert torch.equal(load_model(tmp_path / "vlm").language_model(ids).logits, got)
 
 
 def test_missing_language_model_directory(nano_config, tmp_path):

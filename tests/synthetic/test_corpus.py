@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from vlstack.synthetic.defects import DEFECT_TYPES
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_shards
-from vlstack.synthetic.corpus import synthesize
 from vlstack.errors import DataError
+from vlstack.synthetic.corpus import synthesize
+from vlstack.synthetic.defects import DEFECT_TYPES
 
 
 def test_writes_shards_manifest_ground_truth_and_summary(tmp_path):

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
+from vlstack.data.schema import IMAGE_TOKEN
+from vlstack.errors import DataError
 from vlstack.synthetic.defects import (
     BOMB_SIDE,
     DEFECT_TYPES,
@@ -14,9 +16,7 @@ from vlstack.synthetic.defects import (
     inject,
     plan_defects,
 )
-from vlstack.data.schema import IMAGE_TOKEN
 from vlstack.synthetic.scenes import caption_sample, interleaved_sample, vqa_sample
-from vlstack.errors import DataError
 
 
 def make(index):

@@ -3,6 +3,7 @@
 import pytest
 
 from vlstack.data.conversations import REFUSAL, UNSAFE_ANSWER, conversation_problem
+from vlstack.errors import DataError
 from vlstack.eval.conversations import is_refusal
 from vlstack.synthetic.instructions import (
     DATASETS,
@@ -13,7 +14,6 @@ from vlstack.synthetic.instructions import (
     instruction_samples,
 )
 from vlstack.synthetic.scenes import vqa_sample
-from vlstack.errors import DataError
 
 
 @pytest.mark.parametrize("name", list(DATASETS))

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from vlstack.synthetic.pointclouds import POINT_SHAPES, point_cloud, point_cloud_tensors, point_clouds
 from vlstack.errors import DataError
+from vlstack.synthetic.pointclouds import POINT_SHAPES, point_cloud, point_cloud_tensors, point_clouds
 
 
 def _surface(sample) -> np.ndarray:

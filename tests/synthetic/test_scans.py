@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from vlstack.synthetic.instructions import instruction_samples
 from vlstack.apps.medical import REPORT_PROMPTS
-from vlstack.synthetic.scans import findings_text, read_findings, scan, scan_samples
 from vlstack.errors import DataError
+from vlstack.synthetic.instructions import instruction_samples
+from vlstack.synthetic.scans import findings_text, read_findings, scan, scan_samples
 
 
 def test_scans_are_reproducible_and_splits_share_no_image():

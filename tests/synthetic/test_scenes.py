@@ -3,11 +3,11 @@ import io
 import pytest
 from PIL import Image
 
-from vlstack.synthetic.fonts import CJK_FONT_PATHS, cjk_font_path
 from vlstack.data.schema import IMAGE_TOKEN, KINDS
-from vlstack.synthetic.corpus import make_sample
-from vlstack.synthetic.scenes import COLORS_ZH, SHAPES_ZH, caption_for, shape_scene, split_seed
 from vlstack.errors import DataError
+from vlstack.synthetic.corpus import make_sample
+from vlstack.synthetic.fonts import CJK_FONT_PATHS, cjk_font_path
+from vlstack.synthetic.scenes import COLORS_ZH, SHAPES_ZH, caption_for, shape_scene, split_seed
 
 try:
     cjk_font_path()

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
+from vlstack.checkpoint import load_model, write_model_files
 from vlstack.models.config import ModelConfig
 from vlstack.models.vlm import QwenImageModel
-from vlstack.train.objectives import itc_objective
 from vlstack.train.config import ParallelConfig
 from vlstack.train.distributed import init_distributed
+from vlstack.train.objectives import itc_objective
 from vlstack.train.trainer import TrainConfig, Trainer
 
 STEPS = 6
@@ -71,7 +72,7 @@ def main(phase: str, out: Path) -> None:
 
     run_dir = out / ("stopped" if phase in ("interrupted", "resumed") else phase)
     trainer = Trainer(model, objective, config, data(), out_dir=run_dir, dist_info=info,
-                      export=lambda directory, state: model.write_files(directory, None, state))
+                      export=lambda directory, state: write_model_files(model, directory, None, state))
     if phase == "resumed":
         trainer.resume(run_dir / "checkpoint")
     history = trainer.fit()
@@ -91,7 +92,7 @@ def compare_export_with_shards(model: QwenImageModel, checkpoint: Path, is_main:
         gathered = {name: p.detach().clone() for name, p in model.named_parameters()}
     if not is_main:
         return {}
-    exported = QwenImageModel.from_pretrained(checkpoint).eval()
+    exported = load_model(checkpoint).eval()
     reference = QwenImageModel(exported.config).eval()
     reference.load_state_dict(gathered, strict=False)  # lm_head is tied to the embeddings
     generator = torch.Generator().manual_seed(1)

@@ -12,9 +12,9 @@ import torch
 
 from vlstack.models.config import ModelConfig
 from vlstack.models.vlm import QwenImageModel
-from vlstack.train.objectives import itc_objective
 from vlstack.train.config import ParallelConfig
 from vlstack.train.distributed import init_distributed, local_bytes
+from vlstack.train.objectives import itc_objective
 from vlstack.train.trainer import TrainConfig, Trainer
 
 

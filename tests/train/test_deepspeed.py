@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from vlstack.checkpoint import load_model
 from vlstack.config import load_config
 from vlstack.errors import CheckpointError, ConfigError, VlstackError
 from vlstack.models.config import ModelConfig
+from vlstack.models.parallelize import apply_activation_checkpointing
 from vlstack.models.vlm import QwenImageModel
 from vlstack.train.backends import deepspeed as deepspeed_engine
 from vlstack.train.backends.deepspeed import (
@@ -22,26 +24,25 @@ from vlstack.train.backends.deepspeed import (
     load_state,
     resolve_offload,
 )
-from vlstack.train.objectives import itc_objective
-from vlstack.models.parallelize import apply_activation_checkpointing
 from vlstack.train.config import ParallelConfig
+from vlstack.train.objectives import itc_objective
 from vlstack.train.pretrain import PretrainConfig
 from vlstack.train.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED_CONFIG = ROOT / "configs" / "deepspeed_zero3.yaml"
+ARTICLE_CONFIG = ROOT / "configs" / "deepspeed_zero3.yaml"
 WORKER = Path(__file__).with_name("deepspeed_worker.py")
 
 
 def _seed_recipe(*overrides: str) -> TrainConfig:
-    """The qwen-image-s recipe switched to DeepSpeed with the seed's config, trained in fp16 as the seed does."""
-    sets = ["train.parallel.mode=deepspeed", f"train.parallel.deepspeed_config={SEED_CONFIG}",
+    """The qwen-image-s recipe switched to DeepSpeed with the article's config, trained in fp16 as the article does."""
+    sets = ["train.parallel.mode=deepspeed", f"train.parallel.deepspeed_config={ARTICLE_CONFIG}",
             "train.precision=fp16", *overrides]
     return load_config(PretrainConfig, ROOT / "configs" / "qwen-image-s.yaml", sets).train
 
 
 def test_the_shipped_config_is_the_seeds():
-    ds = load_deepspeed_config(SEED_CONFIG)
+    ds = load_deepspeed_config(ARTICLE_CONFIG)
     assert ds["train_batch_size"] == 4096 and ds["gradient_accumulation_steps"] == 2
     assert ds["fp16"]["enabled"] and 2 ** ds["fp16"]["initial_scale_power"] == 1024 and not ds["bf16"]["enabled"]
     assert ds["optimizer"] == {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.98], "weight_decay": 0.01}}
@@ -91,7 +92,7 @@ def test_the_seeds_wrapped_form_and_yaml_strings_are_read(tmp_path):
                                        "train.parallel.nvme_path='/a'"]),
 ])
 def test_a_conflict_names_both_keys(overrides, keys, tmp_path):
-    ds = load_deepspeed_config(SEED_CONFIG)
+    ds = load_deepspeed_config(ARTICLE_CONFIG)
     ds["zero_optimization"]["offload_optimizer"]["nvme_path"] = "/b"
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(ds))
@@ -206,13 +207,13 @@ def test_zero3_follows_the_single_process_curve_exports_and_resumes(tmp_path):
     resumed = _run("resumed", tmp_path, 2)
     after = [r for r in zero3["records"] if r["step"] > 3]
     assert resumed["records"] == after  # bit-equal, the skipped step included
-    QwenImageModel.from_pretrained(tmp_path / "stopped" / "checkpoint")
+    load_model(tmp_path / "stopped" / "checkpoint")
 
 
 @pytest.mark.slow
 def test_pretrain_cli_under_deepspeed(tmp_path, pretrain_data):
     """The README command: the mixed ITC + ITM + MLM + VTM loss in bf16 on 2 ranks, with activation
-    checkpointing (which the seed's DeepSpeed config asks for)."""
+    checkpointing (which the article's DeepSpeed config asks for)."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "vlstack.cli", "pretrain", "--config", str(ROOT / "configs" / "nano.yaml"),
@@ -229,4 +230,4 @@ def test_pretrain_cli_under_deepspeed(tmp_path, pretrain_data):
     checkpoint = out / "checkpoint"
     assert {"config.yaml", "model.safetensors", "tokenizer", "deepspeed", "trainer_state.json"} <= {
         p.name for p in checkpoint.iterdir()}
-    QwenImageModel.from_pretrained(checkpoint)
+    load_model(checkpoint)

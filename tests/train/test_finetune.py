@@ -7,6 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlstack.checkpoint import load_model
+from vlstack.cli import main
+from vlstack.config import load_config, save_yaml
+from vlstack.data.collate import CollateConfig, SampleCollator
+from vlstack.data.conversations import encode_conversations
+from vlstack.errors import ConfigError, DataError
+from vlstack.models.config import ModelConfig
+from vlstack.models.vlm import QwenImageModel
+from vlstack.synthetic.instructions import instruction_samples, write_instructions
 from vlstack.train import finetune
 from vlstack.train.finetune import (
     DatasetSpec,
@@ -20,17 +29,8 @@ from vlstack.train.finetune import (
     merge_lora,
     run_finetune,
 )
-from vlstack.cli import main
-from vlstack.config import load_config, save_yaml
-from vlstack.data.collate import CollateConfig, SampleCollator
-from vlstack.data.conversations import encode_conversations
-from vlstack.synthetic.instructions import instruction_samples, write_instructions
-from vlstack.errors import ConfigError, DataError
-from vlstack.models.config import ModelConfig
-from vlstack.models.vlm import QwenImageModel
 from vlstack.train.objectives import sft_objective, supervised_logits
 from vlstack.train.trainer import TrainConfig, Trainer
-
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ def stage(paths, name="general", steps=3, **fields) -> StageConfig:
 
 
 def weights(directory) -> dict[str, torch.Tensor]:
-    return QwenImageModel.from_pretrained(directory).state_dict()
+    return load_model(directory).state_dict()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -129,7 +129,7 @@ def test_frozen_modules_are_bit_identical_and_not_in_the_optimizer(tmp_path, nan
             assert unchanged, f"{name} changed although frozen"
         elif name.startswith("language_model.model.layers.0.self_attn"):
             assert not unchanged, f"{name} did not train"
-    total = sum(t.numel() for t in QwenImageModel.from_pretrained(result["checkpoint"]).parameters())
+    total = sum(t.numel() for t in load_model(result["checkpoint"]).parameters())
     assert result["trainable_parameters"] == total - sum(p.numel() for p in frozen)
 
 

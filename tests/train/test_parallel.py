@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from vlstack.checkpoint import load_model
+
 WORKER = Path(__file__).with_name("parallel_worker.py")
 
 
@@ -39,7 +41,6 @@ def test_ddp_and_fsdp2_follow_the_single_process_loss_curve(tmp_path):
 def test_pretrain_cli_under_fsdp2_exports_a_loadable_checkpoint(tmp_path, pretrain_data):
     """The README command on 2 ranks: the sharded state is gathered into one model.safetensors, and the
     held-out evaluation runs on the exported model (rank 0 alone must not touch the shards)."""
-    from vlstack.models.vlm import QwenImageModel
 
     out = tmp_path / "run"
     root = Path(__file__).resolve().parents[2]
@@ -51,4 +52,4 @@ def test_pretrain_cli_under_fsdp2_exports_a_loadable_checkpoint(tmp_path, pretra
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "pretrain.json").read_text())
     assert results["world_size"] == 2 and {"r@1", "itm_accuracy"} <= set(results["after_training"])
-    QwenImageModel.from_pretrained(out / "checkpoint")
+    load_model(out / "checkpoint")

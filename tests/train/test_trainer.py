@@ -46,7 +46,9 @@ def test_weight_decay_skips_norms_and_biases():
 
 def test_lr_scale_sets_a_module_rate_that_the_schedule_keeps():
     trainer = _trainer(_data(), steps=6, lr_scale={"norm": 0.1})
-    rates = lambda: {tuple(p.shape): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    def rates():
+        return {tuple(p.shape): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+
     trainer.fit()
     after = rates()
     assert after[(4,)] == pytest.approx(0.1 * after[(1, 4)])  # norm weight and bias vs the linear weight

@@ -28,6 +28,7 @@ from vlstack.align.preference import (
     flatten_pairs,
     preference_data,
 )
+from vlstack.checkpoint import write_model_files
 from vlstack.errors import ConfigError
 from vlstack.models.vlm import QwenImageModel
 from vlstack.progress import progress_bar
@@ -122,7 +123,7 @@ def run_dpo(config: DPOConfig, resume: bool = False) -> dict:
 
     out = Path(config.out_dir)
     trainer = Trainer(policy, DPOObjective(config.beta, config.sft_weight), config.train, train_pairs, out_dir=out,
-                      export=lambda directory, state: policy.write_files(directory, engine.tokenizer, state))
+                      export=lambda directory, state: write_model_files(policy, directory, engine.tokenizer, state))
     resume_from(trainer, resume)
     history = trainer.fit("DPO")
     if trainer.step < config.train.steps:

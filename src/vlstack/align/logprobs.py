@@ -9,8 +9,8 @@ A sampled rollout, scored here, therefore gets the probabilities the Engine samp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -17,16 +17,17 @@ The rollouts and the run around the Trainer are shared with GRPO (`rollouts.py`)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
 from vlstack.align.logprobs import Batch, load_engine, masked_mean, score_responses
 from vlstack.align.preference import PreferenceDataConfig, alignment_items
-from vlstack.align.reward import RewardModel, scalar_head
+from vlstack.align.reward import RewardModel, load_reward_model, scalar_head
 from vlstack.align.rollouts import (
     RolloutConfig,
     check_minibatches,
@@ -43,7 +44,6 @@ from vlstack.errors import ConfigError
 from vlstack.infer.engine import Engine
 from vlstack.models.vlm import QwenImageModel
 from vlstack.train.trainer import TrainConfig
-
 
 # --- configs ------------------------------------------------------------------------------
 
@@ -258,7 +258,7 @@ def run_ppo(config: PPOConfig, on_iteration: Callable[[dict], None] | None = Non
     before and after). With `resume`, an interrupted run continues exactly."""
     engine = load_engine(config.checkpoint)
     model = PolicyWithValue(engine.model)
-    reward_model = RewardModel.from_pretrained(config.reward_model) if config.reward != "rule" else None
+    reward_model = load_reward_model(config.reward_model) if config.reward != "rule" else None
     make = PPORollouts(config, engine, model, frozen_reference(config.checkpoint), reward_model,
                        alignment_items(config.data, "train"))
     steps = config.iterations * config.epochs * config.rollout.prompts // config.train.batch_size

@@ -4,7 +4,7 @@ The score of (image, question, answer) is a linear head on the language model's 
 last real token (the `<|im_end|>` that closes the answer), which has attended to the image and to the
 whole text. Bradley–Terry: p(chosen > rejected) = sigmoid(r_chosen - r_rejected), so the loss is
 -log sigmoid(r_chosen - r_rejected). A saved reward model is a checkpoint directory whose backbone
-files load like any other (`QwenImageModel.from_pretrained`), plus `reward_head.safetensors`.
+files load like any other (`checkpoint.load_model`), plus `reward_head.safetensors`.
 """
 
 from __future__ import annotations
@@ -55,38 +55,39 @@ class RewardModel(nn.Module):
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, D]
         return self.head(pooled).squeeze(-1).float()  # [B]
 
-    # --- checkpoints --------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
-        with checkpoint.atomic_directory(directory) as tmp:
-            self.write_files(tmp, tokenizer)
+def save_reward_model(model: RewardModel, directory: str | Path, tokenizer=None) -> None:
+    with checkpoint.atomic_directory(directory) as tmp:
+        write_reward_model_files(model, tmp, tokenizer)
 
-    def write_files(self, directory: Path, tokenizer=None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """The backbone's checkpoint files plus the head; `state_dict` (keys `backbone.*`, `head.*`)
-        replaces this module's own weights, as for `QwenImageModel.write_files`."""
-        state = self.state_dict() if state_dict is None else state_dict
-        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-        head = {k.removeprefix("head."): v.contiguous() for k, v in state.items() if k.startswith("head.")}
-        self.backbone.write_files(directory, tokenizer, backbone)
-        save_file(head, str(directory / HEAD_NAME))
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "RewardModel":
-        directory = Path(directory)
-        head_path = directory / HEAD_NAME
-        if not head_path.is_file():
-            raise CheckpointError(f"{directory} is not a reward model (no {HEAD_NAME}); train one with "
-                                  "`vlstack align --method reward` or RewardModel.save_pretrained()")
-        model = cls(QwenImageModel.from_pretrained(directory))
-        try:
-            head = load_file(str(head_path))
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{head_path} is not a readable safetensors file ({exc})") from exc
-        try:
-            model.head.load_state_dict(head)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{head_path} does not fit the backbone in {directory}: {exc}") from exc
-        return model.eval()
+def write_reward_model_files(model: RewardModel, directory: Path, tokenizer=None,
+                             state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """The backbone's checkpoint files plus the head; `state_dict` (keys `backbone.*`, `head.*`) replaces
+    the model's own weights, as for `checkpoint.write_model_files`."""
+    state = model.state_dict() if state_dict is None else state_dict
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    head = {k.removeprefix("head."): v.contiguous() for k, v in state.items() if k.startswith("head.")}
+    checkpoint.write_model_files(model.backbone, directory, tokenizer, backbone)
+    save_file(head, str(directory / HEAD_NAME))
+
+
+def load_reward_model(directory: str | Path) -> RewardModel:
+    directory = Path(directory)
+    head_path = directory / HEAD_NAME
+    if not head_path.is_file():
+        raise CheckpointError(f"{directory} is not a reward model (no {HEAD_NAME}); train one with "
+                              "`vlstack align --method reward`")
+    model = RewardModel(checkpoint.load_model(directory))
+    try:
+        head = load_file(str(head_path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{head_path} is not a readable safetensors file ({exc})") from exc
+    try:
+        model.head.load_state_dict(head)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{head_path} does not fit the backbone in {directory}: {exc}") from exc
+    return model.eval()
 
 
 def reward_objective(model: RewardModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -124,7 +125,7 @@ class RewardConfig:
 
 def train_reward_model(config: RewardConfig, resume: bool = False) -> dict:
     """Train on pairs from the train split, report held-out pair accuracy; writes OUT_DIR/reward.json and a
-    reward model at OUT_DIR/checkpoint (loadable with `RewardModel.from_pretrained`)."""
+    reward model at OUT_DIR/checkpoint (loadable with `load_reward_model`)."""
     engine = load_engine(config.checkpoint)
     torch.manual_seed(config.train.seed)
     model = RewardModel(engine.model)
@@ -133,7 +134,7 @@ def train_reward_model(config: RewardConfig, resume: bool = False) -> dict:
     before = pair_accuracy(model, held_out)
     out = Path(config.out_dir)
     trainer = Trainer(model, reward_objective, config.train, train, out_dir=out,
-                      export=lambda directory, state: model.write_files(directory, engine.tokenizer, state))
+                      export=lambda directory, state: write_reward_model_files(model, directory, engine.tokenizer, state))
     resume_from(trainer, resume)
     history = trainer.fit("reward model")
     if trainer.step < config.train.steps:

@@ -15,15 +15,17 @@ import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from vlstack.align.logprobs import Batch, ResponseScores, encode_responses, score_responses
 from vlstack.align.preference import answer_accuracy, answer_of, answer_reward, prompt_request
+from vlstack.checkpoint import load_model, write_model_files
 from vlstack.data.loader import GlobalBatches
 from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
@@ -101,7 +103,7 @@ def score_in_chunks(model: QwenImageModel, batch: Batch, chunk: int = 64) -> Res
 
 def frozen_reference(checkpoint: str) -> QwenImageModel:
     """A second copy of the starting policy, never trained: the KL anchor."""
-    return QwenImageModel.from_pretrained(checkpoint).requires_grad_(False).eval()
+    return load_model(checkpoint).requires_grad_(False).eval()
 
 
 def rollout_seed(seed: int, iteration: int, row: int) -> int:
@@ -246,7 +248,7 @@ def run_rollout_training(method: str, model: nn.Module, objective: Objective, ma
 
     def export(directory: Path, state: dict[str, torch.Tensor]) -> None:
         prefix = "policy." if model is not policy else ""
-        policy.write_files(directory, engine.tokenizer,
+        write_model_files(policy, directory, engine.tokenizer,
                            {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
 
     trainer = Trainer(model, objective, dataclasses.replace(train, steps=steps), source, out_dir=out, export=export,

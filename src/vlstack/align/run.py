@@ -6,7 +6,8 @@ config's type picks the method, so the CLI and the demo make the same call.
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 from vlstack.align.dpo import DPOConfig, run_dpo
 from vlstack.align.grpo import GRPOConfig, run_grpo

@@ -158,7 +158,7 @@ def read_file(path: Path, deidentifier: Deidentifier, pixels: bool) -> tuple[Dat
             except InvalidDicomError:  # no preamble: accept it only if it parses as an instance
                 ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
                 if "SOPClassUID" not in ds:
-                    raise Unusable("not_dicom", "not a DICOM file (no 'DICM' preamble and no SOP Class UID)")
+                    raise Unusable("not_dicom", "not a DICOM file (no 'DICM' preamble and no SOP Class UID)") from None
         except Unusable:
             raise
         except Exception as exc:  # pydicom raises many types on corrupt files

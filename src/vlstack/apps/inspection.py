@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -37,7 +38,7 @@ INSPECTION_PROMPTS: dict[str, str] = {
     "zh": "描述缺陷类型、严重程度和可能成因",
     "en": "Describe the defect type, its severity and the likely cause.",
 }
-"""The inspection assistant's prompt for a defect crop: the seed's Chinese wording and an English alternative."""
+"""The inspection assistant's prompt for a defect crop: the article's Chinese wording and an English alternative."""
 
 
 @dataclass
@@ -45,7 +46,7 @@ class InspectionConfig:
     """Detector, prompt and report settings of an inspection run."""
 
     language: Literal["zh", "en"] = "zh"
-    """Language of the default prompt: the seed's Chinese inspection prompt, or its English alternative."""
+    """Language of the default prompt: the article's Chinese inspection prompt, or its English alternative."""
     prompt: str = ""
     """The question asked about every defect crop; empty: `INSPECTION_PROMPTS[language]`."""
     max_new_tokens: int = 48

@@ -37,7 +37,7 @@ REPORT_PROMPTS: dict[str, str] = {
     "zh": "描述影像学表现并列出可能的诊断",
     "en": "Describe the imaging findings and list the possible diagnoses.",
 }
-"""The medical assistant's findings prompt: the seed's Chinese wording and an English alternative."""
+"""The medical assistant's findings prompt: the article's Chinese wording and an English alternative."""
 
 
 @dataclass
@@ -45,7 +45,7 @@ class MedicalConfig:
     """What the assistant asks about each series and how it renders and reports it."""
 
     language: Literal["zh", "en"] = "zh"
-    """Language of the default prompt: the seed's Chinese findings prompt, or its English alternative."""
+    """Language of the default prompt: the article's Chinese findings prompt, or its English alternative."""
     prompt: str = ""
     """The question asked about every series; empty: `REPORT_PROMPTS[language]`."""
     max_new_tokens: int = 64

@@ -50,7 +50,8 @@ def classification_objective(model: PointCloudClassifier, batch: dict[str, torch
                              ) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy of the class logits."""
     logits = model(batch["points"])
-    return F.cross_entropy(logits, batch["labels"]), {"accuracy": (logits.argmax(1) == batch["labels"]).float().mean().item()}
+    accuracy = (logits.argmax(1) == batch["labels"]).float().mean().item()
+    return F.cross_entropy(logits, batch["labels"]), {"accuracy": accuracy}
 
 
 def train_shape_classifier(train: PointCloudSet, test: PointCloudSet, config: ShapeClassificationConfig,

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Iterable, Sequence
 
 import torch
 from PIL import Image
@@ -66,7 +66,7 @@ class AugmentConfig:
     randaugment_magnitude: int = 9
     """RandAugment magnitude (of 31 bins; 9 rotates by up to 9 degrees)."""
     hflip_p: float = 0.0
-    """Horizontal flip probability; not in the seed, and never applied when a text names a direction."""
+    """Horizontal flip probability; not in the article, and never applied when a text names a direction."""
     synonym_word_p: float = 0.1
     """Probability of replacing each word that has synonyms."""
     synonym_text_p: float = 0.7
@@ -145,7 +145,7 @@ class SynonymTable:
         self.pattern = re.compile("|".join(_word_pattern(w) for w in keys), re.IGNORECASE) if keys else None
 
     @classmethod
-    def from_text(cls, text: str) -> "SynonymTable":
+    def from_text(cls, text: str) -> SynonymTable:
         """Parse the resource format: one group per line, words separated by '|', '#' comments."""
         lines = (line.split("#", 1)[0] for line in text.splitlines())
         return cls(line.split("|") for line in lines if line.strip())

@@ -1,6 +1,6 @@
 """Turning images and texts into model-ready tensors.
 
-Images are resized and normalised with the seed's mean/std at load time (shards
+Images are resized and normalised with the article's mean/std at load time (shards
 keep the encoded images); texts are tokenised, right-padded, and checked against
 the model's length limit so an over-long sample is reported, not silently cut.
 `SampleCollator` does the same for whole `Sample`s: chat turns, `<image>`
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image

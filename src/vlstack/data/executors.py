@@ -24,8 +24,9 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from vlstack.errors import ConfigError
 

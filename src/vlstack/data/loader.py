@@ -20,8 +20,9 @@ import json
 import logging
 import random
 import tarfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from PIL import Image

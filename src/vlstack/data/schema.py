@@ -62,7 +62,7 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     """Source, license, injected defects, provenance of each cleaning step; JSON-able."""
 
-    def validate(self) -> "Sample":
+    def validate(self) -> Sample:
         """Raise a DataError naming the first bad field; returns self so calls chain."""
         _check_common(self)
         _KIND_CHECKS[self.kind](self)
@@ -78,7 +78,7 @@ class Sample:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], image_data: dict[str, bytes] | None = None) -> "Sample":
+    def from_dict(cls, data: dict[str, Any], image_data: dict[str, bytes] | None = None) -> Sample:
         """Inverse of `to_dict`; `image_data` maps image names to bytes. Unknown keys are a DataError."""
         if not isinstance(data, dict):
             raise DataError(f"a sample must be a JSON object, got {type(data).__name__}")

@@ -18,9 +18,9 @@ import json
 import os
 import tarfile
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from vlstack.data.schema import Rejected, Sample
 from vlstack.errors import DataError
@@ -81,7 +81,7 @@ class ShardWriter:
         self._manifest.close()
         return self.shards
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,8 +15,9 @@ import csv
 import io
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from vlstack.data.schema import IMAGE_EXTENSIONS, IMAGE_TOKEN, ImageRef, Rejected, Sample, image_name
 from vlstack.data.shards import TarGroup, iter_tar

@@ -33,8 +33,8 @@ from vlstack.apps.pointcloud import PointCloudSet, ShapeClassificationConfig, tr
 from vlstack.models.pointcloud import PointCloudConfig
 from vlstack.synthetic.pointclouds import POINT_SHAPES, point_cloud_tensors, point_clouds
 from vlstack.synthetic.scans import read_findings, scan
-from vlstack.synthetic.surfaces import read_defect_type, surface_set
 from vlstack.synthetic.scenes import Language, split_seed
+from vlstack.synthetic.surfaces import read_defect_type, surface_set
 
 DEMO_KEY = b"vlstack-demo-key"
 """The demo's pseudonymisation key: fixed, so the demo can find its own series in the report."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vlstack import checkpoint
+from vlstack.checkpoint import load_model
 from vlstack.data.loader import pairs_to_tensors
 from vlstack.eval.benchmarks import get_benchmark
 from vlstack.eval.deployment import (
@@ -25,7 +26,7 @@ from vlstack.eval.deployment import (
 )
 from vlstack.infer.engine import Engine
 from vlstack.infer.onnx import OnnxExportConfig, export_checkpoint
-from vlstack.infer.quantize import QuantizeConfig, load_model, quantize_model
+from vlstack.infer.quantize import quantize_model
 from vlstack.models.tokenizer import load_tokenizer
 from vlstack.synthetic.scenes import shape_scenes, split_seed
 from vlstack.synthetic.suites import WRITERS

@@ -123,7 +123,7 @@ class DemoConfig:
     apps: DemoAppsConfig = field(default_factory=DemoAppsConfig)
 
     @classmethod
-    def quick(cls) -> "DemoConfig":
+    def quick(cls) -> DemoConfig:
         """Every stage at a size that checks the plumbing (a few minutes on 2 cores; the tests run it)."""
         return cls(
             out_dir="runs/demo-quick",

@@ -110,7 +110,7 @@ def _hallucination_markdown(h: dict) -> list[str]:
         "",
         f"Entity-level detector on the pretrained ITC scores: AUROC {h['auroc']:.3f} on held-out faithful vs "
         f"hallucinated captions (chance 0.5); calibrated thresholds {t['low']:.3f} / {t['high']:.3f} "
-        "(the seed's 0.15 / 0.3 are for its own scorer), stored with the checkpoint. "
+        "(the article's 0.15 / 0.3 are for its own scorer), stored with the checkpoint. "
         f"CHAIR_s {h['chair']['chair_s']:.2f}, CHAIR_i {h['chair']['chair_i']:.2f} over "
         f"{h['chair']['captions']} generated captions.",
         "",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter, defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from PIL import Image
 
@@ -26,7 +26,6 @@ from vlstack.data.conversations import REFUSAL
 from vlstack.data.schema import IMAGE_TOKEN, Sample
 from vlstack.infer.engine import Engine, Request, SamplingParams
 from vlstack.progress import progress_bar
-
 
 REFUSAL_MARKERS = ("sorry, i can't", "i can't help", "i cannot help", "抱歉", "我不能")
 """Phrases whose presence makes a reply count as a refusal (lower-cased match)."""

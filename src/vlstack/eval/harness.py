@@ -33,15 +33,15 @@ from vlstack.eval.report import write_reports
 from vlstack.infer.engine import Engine, EngineConfig, EngineStats, Request
 from vlstack.progress import progress_bar
 
-SEED_BENCHMARKS = ["vqav2", "gqa", "docvqa", "chartqa", "vqarad", "aokvqa"]
-"""The six benchmarks the seed article reports."""
+ARTICLE_BENCHMARKS = ["vqav2", "gqa", "docvqa", "chartqa", "vqarad", "aokvqa"]
+"""The six benchmarks the article reports."""
 HALLUCINATION_DIR = "hallucination"
 """The hallucination suite's folder under the data root."""
 
 
 @dataclass
 class EvalConfig:
-    benchmarks: list[str] = field(default_factory=lambda: list(SEED_BENCHMARKS))
+    benchmarks: list[str] = field(default_factory=lambda: list(ARTICLE_BENCHMARKS))
     """Registered benchmark names (`vlstack.eval.benchmarks.BENCHMARKS`)."""
     data_root: str | None = None
     """A folder holding each benchmark's official files in its own sub-folder (`Benchmark.data_dir`:

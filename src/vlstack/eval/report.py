@@ -1,7 +1,7 @@
 """The human side of an eval run: `report.md` and a self-contained `report.html` from `results.json`.
 
 Both are rendered from one list of blocks (headings, paragraphs, tables), so the two
-files always say the same thing. Each benchmark gets its numbers beside the seed
+files always say the same thing. Each benchmark gets its numbers beside the article
 article's, its question counts (missing, empty and not-asked predictions included, so
 a smaller denominator can never hide) and a few example predictions.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SEED_REFERENCE: dict[str, tuple[str, float]] = {
+ARTICLE_REFERENCE: dict[str, tuple[str, float]] = {
     "vqav2": ("accuracy", 82.1),
     "gqa": ("accuracy", 78.3),
     "docvqa": ("anls", 86.7),
@@ -21,8 +21,8 @@ SEED_REFERENCE: dict[str, tuple[str, float]] = {
     "vqarad": ("bleu_4", 68.9),
     "aokvqa": ("mc_accuracy", 65.3),
 }
-"""The seed article's number for each benchmark, with the metric (in percent) it is compared to.
-The seed does not say whether its A-OKVQA 65.3% is multiple choice or direct answer; it sits
+"""The article's number for each benchmark, with the metric (in percent) it is compared to.
+The article does not say whether its A-OKVQA 65.3% is multiple choice or direct answer; it sits
 beside multiple choice."""
 EXAMPLES = 3
 """Example predictions shown per benchmark."""
@@ -49,12 +49,12 @@ def write_reports(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, P
 
 
 def summary(results: dict[str, Any]) -> str:
-    """One line per benchmark: headline metric, seed reference, questions scored."""
+    """One line per benchmark: headline metric, the article's reference, questions scored."""
     lines = []
     for name, bench in results["benchmarks"].items():
-        reference = SEED_REFERENCE.get(name)
-        seed = f" (seed {reference[1]:.1f})" if reference and reference[0] == bench["primary"] else ""
-        lines.append(f"{name}: {bench['primary']} {bench['metrics'][bench['primary']]:.1f}{seed} "
+        reference = ARTICLE_REFERENCE.get(name)
+        article = f" (article {reference[1]:.1f})" if reference and reference[0] == bench["primary"] else ""
+        lines.append(f"{name}: {bench['primary']} {bench['metrics'][bench['primary']]:.1f}{article} "
                      f"on {bench['count']} questions, {bench['missing'] + bench['empty']} without an answer")
     if "hallucination" in results:
         h = results["hallucination"]
@@ -78,7 +78,7 @@ def report_blocks(results: dict[str, Any]) -> list[Block]:
         blocks += [
             ("p", ("Metrics are percentages over every question evaluated; a missing, empty or not-asked "
                    "prediction scores 0 and stays in the denominator.")),
-            Table(["benchmark", "metric", "ours", "seed article", "questions", "missing", "empty", "not asked"],
+            Table(["benchmark", "metric", "ours", "article", "questions", "missing", "empty", "not asked"],
                   [[name, b["primary"], _number(b["metrics"][b["primary"]]), _reference(name, b["primary"]),
                     _questions(b), str(b["missing"]), str(b["empty"]), str(b["errors"])]
                    for name, b in results["benchmarks"].items()]),
@@ -95,7 +95,7 @@ def hallucination_blocks(h: dict[str, Any]) -> list[Block]:
     detector, calibration, chair = h["detector"], h["detector"]["calibration"], h["chair"]
     fitted = (f"fitted on {calibration['faithful']} faithful and {calibration['hallucinated']} hallucinated held-out "
               f"entities (target error {_number(100 * calibration['error_rate'])}%)" if calibration["fitted"]
-              else "the seed's, not fitted for this model")
+              else "the article's, not fitted for this model")
     languages = detector["languages"]
     first = next(iter(languages))
     counts = [["faithful entities", *map(str, languages[first]["labels"]["faithful"].values())],
@@ -105,7 +105,7 @@ def hallucination_blocks(h: dict[str, Any]) -> list[Block]:
         ("h2", "hallucination"),
         ("p", (f"Detector: entities of a caption scored with the model's ITC embeddings against every other "
                f"colour / shape in context; thresholds {calibration['low']:.3f} / {calibration['high']:.3f} "
-               f"(seed 0.15 / 0.3), {fitted}. AUROC of faithful vs hallucinated captions (one object's "
+               f"(article 0.15 / 0.3), {fitted}. AUROC of faithful vs hallucinated captions (one object's "
                f"colour or shape swapped for one absent from the image) on {detector['scenes']} test scenes; "
                "chance 50.")),
         Table(["captions", "AUROC", "entity AUROC", *(f"{kind} swaps" for kind in languages[first]["auroc_by_change"])],
@@ -171,7 +171,7 @@ def _benchmark_blocks(name: str, bench: dict[str, Any]) -> list[Block]:
         ("p", (f"{_questions(bench)} questions from {bench['folder']} in {bench['seconds']} s: "
                f"{bench['count'] - bench['missing'] - bench['empty']} answered, {bench['missing']} missing "
                f"({bench['errors']} not asked), {bench['empty']} empty.")),
-        Table(["metric", "ours", "seed article"],
+        Table(["metric", "ours", "article"],
               [[metric, _number(bench["metrics"][metric]), _reference(name, metric)] for metric in metrics]),
     ]
     if "groups" in bench:
@@ -199,7 +199,7 @@ def _questions(bench: dict[str, Any]) -> str:
 
 
 def _reference(name: str, metric: str) -> str:
-    reference = SEED_REFERENCE.get(name)
+    reference = ARTICLE_REFERENCE.get(name)
     return _number(reference[1]) if reference and reference[0] == metric else "–"
 
 

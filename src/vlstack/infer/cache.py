@@ -1,6 +1,6 @@
 """An LRU cache of image features, bounded in bytes and safe to share between threads.
 
-The seed's inference engine keys image features by a hash of the image; a repeated
+The article's inference engine keys image features by a hash of the image; a repeated
 image (the same photo asked about twice, a video frame that did not change) then
 skips the vision tower entirely.
 """

@@ -8,23 +8,24 @@ token slots and prefills the language model in two parts:
   images' visual tokens). Its key/value states come from a byte-bounded LRU cache keyed by
   its token ids and the images' pixel hashes; the batch's unseen prefixes are prefilled in
   one LM pass, their images' projected features coming from a second cache (keyed by pixel
-  hash, as the seed's engine does), the misses encoded in one vision pass;
+  hash, as the article's engine does), the misses encoded in one vision pass;
 - the rest of the prompt (the question), on top of those states.
 
 A repeated image with the same chat opening (a second question about a photo) thus costs
 neither the vision tower nor the LM's pass over its visual tokens. The batch is left-padded
 and decodes with the KV cache; a row that finishes leaves the batch. Sampling is per request (greedy,
 temperature, top-k, top-p, seed), and so are stop strings and token budgets. Short
-questions take the seed's fast path: a smaller token budget.
+questions take the article's fast path: a smaller token budget.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Generator, Iterator, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import torch
 from PIL import Image
@@ -35,7 +36,7 @@ from vlstack import checkpoint
 from vlstack.data.collate import image_to_tensor
 from vlstack.errors import InputError
 from vlstack.infer.cache import FeatureCache, image_key
-from vlstack.infer.quantize import load_model
+from vlstack.infer.quantize import load_for_inference
 from vlstack.models.language import decoder
 from vlstack.models.tokenizer import IM_END, IMAGE, expand_image_placeholders, load_tokenizer, special_token_ids
 from vlstack.models.vlm import QwenImageModel
@@ -65,7 +66,7 @@ class Request:
     params: SamplingParams = field(default_factory=SamplingParams)
 
     @classmethod
-    def ask(cls, question: str, image: Image.Image | None = None, **params) -> "Request":
+    def ask(cls, question: str, image: Image.Image | None = None, **params) -> Request:
         """A single-turn question about one image (or none)."""
         content = f"{IMAGE}\n{question}" if image is not None else question
         return cls([{"role": "user", "content": content}], [image] if image is not None else [],
@@ -90,9 +91,9 @@ class EngineConfig:
     0 disables it."""
     max_batch_size: int = 8
     fast_path_chars: int = 15
-    """Questions shorter than this many characters take the fast path (the seed's rule)."""
+    """Questions shorter than this many characters take the fast path (the article's rule)."""
     fast_path_max_new_tokens: int = 32
-    """The token budget on the fast path (the seed uses max_length=32); 0 disables the fast path."""
+    """The token budget on the fast path (the article uses max_length=32); 0 disables the fast path."""
     precision: Literal["fp32", "bf16"] = "fp32"
     vision_onnx: str | None = None
     """An ONNX file of the image path (`vlstack export-onnx`: vision tower + projector, fp32 or int8);
@@ -129,10 +130,10 @@ class Engine:
             self.encode_images = OrtVisualEncoder(self.config.vision_onnx, model)
 
     @classmethod
-    def from_checkpoint(cls, directory: str | Path, config: EngineConfig | None = None) -> "Engine":
+    def from_checkpoint(cls, directory: str | Path, config: EngineConfig | None = None) -> Engine:
         """Load a checkpoint directory (config.yaml, model.safetensors, tokenizer/), fp32 or int8."""
         directory = Path(directory)
-        model = load_model(directory)
+        model = load_for_inference(directory)
         return cls(model, load_tokenizer(directory / checkpoint.TOKENIZER_DIR), config)
 
     # --- public API ----------------------------------------------------------------------
@@ -222,8 +223,7 @@ class Engine:
         return request.params.max_new_tokens
 
     def _decode(self, requests: list[Request]) -> list[Result]:
-        for results in self._decode_steps(requests):
-            pass
+        *_, results = self._decode_steps(requests)  # the last step's results are the answers
         return results
 
     @torch.no_grad()

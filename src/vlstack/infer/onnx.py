@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from vlstack.checkpoint import load_model, quantization_of
 from vlstack.config import to_dict
 from vlstack.data.collate import image_to_tensor
 from vlstack.errors import CheckpointError, ConfigError, DataError, InputError
-from vlstack.infer.quantize import load_model, quantization_of
 from vlstack.models.vlm import QwenImageModel
 
 VISION_ONNX = "vision.onnx"

@@ -16,19 +16,17 @@ a 7-bit range where it has not (torchao's `should_reduce_range`: an overflow gua
 `int8-weight-only` has no CPU kernel faster than fp32: it makes weights 4x smaller, not
 faster.
 
-A quantized checkpoint is a checkpoint directory whose `model.safetensors` holds the int8
-weights and scales in torchao's safetensors layout (the tensor-subclass description sits
-in the file header), plus `quantization.yaml` naming the method. It is about 4x smaller
-than fp32 on the Linear weights, and `load_model` (hence `Engine.from_checkpoint`) loads
-it like any other checkpoint. Quantization is a deterministic function of the fp32
-weights, so quantizing in memory (`quantize_model`) gives the same model as saving and
-loading.
+A quantized checkpoint (`vlstack.checkpoint`: int8 weights and scales in torchao's
+safetensors layout, plus `quantization.yaml` naming the method) is about 4x smaller than
+fp32 on the Linear weights; `checkpoint.load_model` loads it like any other, and
+`Engine.from_checkpoint` then selects the kernel. Quantization is a deterministic function
+of the fp32 weights, so quantizing in memory (`quantize_model`) gives the same model as
+saving and loading.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -37,40 +35,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from vlstack import checkpoint
-from vlstack.config import from_dict, read_yaml, save_yaml, to_dict
-from vlstack.errors import CheckpointError, ConfigError
-from vlstack.models.config import ModelConfig
+from vlstack.checkpoint import check_method, int8_structure, load_model, quantization_of
+from vlstack.config import to_dict
+from vlstack.errors import ConfigError
 from vlstack.models.vlm import QwenImageModel
 
-Method = Literal["int8-dynamic", "int8-weight-only"]
 Kernel = Literal["auto", "torchao", "fbgemm"]
-METHODS: tuple[str, ...] = ("int8-dynamic", "int8-weight-only")
 KERNELS: tuple[str, ...] = ("auto", "torchao", "fbgemm")
-QUANTIZATION_NAME = "quantization.yaml"
-
-
-@dataclass
-class QuantizationConfig:
-    """What `quantization.yaml` records next to the int8 weights."""
-
-    method: Method = "int8-dynamic"
-    """int8-dynamic: int8 weights and activations; int8-weight-only: int8 weights, fp32 activations."""
-    modules: str = "every nn.Linear (vision, language model incl. lm_head, fusion, projector, heads)"
-    """Which layers hold int8 weights (informational)."""
-
-    def __post_init__(self) -> None:
-        check_method(self.method)
-
-
-def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ConfigError(f"unknown quantization method {method!r}; choose one of: {', '.join(METHODS)}")
 
 
 def check_kernel(kernel: str) -> None:
@@ -86,8 +61,8 @@ def quantize_model(model: QwenImageModel, method: str, kernel: Kernel = "auto") 
     """
     check_method(method)
     check_kernel(kernel)
-    _torchao_quantize(model, method)
-    _select_kernel(model, method, kernel)
+    int8_structure(model, method)
+    select_kernel(model, method, kernel)
     return model.eval()
 
 
@@ -95,40 +70,23 @@ def quantize_checkpoint(source: str | Path, out: str | Path, method: str) -> Pat
     """Write an int8 checkpoint of the fp32 checkpoint `source` into `out` (atomically)."""
     check_method(method)
     source, out = Path(source), Path(out)
-    model = QwenImageModel.from_pretrained(source)
-    _torchao_quantize(model, method)
-    tensors, metadata = _flatten(model.state_dict())
+    if quantization_of(source) is not None:
+        raise ConfigError(f"{source} is already an int8 checkpoint; quantize the fp32 checkpoint it came from")
+    model = load_model(source)
+    int8_structure(model, method)
     with checkpoint.atomic_directory(out) as tmp:
-        save_yaml(model.config, tmp / checkpoint.CONFIG_NAME)
-        save_yaml(QuantizationConfig(method=method), tmp / QUANTIZATION_NAME)  # type: ignore[arg-type]
-        save_file(tensors, str(tmp / checkpoint.WEIGHTS_NAME), metadata=metadata)
-        if (source / checkpoint.TOKENIZER_DIR).is_dir():
-            shutil.copytree(source / checkpoint.TOKENIZER_DIR, tmp / checkpoint.TOKENIZER_DIR)
+        checkpoint.write_int8_model(model, method, tmp, source / checkpoint.TOKENIZER_DIR)
     return out
 
 
-def quantization_of(directory: str | Path) -> QuantizationConfig | None:
-    """The quantization recorded in a checkpoint directory; None for an fp32 checkpoint."""
-    path = Path(directory) / QUANTIZATION_NAME
-    return from_dict(QuantizationConfig, read_yaml(path)) if path.is_file() else None
-
-
-def load_model(directory: str | Path, kernel: Kernel = "auto") -> QwenImageModel:
-    """The model of a checkpoint directory, fp32 or int8 (`quantization.yaml` says which)."""
-    directory = Path(directory)
+def load_for_inference(directory: str | Path, kernel: Kernel = "auto") -> QwenImageModel:
+    """`checkpoint.load_model`, with an int8 checkpoint moved onto the chosen kernel."""
     check_kernel(kernel)
+    model = load_model(directory)
     quantization = quantization_of(directory)
-    if quantization is None:
-        return QwenImageModel.from_pretrained(directory)
-    model = QwenImageModel(from_dict(ModelConfig, read_yaml(directory / checkpoint.CONFIG_NAME)))
-    _torchao_quantize(model, quantization.method)  # the int8 structure the saved tensors fill
-    state = _read_quantized(directory / checkpoint.WEIGHTS_NAME)
-    try:
-        model.load_state_dict(state, assign=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"the int8 weights in {directory} do not fit its config.yaml: {exc}") from exc
-    _select_kernel(model, quantization.method, kernel)
-    return model.eval()
+    if quantization is not None:
+        select_kernel(model, quantization.method, kernel)
+    return model
 
 
 @dataclass
@@ -161,7 +119,7 @@ def run_quantize(source: str | Path, out: str | Path, method: str, config: Quant
     started = time.perf_counter()
     out = quantize_checkpoint(source, out, method)
     report = {"method": method, "source": str(source), "checkpoint": str(out), "config": to_dict(config),
-              **size_and_speed(load_model(source), load_model(out, config.kernel), config)}
+              **size_and_speed(load_model(source), load_for_inference(out, config.kernel), config)}
     report["seconds"] = round(time.perf_counter() - started, 2)
     (out / REPORT_NAME).write_text(json.dumps(report, indent=1), encoding="utf-8")
     return report
@@ -237,24 +195,7 @@ def _tensor_bytes(tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _torchao():
-    try:
-        from torchao import quantization
-    except ImportError as exc:
-        raise ConfigError("int8 quantization needs torchao: pip install 'vlstack[quantize]'") from exc
-    return quantization
-
-
-def _torchao_quantize(model: nn.Module, method: str) -> None:
-    """Replace the weight of every nn.Linear by a torchao Int8Tensor (per-output-channel scales)."""
-    check_method(method)
-    ao = _torchao()
-    config = (ao.Int8DynamicActivationInt8WeightConfig(set_inductor_config=False) if method == "int8-dynamic"
-              else ao.Int8WeightOnlyConfig(set_inductor_config=False))
-    ao.quantize_(model, config, filter_fn=lambda module, _name: isinstance(module, nn.Linear))
-
-
-def _select_kernel(model: nn.Module, method: str, kernel: Kernel) -> None:
+def select_kernel(model: nn.Module, method: str, kernel: Kernel) -> None:
     """Move an int8-dynamic model onto fbgemm when asked, or by default on CPU; else it stays on torchao."""
     on_cpu = next(model.parameters()).device.type == "cpu"
     if method == "int8-dynamic" and (kernel == "fbgemm" or (kernel == "auto" and on_cpu)):
@@ -291,26 +232,3 @@ def _to_fbgemm(model: nn.Module) -> None:
             swapped.set_weight_bias(qweight, None if child.bias is None else child.bias.detach())
             swapped.reduce_range = reduce_range
             setattr(parent, name, swapped)
-
-
-def _flatten(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
-
-    tensors, metadata = flatten_tensor_state_dict(state)
-    return {k: v.contiguous() for k, v in tensors.items()}, metadata
-
-
-def _read_quantized(path: Path) -> dict[str, torch.Tensor]:
-    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
-
-    try:
-        with safe_open(str(path), "pt") as file:
-            metadata = file.metadata() or {}
-        tensors = load_file(str(path))
-        state, leftover = unflatten_tensor_state_dict(tensors, metadata)
-    except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not a readable int8 checkpoint ({exc}); write it with "
-                              "`vlstack quantize`") from exc
-    if leftover:
-        raise CheckpointError(f"{path} holds tensors its header does not describe: {sorted(leftover)[:5]}")
-    return state

@@ -3,7 +3,7 @@
 The configs live beside the models they describe; `vlstack.config` holds the
 machinery (YAML, overrides, validation) that every config shares.
 
-The qwen-image presets reproduce the seed article's table per component
+The qwen-image presets reproduce the article's table per component
 (vision / language / fusion): S = 380M / 1.8B / 420M, M = 980M / 7B / 1.2B,
 L = 2.3B / 14B / 3.1B. "Fusion" counts every cross-modal parameter: the fusion
 transformer, its input projections, the LM projector and the four heads.
@@ -85,7 +85,7 @@ class ModelConfig:
     """Token id of `<image>`; set from the tokenizer when the model is built with one."""
 
     @classmethod
-    def from_preset(cls, name: str) -> "ModelConfig":
+    def from_preset(cls, name: str) -> ModelConfig:
         """The named preset; an unknown name lists the known ones."""
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
@@ -132,7 +132,7 @@ def _small() -> ModelConfig:
 
 
 def _qwen_image_s() -> ModelConfig:
-    """Seed table: vision 380M / language 1.8B (shaped like Qwen-1.8B) / fusion 420M = 2.6B."""
+    """The article's table: vision 380M / language 1.8B (shaped like Qwen-1.8B) / fusion 420M = 2.6B."""
     return ModelConfig(
         name="qwen-image-s",
         vision=VisionConfig(width=1024, layers=24, heads=16, mlp_ratio=4.0, global_every=4),
@@ -143,7 +143,7 @@ def _qwen_image_s() -> ModelConfig:
 
 
 def _qwen_image_m() -> ModelConfig:
-    """Seed table: vision 980M / language 7B (shaped like Qwen-7B) / fusion 1.2B = 9.18B."""
+    """The article's table: vision 980M / language 7B (shaped like Qwen-7B) / fusion 1.2B = 9.18B."""
     return ModelConfig(
         name="qwen-image-m",
         vision=VisionConfig(width=1280, layers=40, heads=16, mlp_ratio=4.0, global_every=4),
@@ -155,7 +155,7 @@ def _qwen_image_m() -> ModelConfig:
 
 
 def _qwen_image_l() -> ModelConfig:
-    """Seed table: vision 2.3B / language 14B (shaped like Qwen-14B) / fusion 3.1B = 19.4B."""
+    """The article's table: vision 2.3B / language 14B (shaped like Qwen-14B) / fusion 3.1B = 19.4B."""
     return ModelConfig(
         name="qwen-image-l",
         vision=VisionConfig(width=1664, layers=48, heads=16, mlp_ratio=8192 / 1664, global_every=6),
@@ -165,13 +165,13 @@ def _qwen_image_l() -> ModelConfig:
     )
 
 
-SEED_TABLE: dict[str, dict[str, int]] = {
+ARTICLE_TABLE: dict[str, dict[str, int]] = {
     "qwen-image-s": {"vision": 380_000_000, "language": 1_800_000_000, "fusion": 420_000_000, "total": 2_600_000_000},
     "qwen-image-m": {"vision": 980_000_000, "language": 7_000_000_000, "fusion": 1_200_000_000, "total": 9_180_000_000},
     "qwen-image-l": {"vision": 2_300_000_000, "language": 14_000_000_000, "fusion": 3_100_000_000,
                      "total": 19_400_000_000},
 }
-"""Parameter counts per component from the seed article's table (section 1.3)."""
+"""Parameter counts per component from the article's table (section 1.3)."""
 
 PRESETS = {
     "nano": _nano,

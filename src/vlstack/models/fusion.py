@@ -13,7 +13,7 @@ class FusionTransformer(nn.Module):
     """Projects both modalities to a common width, tags them with a modality embedding,
     and lets every token attend to every (non-padding) token of both.
 
-    The seed concatenates 1024-wide visual and 4096-wide text features into a
+    The article concatenates 1024-wide visual and 4096-wide text features into a
     2048-wide encoder with no projection; here each stream has its own projection.
     """
 

@@ -1,6 +1,6 @@
 """Point clouds as a third modality: farthest point sampling, a PointNet encoder, LM tokens.
 
-The seed's encoder: farthest point sampling (FPS) down to 1024 points, a shared MLP
+The article's encoder: farthest point sampling (FPS) down to 1024 points, a shared MLP
 3 -> 128 -> 256 -> 512 applied to every point, and a max pool over the points, which
 makes the global feature independent of the order the points come in. For the
 language model the encoder also gives local tokens: the features of the points
@@ -33,7 +33,7 @@ POINT = "<point>"
 
 @dataclass
 class PointCloudConfig:
-    """The seed's PointNet-style encoder (FPS to 1024 points, shared MLP 3 -> 128 -> 256 -> 512, max pool)."""
+    """The article's PointNet-style encoder (FPS to 1024 points, shared MLP 3 -> 128 -> 256 -> 512, max pool)."""
 
     num_points: int = 1024
     """Clouds with more points are reduced to this many by FPS; smaller clouds are used whole."""

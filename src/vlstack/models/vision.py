@@ -52,7 +52,7 @@ class PositionTable(nn.Module):
 
 
 class DynamicPositionEmbedding(PositionTable):
-    """The position table refined by a Conv1d along the sequence (seed section 1.2)."""
+    """The position table refined by a Conv1d along the sequence (the article's section 1.2)."""
 
     def __init__(self, width: int, grid: int):
         super().__init__(width, grid)
@@ -73,7 +73,7 @@ class GlobalAttention(SelfAttention):
 class HierarchicalAttention(nn.Module):
     """Window attention over non-overlapping `window_size`² patch windows, then global attention.
 
-    As the seed's HierarchicalAttention, but on token sequences: the patch grid is
+    As the article's HierarchicalAttention, but on token sequences: the patch grid is
     partitioned into windows (padded at the bottom/right with masked tokens when it
     does not divide evenly), attention runs inside each window, and a global
     attention over all tokens follows. A residual connection wraps the window stage

@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 from transformers import GenerationConfig
 
-from vlstack import checkpoint
-from vlstack.config import from_dict, read_yaml, save_yaml
-from vlstack.errors import CheckpointError, InputError
+from vlstack.errors import InputError
 from vlstack.models.config import ModelConfig
 from vlstack.models.fusion import FusionTransformer
 from vlstack.models.heads import ITCHead, ITMHead, MLMHead
 from vlstack.models.language import build_language_model, decoder
 from vlstack.models.layers import MLP
 from vlstack.models.vision import PositionTable, VisionTransformer
-
 
 PATCH_POSITION_STD = 1.0
 """Init scale of the patch position table added to the projected patch tokens. Tiny preset, held-out
@@ -210,35 +206,6 @@ class QwenImageModel(nn.Module):
         embeds = self.embed_inputs(input_ids, pixel_values)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask,
                                             generation_config=gen_config)
-
-    # --- checkpoints --------------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
-        """Write `config.yaml`, `model.safetensors` and (if given) `tokenizer/`, atomically."""
-        with checkpoint.atomic_directory(directory) as tmp:
-            self.write_files(tmp, tokenizer)
-
-    def write_files(self, directory: Path, tokenizer=None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """The checkpoint files, written into an existing directory; `state_dict` replaces this
-        module's own weights (e.g. the consolidated weights of a sharded model)."""
-        save_yaml(self.config, directory / checkpoint.CONFIG_NAME)
-        checkpoint.save_weights(self.state_dict() if state_dict is None else state_dict, directory)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(directory / checkpoint.TOKENIZER_DIR))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "QwenImageModel":
-        """Rebuild the model from its `config.yaml` and load its weights."""
-        directory = Path(directory)
-        config_path = directory / checkpoint.CONFIG_NAME
-        if not config_path.is_file():
-            raise CheckpointError(
-                f"{directory} is not a vlstack checkpoint (no {checkpoint.CONFIG_NAME}); "
-                "pass a directory written by save_pretrained()"
-            )
-        model = cls(from_dict(ModelConfig, read_yaml(config_path)))
-        checkpoint.load_weights(model, directory)
-        return model.eval()
 
     # --- checks -------------------------------------------------------------------------
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from vlstack.data.schema import KINDS, ImageRef, Sample
+from vlstack.data.shards import ShardWriter, write_shards
+from vlstack.errors import DataError
+from vlstack.progress import progress_bar
 from vlstack.synthetic.charts import chart_sample
 from vlstack.synthetic.defects import DEFECT_TYPES, inject, plan_defects
 from vlstack.synthetic.documents import document_sample
-from vlstack.data.schema import KINDS, ImageRef, Sample
-from vlstack.data.shards import ShardWriter, write_shards
 from vlstack.synthetic.scenes import (
     Language,
     caption_sample,
@@ -29,8 +32,6 @@ from vlstack.synthetic.scenes import (
     split_seed,
     vqa_sample,
 )
-from vlstack.errors import DataError
-from vlstack.progress import progress_bar
 
 GENERATORS: dict[str, Callable[..., Sample]] = {
     "caption": caption_sample,

@@ -14,17 +14,17 @@ import io
 import random
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 from PIL import ExifTags, Image, ImageEnhance, ImageFilter
 
-from vlstack.synthetic.fake_pii import FAKERS
 from vlstack.data.schema import IMAGE_TOKEN, ImageRef, Sample, image_name
-from vlstack.synthetic.scenes import encode_image
 from vlstack.errors import DataError
+from vlstack.synthetic.fake_pii import FAKERS
+from vlstack.synthetic.scenes import encode_image
 
 IMAGE_DEFECTS = (
     "blur", "face", "exif_gps", "corrupt_bytes", "truncated", "bomb", "mode_cmyk", "mode_16bit", "mode_alpha",

@@ -13,8 +13,8 @@ import random
 
 from PIL import Image, ImageDraw
 
-from vlstack.synthetic.fonts import get_font
 from vlstack.data.schema import ImageRef, Sample
+from vlstack.synthetic.fonts import get_font
 from vlstack.synthetic.scenes import Language, encode_image
 
 DOC_TYPES = ("form", "receipt", "invoice")

@@ -8,7 +8,7 @@ test of the filter is only meaningful against values a real one would see.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 CN_REGIONS = ("110101", "310104", "440305", "510107", "330106", "420102")
 """Real administrative division codes: Beijing Dongcheng, Shanghai Xuhui, Shenzhen Nanshan, Chengdu Wuhou,

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from vlstack.synthetic.scans import scan_samples
 from vlstack.data.conversations import REFUSAL, UNSAFE_ANSWER
 from vlstack.data.schema import IMAGE_TOKEN, Sample
 from vlstack.data.shards import write_shards
-from vlstack.synthetic.corpus import make_sample
-from vlstack.synthetic.surfaces import crop_samples
-from vlstack.synthetic.scenes import Language, SceneObject, caption_for, split_seed
 from vlstack.errors import DataError
+from vlstack.synthetic.corpus import make_sample
+from vlstack.synthetic.scans import scan_samples
+from vlstack.synthetic.scenes import Language, SceneObject, caption_for, split_seed
+from vlstack.synthetic.surfaces import crop_samples
 
 STREAM = 10_000_000
 """Index offset between datasets (the mini-suites of `vlstack.synthetic.suites` use indices below 3M)."""
@@ -122,7 +122,7 @@ def interleaved(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
     return out
 
 
-def _page_qa(kind: str, dataset: str, stream: int) -> "Generator":
+def _page_qa(kind: str, dataset: str, stream: int) -> Generator:
     def generate(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
         out = []
         for i in range(n):

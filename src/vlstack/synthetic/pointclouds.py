@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from vlstack.synthetic.scenes import split_seed
 from vlstack.errors import DataError
+from vlstack.synthetic.scenes import split_seed
 
 POINT_SHAPES = ("sphere", "cube", "cylinder", "cone", "torus")
 SHAPES_ZH = {"sphere": "球体", "cube": "立方体", "cylinder": "圆柱体", "cone": "圆锥体", "torus": "圆环体"}

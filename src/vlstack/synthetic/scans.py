@@ -7,7 +7,7 @@ are sides of the image, not the patient's sides (radiology shows the patient's r
 on the image's left), and the questions say so.
 
 Three question types teach what the medical assistant is asked: lesion presence
-(yes/no), its side, and a short report in answer to the seed's findings prompt
+(yes/no), its side, and a short report in answer to the article's findings prompt
 (`REPORT_PROMPTS`), whose wording `read_findings` parses back, so a model's findings
 on a scan can be scored against the truth. Every scan is a pure function of
 (seed, index); splits draw from their own seeds, as in `synthetic.py`.
@@ -24,8 +24,8 @@ from PIL import Image
 
 from vlstack.apps.medical import REPORT_PROMPTS
 from vlstack.data.schema import IMAGE_TOKEN, ImageRef, Sample
-from vlstack.synthetic.scenes import Language, encode_image, split_seed
 from vlstack.errors import DataError
+from vlstack.synthetic.scenes import Language, encode_image, split_seed
 
 QUESTION_TYPES = ("presence", "side", "report")
 SIDES = ("left", "right")

@@ -19,13 +19,13 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from vlstack.synthetic.charts import chart_sample
-from vlstack.synthetic.documents import document_sample
 from vlstack.data.schema import Sample
-from vlstack.synthetic.scenes import COLORS, SHAPES, vqa_sample
 from vlstack.eval.benchmarks import BENCHMARKS, aokvqa, chartqa, docvqa, gqa, vqarad, vqav2
 from vlstack.eval.harness import HALLUCINATION_DIR
+from vlstack.synthetic.charts import chart_sample
+from vlstack.synthetic.documents import document_sample
 from vlstack.synthetic.hallucination import write_hallucination_suite
+from vlstack.synthetic.scenes import COLORS, SHAPES, vqa_sample
 
 SCENE_STREAM = 1_000_000
 """Scene-index offset between the suites built from shape scenes, so that no two share a scene."""

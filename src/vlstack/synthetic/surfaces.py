@@ -11,7 +11,7 @@ drawn as masks, so the ground-truth box of each is exact:
 
 Severity follows the size (length of a scratch or crack, area of a spot). The samples
 teach the inspection assistant: grounding samples (every defect boxed and named) and
-crop samples that answer the seed's inspection prompt (`INSPECTION_PROMPTS`) with type,
+crop samples that answer the article's inspection prompt (`INSPECTION_PROMPTS`) with type,
 severity and likely cause, in a wording `read_defect_type` parses back. Everything is a
 pure function of (seed, split, index).
 """

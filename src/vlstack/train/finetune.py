@@ -35,12 +35,13 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from vlstack import checkpoint
+from vlstack.checkpoint import load_model, save_model
 from vlstack.config import save_yaml, to_dict
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import check_conversations, encode_conversations, load_conversations
 from vlstack.data.schema import Sample
-from vlstack.eval.conversations import evaluate_samples
 from vlstack.errors import ConfigError
+from vlstack.eval.conversations import evaluate_samples
 from vlstack.infer.engine import Engine, EngineConfig
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
@@ -277,7 +278,7 @@ def _fresh_start(config: FinetuneConfig, data: dict[str, list[Sample]], director
     tokenizer = train_tokenizer(texts, vocab_size=config.model.language.vocab_size)
     model_config = dataclasses.replace(config.model, image_token_id=special_token_ids(tokenizer).image)
     torch.manual_seed(config.train.seed)
-    QwenImageModel(model_config).save_pretrained(directory, tokenizer)
+    save_model(QwenImageModel(model_config), directory, tokenizer)
     return directory
 
 
@@ -291,7 +292,7 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
                               "a new run in another out_dir")
         return {**saved, "status": "skipped (done)"}
     t = time.perf_counter()
-    model = QwenImageModel.from_pretrained(start)
+    model = load_model(start)
     tokenizer = load_tokenizer(start / checkpoint.TOKENIZER_DIR)
     freeze(model, stage.freeze)
     if stage.lora is not None:
@@ -316,7 +317,7 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     if stage.lora is not None:
         merge_lora(model)
     exported = stage_dir / MODEL_DIR
-    model.save_pretrained(exported, tokenizer)
+    save_model(model, exported, tokenizer)
     result = {
         "status": "done",
         "config": to_dict(stage),

@@ -8,7 +8,8 @@ of the hardware the model code uses, whatever the hardware.
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode

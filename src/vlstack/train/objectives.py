@@ -31,7 +31,7 @@ def itc_objective(model: QwenImageModel, batch: dict[str, torch.Tensor]) -> tupl
 
 @dataclass
 class PretrainLossConfig:
-    """Weights of the mixed pretraining loss (seed: 0.4 ITC + 0.3 ITM + 0.2 MLM + 0.1 VTM) and masking rates."""
+    """Weights of the mixed pretraining loss (the article: 0.4 ITC + 0.3 ITM + 0.2 MLM + 0.1 VTM) and masking rates."""
 
     itc: float = 0.4
     itm: float = 0.3

@@ -17,14 +17,15 @@ from typing import Literal
 
 import torch
 
+from vlstack.checkpoint import load_model, write_model_files
 from vlstack.data.loader import caption_pairs, pairs_to_tensors
 from vlstack.errors import ConfigError
 from vlstack.eval.retrieval import evaluate_pairs
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel, count_parameters
-from vlstack.train.objectives import PretrainLossConfig, PretrainObjective, itc_objective
 from vlstack.train.distributed import init_distributed
+from vlstack.train.objectives import PretrainLossConfig, PretrainObjective, itc_objective
 from vlstack.train.trainer import TrainConfig, Trainer
 
 
@@ -89,14 +90,14 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None) -> dict:
     else:
         objective = itc_objective
     trainer = Trainer(model, objective, config.train, train_set, out_dir=out, dist_info=dist_info,
-                      export=lambda directory, state: model.write_files(directory, tokenizer, state))
+                      export=lambda directory, state: write_model_files(model, directory, tokenizer, state))
     if resume:
         trainer.resume(resume)
     history = trainer.fit(f"pretrain ({config.objective})")
     trained = model
     if config.train.parallel.mode in ("fsdp2", "deepspeed") and dist_info.is_main:
         # ZeRO-3 leaves only this rank's shards in `model`; the exported checkpoint holds all weights
-        trained = QwenImageModel.from_pretrained(trainer.checkpoint_dir).to(dist_info.device)
+        trained = load_model(trainer.checkpoint_dir).to(dist_info.device)
     results = {
         "parameters": count_parameters(model_config),
         "world_size": dist_info.world,

@@ -16,8 +16,8 @@ from vlstack.data.clean.perplexity import (
     check_perplexity,
     tokenize,
 )
-from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import ConfigError
+from vlstack.synthetic.scenes import shape_scenes
 
 
 def captions(n: int, seed: int) -> list[str]:
@@ -75,7 +75,7 @@ def test_in_domain_below_threshold_below_gibberish(order, unit, reference):
     in_domain = lm.perplexities(held_out)
     gibberish = lm.perplexities([gibberish_en(rng) for _ in range(20)] + [gibberish_zh(rng) for _ in range(20)])
     assert max(in_domain) < 10 < min(gibberish)
-    if unit == "word":  # the seed's limit is a word-level perplexity
+    if unit == "word":  # the article's limit is a word-level perplexity
         assert max(in_domain) < PerplexityConfig().max_perplexity < min(gibberish)
 
 

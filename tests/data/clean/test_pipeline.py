@@ -16,12 +16,12 @@ from vlstack.config import load_config
 from vlstack.data.clean.pipeline import CleanConfig
 from vlstack.data.clean.relevance import calibrate_scorer
 from vlstack.data.clean.run import REJECTED, clean
-from vlstack.synthetic.defects import DEFECT_TYPES
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_manifest, read_shards, write_shards
-from vlstack.synthetic.corpus import make_sample, synthesize
-from vlstack.synthetic.truth import score_cleaning
 from vlstack.errors import ConfigError
+from vlstack.synthetic.corpus import make_sample, synthesize
+from vlstack.synthetic.defects import DEFECT_TYPES
+from vlstack.synthetic.truth import score_cleaning
 
 TRUSTED_FIT, TRUSTED_CALIBRATE = 2000, 300
 

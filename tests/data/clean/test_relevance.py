@@ -17,8 +17,8 @@ from vlstack.data.clean.relevance import (
     check_relevance,
     load_clip_scorer,
 )
-from vlstack.synthetic.scenes import shape_scenes
 from vlstack.errors import ConfigError, DataError
+from vlstack.synthetic.scenes import shape_scenes
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""Load-time normalisation: resize to the model's input size and standardise with the seed's mean/std.
+"""Load-time normalisation: resize to the model's input size and standardise with the article's mean/std.
 
 Shards keep the encoded images; this runs when a sample is loaded, so changing
-the input size or statistics never means rewriting the data. The seed's values
+the input size or statistics never means rewriting the data. The article's values
 live beside the collator that uses them (`vlstack.data.collate`).
 """
 
@@ -18,11 +18,11 @@ from vlstack.data.collate import IMAGE_MEAN, IMAGE_STD, image_to_tensor
 @dataclass
 class NormalizeConfig:
     image_size: int = 384
-    """Square side the image is resized to (the seed's 384)."""
+    """Square side the image is resized to (the article's 384)."""
     mean: tuple[float, float, float] = IMAGE_MEAN
-    """Per-channel mean of [0, 1] pixel values (the seed's)."""
+    """Per-channel mean of [0, 1] pixel values (the article's)."""
     std: tuple[float, float, float] = IMAGE_STD
-    """Per-channel standard deviation (the seed's)."""
+    """Per-channel standard deviation (the article's)."""
 
 
 def normalize_image(image: Image.Image, cfg: NormalizeConfig | None = None) -> torch.Tensor:

@@ -7,7 +7,7 @@ Two models behind one method, `perplexities(texts) -> list[float]`:
   Chinese/Japanese (which have no spaces), or characters throughout.
 - `CausalLMPerplexity`: any local Hugging Face causal LM directory.
 
-The seed's limit of 150 is a word-level perplexity; it depends on the model and
+The article's limit of 150 is a word-level perplexity; it depends on the model and
 on how close the reference corpus is to the data, so check the histogram in the
 cleaning report when either changes.
 """
@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import torch
 
@@ -45,7 +46,7 @@ class PerplexityModel(Protocol):
 @dataclass
 class PerplexityConfig:
     max_perplexity: float = 150.0
-    """Drop texts above this (the seed's value, for a word-level model; see the module doc)."""
+    """Drop texts above this (the article's value, for a word-level model; see the module doc)."""
     model_path: str | None = None
     """A local HF causal LM directory; None uses the built-in n-gram model on the reference corpus."""
     order: int = 3
@@ -126,7 +127,7 @@ class NGramLM:
     @classmethod
     def train(
         cls, texts: Iterable[str], order: int = 3, unit: Unit = "word", open_vocab_size: int = 100_000
-    ) -> "NGramLM":
+    ) -> NGramLM:
         counts: Counter[tuple[str, ...]] = Counter()
         for text in texts:
             units = [BOS] * (order - 1) + tokenize(text, unit) + [EOS]

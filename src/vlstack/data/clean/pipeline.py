@@ -24,12 +24,14 @@ relevance model).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from PIL import Image
 
+from vlstack.checkpoint import load_model
 from vlstack.data.clean.dedup import DedupConfig, Fingerprint, fingerprint
 from vlstack.data.clean.perplexity import PerplexityConfig, PerplexityModel, build_perplexity_model, check_perplexity
 from vlstack.data.clean.privacy import FaceConfig, blur_faces, encode_without_metadata, metadata_found, redact_text
@@ -268,7 +270,7 @@ class Stages:
         self._chain += [self._fingerprint] if cfg.dedup.enabled else []
 
     @classmethod
-    def build(cls, cfg: CleanConfig, scorer: RelevanceScorer | None = None) -> "Stages":
+    def build(cls, cfg: CleanConfig, scorer: RelevanceScorer | None = None) -> Stages:
         """Load the models the config names: the perplexity model (trained on the reference corpus for
         the built-in n-gram) and the relevance scorer, unless one is given."""
         model = None
@@ -391,9 +393,8 @@ def load_scorer(cfg: RelevanceStage) -> RelevanceScorer:
     path = Path(cfg.model)
     if (path / "config.yaml").is_file():
         from vlstack.models.tokenizer import load_tokenizer
-        from vlstack.models.vlm import QwenImageModel  # inside: data depends on models only when asked to
 
-        model = QwenImageModel.from_pretrained(path).to(cfg.device)
+        model = load_model(path).to(cfg.device)
         tokenizer = load_tokenizer(path / "tokenizer")
         return ITCScorer(model, tokenizer, model.config.vision.image_size, cfg.max_text_tokens, cfg.batch_size,
                          cfg.device)

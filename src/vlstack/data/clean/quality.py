@@ -124,7 +124,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 @dataclass
 class BlurConfig:
     max_score: float = 0.7
-    """Drop images whose blur score is above this (the seed's value)."""
+    """Drop images whose blur score is above this (the article's value)."""
     half_variance: float = 70.0
     """Laplacian variance that maps to a score of 0.5; 0.7 then means variance 30 (see module doc)."""
     analysis_side: int = 512

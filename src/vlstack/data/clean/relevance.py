@@ -8,7 +8,7 @@ L2-normalised embeddings:
 - `ITCScorer`: any model with ITC embedding methods, such as a vlstack checkpoint
   (the bootstrap route: train a small scorer on a trusted subset, filter the rest).
 
-The seed's threshold 0.22 is a cosine of OpenAI CLIP ViT-B embeddings. Other
+The article's threshold 0.22 is a cosine of OpenAI CLIP ViT-B embeddings. Other
 scorers have other scales (a small ITC head may put matching pairs at 0.9 and
 mismatched ones at 0.3), so calibrate with `calibrate_threshold` on clean and
 deliberately mismatched pairs, and report the threshold used.
@@ -17,9 +17,10 @@ deliberately mismatched pairs, and report the threshold used.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class RelevanceScorer(Protocol):
 @dataclass
 class RelevanceConfig:
     min_score: float = 0.22
-    """Drop pairs scoring below this. The seed's 0.22 is an OpenAI CLIP cosine: for any other
+    """Drop pairs scoring below this. The article's 0.22 is an OpenAI CLIP cosine: for any other
     scorer, set the value `calibrate_threshold` finds (see the module doc)."""
 
 

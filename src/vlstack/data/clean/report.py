@@ -54,7 +54,7 @@ class Tally:
     def total(self) -> int:
         return self.kept + self.rejected
 
-    def add(self, outcome: "Outcome") -> None:
+    def add(self, outcome: Outcome) -> None:
         if outcome.id is not None:
             self.ids.add(outcome.id)
         self.judged.update(outcome.steps.keys())
@@ -74,7 +74,7 @@ class Tally:
             if len(self.reason_examples[reason]) < self.examples:
                 self.reason_examples[reason].append((outcome.id, detail))
 
-    def _add_findings(self, outcome: "Outcome") -> None:
+    def _add_findings(self, outcome: Outcome) -> None:
         privacy = outcome.steps.get("privacy", {})
         found = Counter(privacy.get("text", {}))
         for image in privacy.get("images", []):
@@ -98,7 +98,7 @@ class Tally:
         }
 
 
-def write_report(out: Path, tally: Tally, cfg: "CleanConfig", summary: dict[str, Any]) -> Path:
+def write_report(out: Path, tally: Tally, cfg: CleanConfig, summary: dict[str, Any]) -> Path:
     """Write `report.md` and the histograms into `out`; returns the report's path."""
     thresholds = {"blur": cfg.blur.max_score, "perplexity": cfg.perplexity.max_perplexity,
                   "relevance": cfg.relevance.min_score}
@@ -118,7 +118,7 @@ _RULES = {
 }
 
 
-def _markdown(tally: Tally, cfg: "CleanConfig", summary: dict, thresholds: dict, plots: list[str]) -> list[str]:
+def _markdown(tally: Tally, cfg: CleanConfig, summary: dict, thresholds: dict, plots: list[str]) -> list[str]:
     share = f" ({tally.rejected / tally.total:.1%})" if tally.total else ""
     lines = [
         "# Cleaning report",

@@ -18,7 +18,7 @@ ANSWER_TYPES = ("CLOSED", "OPEN")
 @register("vqarad")
 class VQARAD(Benchmark):
     """`accuracy` over all questions, `closed_accuracy`, `open_accuracy` / `open_recall` over their own
-    questions, and corpus BLEU-1..4 over all (the seed reports BLEU-4)."""
+    questions, and corpus BLEU-1..4 over all (the article reports BLEU-4)."""
 
     data_dir = "vqarad"
     primary = "bleu_4"

@@ -30,10 +30,10 @@ Modules: `entities` (lexicon, extraction), `detector` (scores, calibration, labe
 
 from vlstack.eval.hallucination.chair import chair  # noqa: F401
 from vlstack.eval.hallucination.detector import (  # noqa: F401
+    ARTICLE_THRESHOLDS,
     CALIBRATION_FILE,
     LABELS,
     SCORER,
-    SEED_THRESHOLDS,
     Calibration,
     Detection,
     HallucinationDetector,

@@ -29,8 +29,8 @@ from vlstack.models.vlm import QwenImageModel
 
 LABELS = ("hallucination", "uncertain", "reliable")
 """From worst to best; a higher score never gets an earlier label."""
-SEED_THRESHOLDS = (0.15, 0.3)
-"""The seed's thresholds: below 0.15 hallucination, above 0.3 reliable."""
+ARTICLE_THRESHOLDS = (0.15, 0.3)
+"""The article's thresholds: below 0.15 hallucination, above 0.3 reliable."""
 CALIBRATION_FILE = "hallucination_calibration.json"
 SCORER = "itc-contrast-v1"
 """The score the thresholds are fitted for; a calibration for another scorer is not used."""
@@ -40,12 +40,12 @@ SCORER = "itc-contrast-v1"
 class Calibration:
     """Thresholds of the detector's labels, fitted for one scorer; stored beside the checkpoint's weights."""
 
-    low: float = SEED_THRESHOLDS[0]
+    low: float = ARTICLE_THRESHOLDS[0]
     """A score below this is a hallucination."""
-    high: float = SEED_THRESHOLDS[1]
+    high: float = ARTICLE_THRESHOLDS[1]
     """A score above this is reliable; in between, uncertain."""
     fitted: bool = False
-    """False: the seed's thresholds, not fitted for this model."""
+    """False: the article's thresholds, not fitted for this model."""
     scorer: str = SCORER
     error_rate: float | None = None
     """Target share of faithful entities labelled hallucination, and of hallucinated ones labelled reliable."""
@@ -67,7 +67,7 @@ class Calibration:
 
     @classmethod
     def load(cls, directory: str | Path) -> Calibration:
-        """The calibration stored in a checkpoint directory; the seed's thresholds when there is none."""
+        """The calibration stored in a checkpoint directory; the article's thresholds when there is none."""
         path = Path(directory) / CALIBRATION_FILE
         if not path.is_file():
             return cls()

@@ -70,7 +70,7 @@ class Lexicon:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Lexicon":
+    def load(cls, path: str | Path) -> Lexicon:
         """A lexicon written by `save`: {"groups": {kind: [[canonical, synonym, ...], ...]}, "place_phrases": {...}}."""
         path = Path(path)
         try:

@@ -31,6 +31,7 @@ from vlstack.eval.metrics import pope_metrics
 from vlstack.infer.engine import Engine, Request
 from vlstack.progress import progress_bar
 
+
 @dataclass
 class HallucinationConfig:
     """Hallucination evaluation on a suite of scenes with known objects (`suite.py`)."""
@@ -45,7 +46,7 @@ class HallucinationConfig:
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
     """Caption languages the detector is tested on (it calibrates on English)."""
     calibrate: bool = True
-    """Fit the thresholds (and store them in the checkpoint); False keeps the stored ones (or the seed's)."""
+    """Fit the thresholds (and store them in the checkpoint); False keeps the stored ones (or the article's)."""
     error_rate: float = 0.05
     """Calibration target: faithful entities labelled hallucination, hallucinated ones labelled reliable."""
     pope_scenes: int = 50

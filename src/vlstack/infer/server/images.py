@@ -9,7 +9,7 @@ import binascii
 import io
 import time
 import urllib.request
-from typing import Sequence
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from PIL import Image
