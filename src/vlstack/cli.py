@@ -461,7 +461,7 @@ def _app_commands(commands) -> None:
                         "The model sees the agent's view and a depth map and replies with a JSON plan; each step "
                         "is checked against the new state and a failure triggers a replan, within budgets. Writes "
                         "OUT/episode-SEED/transcript.jsonl (+ frames) and OUT/summary.json. Every EmbodiedConfig "
-                        "field can be --set (e.g. episode.max_plans=3). Needs pip install 'vlstack[embodied]'.")
+                        "field can be --set (e.g. episode.max_plans=3).")
     embodied.add_argument("--env", default="MiniGrid-Empty-5x5-v0", help="a MiniGrid environment id "
                                                                           "(default: %(default)s)")
     embodied.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")

@@ -4,7 +4,6 @@ static models, the Engine on ONNX Runtime, the CLI, and the errors."""
 from __future__ import annotations
 
 import json
-import sys
 
 import onnx
 import pytest
@@ -113,15 +112,6 @@ def test_an_onnx_model_of_another_size_is_refused(exported, tokenizer):
     config.image_token_id = special_token_ids(tokenizer).image
     with pytest.raises(ConfigError, match="export it from this checkpoint"):
         Engine(QwenImageModel(config), tokenizer, EngineConfig(vision_onnx=str(exported / VISION_ONNX)))
-
-
-def test_missing_onnxruntime_names_the_extra(exported, monkeypatch, sharpened_checkpoint, tokenizer):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ConfigError, match=r"pip install 'vlstack\[onnx\]'"):
-        OrtVisualEncoder(exported / VISION_ONNX)
-    with pytest.raises(ConfigError, match=r"vlstack\[onnx\]"):
-        Engine(load_model(sharpened_checkpoint), tokenizer,
-               EngineConfig(vision_onnx=str(exported / VISION_ONNX)))
 
 
 def test_bad_inputs_are_clear_errors(sharpened_checkpoint, tmp_path):

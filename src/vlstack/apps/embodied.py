@@ -13,7 +13,7 @@ that ends in an error still leaves its transcript.
 
 Planners: `EnginePlanner` asks a checkpoint through the inference `Engine` (RGB and
 depth as two images); `ScriptedPlanner` replies from a fixed list (tests, demo).
-`MiniGridEnvironment` adapts a MiniGrid task (`pip install 'vlstack[embodied]'`): the
+`MiniGridEnvironment` adapts a MiniGrid task (gymnasium's MiniGrid package): the
 agent's egocentric view is the RGB image, and depth is each visible cell's distance
 from the agent, in cells.
 """
@@ -423,12 +423,10 @@ def _describe(obj) -> str:
 
 
 def _import_minigrid():
-    try:
-        import gymnasium
-        import minigrid  # noqa: F401  (registers the MiniGrid-* environments)
-    except ImportError as exc:
-        raise VlstackError("MiniGrid environments need gymnasium and minigrid: "
-                           "pip install 'vlstack[embodied]'") from exc
+    """gymnasium with the MiniGrid-* environments registered (imported only when an episode runs)."""
+    import gymnasium
+    import minigrid  # noqa: F401  (registers the MiniGrid-* environments)
+
     return gymnasium
 
 

@@ -8,14 +8,13 @@ and activations int8, activation ranges calibrated on the user's images first, a
 article calibrates before converting). `export_checkpoint` writes all three and measures each
 against PyTorch; `EngineConfig.vision_onnx` makes the Engine encode images through one.
 
-onnxruntime, onnx and onnxscript are the `[onnx]` extra; they are imported inside the
-functions that need them.
+onnxruntime, onnx and onnxscript are imported inside the functions that need them, so that
+importing the Engine stays light.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -42,7 +41,6 @@ INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "visual_tokens"
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
 """The Linear-heavy ops ORT quantizes; norms, softmax and the rest stay fp32."""
-INSTALL = "pip install 'vlstack[onnx]'"
 
 
 @dataclass
@@ -80,7 +78,7 @@ def export_vision(model: QwenImageModel, path: str | Path, opset: int = 18) -> P
     """Export vision tower + projector to `path` with a dynamic batch axis (the dynamo exporter)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _require("onnxscript")
+    import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     size = model.config.vision.image_size
     example = torch.zeros(2, model.config.vision.in_channels, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -94,7 +92,7 @@ def export_vision(model: QwenImageModel, path: str | Path, opset: int = 18) -> P
 
 def ort_session(path: str | Path):
     """An ONNX Runtime CPU session for the model at `path`."""
-    ort = _require("onnxruntime")
+    import onnxruntime as ort
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no ONNX model at {path}; write one with `vlstack export-onnx`")
@@ -131,7 +129,7 @@ class OrtVisualEncoder:
 
 def quantize_onnx_dynamic(source: str | Path, target: str | Path) -> Path:
     """int8 weights of the Linear-heavy ops; activations quantized at run time."""
-    quantization = _require("onnxruntime.quantization")
+    from onnxruntime import quantization
     with _preprocessed(source) as prepared:
         quantization.quantize_dynamic(str(prepared), str(target), weight_type=quantization.QuantType.QInt8,
                                       op_types_to_quantize=QUANTIZED_OPS, per_channel=True)
@@ -140,7 +138,7 @@ def quantize_onnx_dynamic(source: str | Path, target: str | Path) -> Path:
 
 def quantize_onnx_static(source: str | Path, target: str | Path, calibration: torch.Tensor) -> Path:
     """int8 weights and activations (QDQ), activation ranges calibrated on `calibration` [N, 3, S, S]."""
-    quantization = _require("onnxruntime.quantization")
+    from onnxruntime import quantization
     batches = [{INPUT_NAME: row[None].numpy()} for row in calibration.float()]
 
     class Reader(quantization.CalibrationDataReader):
@@ -248,17 +246,8 @@ def folder_pixels(folder: str | Path, n: int, size: int, what: str) -> torch.Ten
 @contextlib.contextmanager
 def _preprocessed(source: str | Path) -> Iterator[Path]:
     """ORT's recommended pre-processing (shape inference, graph optimisation), into a temporary file."""
-    shape_inference = _require("onnxruntime.quantization.shape_inference")
+    from onnxruntime.quantization import shape_inference
     with tempfile.TemporaryDirectory(prefix="vlstack-onnx-") as tmp:
         target = Path(tmp) / "preprocessed.onnx"
         shape_inference.quant_pre_process(str(source), str(target))
         yield target
-
-
-def _require(module: str):
-    """Import an `[onnx]` extra module, or fail with the install command."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ConfigError(f"ONNX export and ONNX Runtime need the onnx extra ({module} is missing): "
-                          f"{INSTALL}") from exc

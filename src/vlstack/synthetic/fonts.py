@@ -1,12 +1,13 @@
 """Fonts for rendering synthetic documents and charts.
 
-English text uses the font bundled with Pillow, so it renders the same on every
-machine. Chinese needs a CJK font from the system; `VLSTACK_CJK_FONT` points at
-one explicitly, otherwise the usual Debian/Ubuntu/macOS locations are tried.
+English text uses the font bundled with Pillow; Chinese uses Noto Sans CJK SC from the
+`mplfonts` package, a dependency of vlstack, so both render the same on every machine
+without a system font. `VLSTACK_CJK_FONT` points at another font file explicitly.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -15,13 +16,8 @@ from PIL import ImageFont
 
 from vlstack.errors import DataError
 
-CJK_FONT_PATHS = (
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/System/Library/Fonts/PingFang.ttc",
-)
+PACKAGED_CJK_FONT = ("mplfonts", "fonts/NotoSansCJKsc-Regular.otf")
+"""(package, file inside it) of the CJK font; the package is found without importing it."""
 
 
 @lru_cache(maxsize=64)
@@ -33,11 +29,15 @@ def get_font(lang: str, size: int) -> ImageFont.FreeTypeFont:
 
 
 def cjk_font_path() -> Path:
-    candidates = [os.environ["VLSTACK_CJK_FONT"]] if os.environ.get("VLSTACK_CJK_FONT") else CJK_FONT_PATHS
-    for candidate in candidates:
-        if Path(candidate).is_file():
-            return Path(candidate)
-    raise DataError(
-        f"rendering Chinese text needs a CJK font, none found at {', '.join(candidates)}; "
-        "install one (apt-get install fonts-wqy-microhei) or set VLSTACK_CJK_FONT=/path/to/font.ttc"
-    )
+    if os.environ.get("VLSTACK_CJK_FONT"):
+        candidate = Path(os.environ["VLSTACK_CJK_FONT"])
+        if not candidate.is_file():
+            raise DataError(f"VLSTACK_CJK_FONT={candidate} is not a font file; unset it to use the packaged font")
+        return candidate
+    package, name = PACKAGED_CJK_FONT
+    spec = importlib.util.find_spec(package)
+    candidate = Path(next(iter(spec.submodule_search_locations))) / name if spec is not None else None
+    if candidate is None or not candidate.is_file():
+        raise DataError(f"rendering Chinese text needs a CJK font: the {package} package (a dependency of vlstack) "
+                        f"is missing or lacks {name}; reinstall vlstack, or set VLSTACK_CJK_FONT=/path/to/font")
+    return candidate
