@@ -13,7 +13,6 @@ negative log-likelihood (TRL's `sft` loss term, as in RPO, Pang et al. 2024), wh
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from vlstack.align.preference import (
 )
 from vlstack.checkpoint import write_model_files
 from vlstack.errors import ConfigError
+from vlstack.files import write_json
 from vlstack.models.vlm import QwenImageModel
 from vlstack.progress import progress_bar
 from vlstack.train.trainer import TrainConfig, Trainer, resume_from
@@ -139,5 +139,5 @@ def run_dpo(config: DPOConfig, resume: bool = False) -> dict:
         "history": history,
         "checkpoint": str(trainer.checkpoint_dir),
     }
-    (out / "align.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_json(out / "align.json", results)
     return results

@@ -9,7 +9,6 @@ files load like any other (`checkpoint.load_model`), plus `reward_head.safetenso
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from vlstack import checkpoint
 from vlstack.align.logprobs import Batch, lm_hidden, load_engine
 from vlstack.align.preference import PreferenceDataConfig, flatten_pairs, preference_data
 from vlstack.errors import CheckpointError
+from vlstack.files import write_json
 from vlstack.models.vlm import QwenImageModel
 from vlstack.train.trainer import TrainConfig, Trainer, resume_from
 
@@ -149,6 +149,6 @@ def train_reward_model(config: RewardConfig, resume: bool = False) -> dict:
         "history": history,
         "checkpoint": str(trainer.checkpoint_dir),
     }
-    (out / "reward.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_json(out / "reward.json", results)
     return results
 

@@ -29,6 +29,7 @@ from vlstack.checkpoint import load_model, write_model_files
 from vlstack.data.loader import GlobalBatches
 from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
+from vlstack.files import read_jsonl, write_json, write_jsonl
 from vlstack.infer.engine import Engine
 from vlstack.models.tokenizer import IM_END
 from vlstack.models.vlm import QwenImageModel
@@ -210,7 +211,7 @@ class IterationLog:
 
     def keep(self, iterations: int) -> None:
         """On resume: drop the lines of iterations after the first `iterations` (a killed run's last one)."""
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records()[:iterations]), encoding="utf-8")
+        write_jsonl(self.path, self.records()[:iterations])
 
     def write(self, record: dict) -> None:
         record = {**record, "seconds": round(time.perf_counter() - self.started, 2)}
@@ -220,9 +221,7 @@ class IterationLog:
             self.on_iteration(record)
 
     def records(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [record for _, record in read_jsonl(self.path)] if self.path.is_file() else []
 
 
 def held_out_figures(engine: Engine, held_out: list[Sample], rollout: RolloutConfig) -> dict[str, float]:
@@ -286,5 +285,5 @@ def write_summary(method: str, out: Path, records: list[dict], before: dict[str,
         "log": str(out / LOG_NAME),
         "seconds": records[-1]["seconds"],
     }
-    (out / "align.json").write_text(json.dumps({**summary, "history": records}, indent=2), encoding="utf-8")
+    write_json(out / "align.json", {**summary, "history": records})
     return summary

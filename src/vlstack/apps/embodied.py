@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from vlstack.errors import InputError, VlstackError
+from vlstack.files import write_json
 from vlstack.infer.engine import Engine, Request, SamplingParams
 from vlstack.models.tokenizer import IMAGE
 from vlstack.progress import progress_bar
@@ -501,5 +502,5 @@ def run_minigrid_episodes(checkpoint: str | Path, env_id: str, out_dir: str | Pa
         "results": results,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "summary.json", summary)
     return summary

@@ -25,9 +25,10 @@ from PIL import Image
 
 from vlstack import __version__
 from vlstack.apps.detectors import ClassicalConfig, ClassicalDetector, Detection, Detector, YoloDetector
-from vlstack.apps.report import Figure, Gallery, write_json, write_page
+from vlstack.apps.report import Figure, Gallery, write_page
 from vlstack.config import to_dict
 from vlstack.errors import ConfigError, InputError
+from vlstack.files import write_json
 from vlstack.infer.engine import Engine, Request
 from vlstack.progress import progress_bar
 

@@ -24,10 +24,11 @@ from PIL import Image
 from vlstack import __version__
 from vlstack.apps.deid import METHOD, OPTIONS, Deidentifier, burned_in_warning
 from vlstack.apps.dicom import Series, Unusable, read_file, read_folder, render
-from vlstack.apps.report import Figure, Gallery, save_image, write_json, write_page
+from vlstack.apps.report import Figure, Gallery, save_image, write_page
 from vlstack.config import to_dict
 from vlstack.errors import ConfigError
 from vlstack.eval.report import Table
+from vlstack.files import write_json
 from vlstack.infer.engine import Engine, Request
 from vlstack.progress import progress_bar
 

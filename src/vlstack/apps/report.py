@@ -4,10 +4,8 @@ tables and galleries of images with captions (thumbnails, annotated frames) besi
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
@@ -54,15 +52,6 @@ def save_image(image: Image.Image, path: str | Path, max_side: int = 256) -> Pat
     image.info.clear()
     image.thumbnail((max_side, max_side))
     image.save(path, format="PNG")
-    return path
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write `data` atomically (a temporary file, then a rename), so a reader never sees half a report."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
     return path
 
 

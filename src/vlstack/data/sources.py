@@ -22,6 +22,7 @@ from typing import Any
 from vlstack.data.schema import IMAGE_EXTENSIONS, IMAGE_TOKEN, ImageRef, Rejected, Sample, image_name
 from vlstack.data.shards import TarGroup, iter_tar
 from vlstack.errors import DataError
+from vlstack.files import read_json, read_jsonl
 
 Item = Sample | Rejected
 
@@ -222,21 +223,22 @@ def read_coco_captions(path: str | Path, image_root: str | Path) -> Iterator[Ite
         yield Rejected(str(image_id), "unknown_image", "annotations for an image_id not in 'images'", str(path))
 
 
-def read_vqav2(
-    questions: str | Path, annotations: str | Path, image_root: str | Path, image_pattern: str | None = None
-) -> Iterator[Item]:
-    """VQAv2 questions + annotations: one sample per question, the ten human answers in `answers`.
-
-    Images are found by `image_pattern` (e.g. `"{image_id:012d}.jpg"`), by default
-    COCO's `COCO_{data_subtype}_{image_id:012d}.jpg` from the questions file.
-    """
-    questions, annotations, image_root = _existing(questions), _existing(annotations), _existing(image_root)
+def vqav2_questions(questions: str | Path, annotations: str | Path) -> tuple[str, Iterator[dict | Rejected]]:
+    """The one VQAv2 parser (the data reader and the benchmark both use it): COCO's default image name
+    pattern from the questions file (`COCO_{data_subtype}_{image_id:012d}.jpg`), and each question joined
+    with its annotation, `{question_id, image_id, question, answers, answer_type, question_type,
+    multiple_choice_answer}`, or a `Rejected` saying what is wrong with it."""
+    questions, annotations = _existing(questions), _existing(annotations)
     question_data, annotation_data = _load_json(questions), _load_json(annotations)
-    for data in (question_data, annotation_data):
-        if isinstance(data, Rejected):
-            yield data
-            return
-    pattern = image_pattern or f"COCO_{question_data.get('data_subtype', 'unknown')}_{{image_id:012d}}.jpg"
+    bad = next((data for data in (question_data, annotation_data) if isinstance(data, Rejected)), None)
+    if bad is not None:
+        return "", iter([bad])
+    pattern = f"COCO_{question_data.get('data_subtype', 'unknown')}_{{image_id:012d}}.jpg"
+    return pattern, _vqav2_records(question_data, annotation_data, questions, annotations)
+
+
+def _vqav2_records(question_data: dict, annotation_data: dict, questions: Path, annotations: Path
+                   ) -> Iterator[dict | Rejected]:
     by_question = {a.get("question_id"): a for a in _objects(annotation_data, "annotations", annotations)
                    if not isinstance(a, Rejected)}
     for question in _objects(question_data, "questions", questions):
@@ -248,13 +250,34 @@ def read_vqav2(
         if not isinstance(question.get("image_id"), int) or not isinstance(question.get("question"), str):
             yield Rejected(sample_id, "bad_record", "question needs an int 'image_id' and a string 'question'", where)
         elif annotation is None:
-            yield Rejected(sample_id, "no_answers", "no annotation has this question_id", where)
+            yield Rejected(sample_id, "no_answers", f"question {sample_id} has no annotation in {annotations}", where)
         else:
             answers = [a["answer"] for a in annotation.get("answers", []) if isinstance(a, dict) and "answer" in a]
-            meta = {"source": "vqav2", "image_id": question["image_id"],
-                    **{k: annotation.get(k) for k in ("multiple_choice_answer", "answer_type", "question_type")}}
-            sample = Sample(sample_id, "vqa", question=question["question"], answers=answers, meta=meta)
-            yield _build(sample, image_root, [pattern.format(image_id=question["image_id"])], where)
+            yield {"question_id": question["question_id"], "image_id": question["image_id"],
+                   "question": question["question"], "answers": answers,
+                   **{k: annotation.get(k) for k in ("multiple_choice_answer", "answer_type", "question_type")}}
+
+
+def read_vqav2(
+    questions: str | Path, annotations: str | Path, image_root: str | Path, image_pattern: str | None = None
+) -> Iterator[Item]:
+    """VQAv2 questions + annotations: one sample per question, the ten human answers in `answers`.
+
+    Images are found by `image_pattern` (e.g. `"{image_id:012d}.jpg"`), by default
+    COCO's `COCO_{data_subtype}_{image_id:012d}.jpg` from the questions file.
+    """
+    image_root = _existing(image_root)
+    default_pattern, records = vqav2_questions(questions, annotations)
+    for record in records:
+        if isinstance(record, Rejected):
+            yield record
+            continue
+        meta = {"source": "vqav2", **{k: record[k] for k in ("image_id", "multiple_choice_answer", "answer_type",
+                                                             "question_type")}}
+        sample = Sample(str(record["question_id"]), "vqa", question=record["question"], answers=record["answers"],
+                        meta=meta)
+        yield _build(sample, image_root, [(image_pattern or default_pattern).format(image_id=record["image_id"])],
+                     str(questions))
 
 
 def read_img2dataset(path: str | Path) -> Iterator[Item]:
@@ -358,12 +381,9 @@ def _add_image_token(turns: list[dict]) -> None:
 def _load_json(path: Path) -> Any:
     """The parsed JSON object in `path`, or a `Rejected` saying why it cannot be read."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return Rejected(None, "bad_json", f"{type(error).__name__}: {error}", str(path))
-    if not isinstance(data, dict):
-        return Rejected(None, "bad_json", f"expected a JSON object, got {type(data).__name__}", str(path))
-    return data
+        return read_json(path, "JSON file", dict)
+    except DataError as error:
+        return Rejected(None, "bad_json", str(error), str(path))
 
 
 def _objects(data: dict, key: str, path: Path) -> Iterator[dict | Rejected]:
@@ -379,12 +399,9 @@ def _objects(data: dict, key: str, path: Path) -> Iterator[dict | Rejected]:
 
 def _json_array(path: Path) -> Iterator[tuple[int, dict | Rejected]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        yield 0, Rejected(None, "bad_json", f"{type(error).__name__}: {error}", str(path))
-        return
-    if not isinstance(data, list):
-        yield 0, Rejected(None, "bad_json", f"expected a JSON array, got {type(data).__name__}", str(path))
+        data = read_json(path, "JSON file", list)
+    except DataError as error:
+        yield 0, Rejected(None, "bad_json", str(error), str(path))
         return
     for number, record in enumerate(data):
         yield number, record if isinstance(record, dict) else Rejected(
@@ -392,15 +409,10 @@ def _json_array(path: Path) -> Iterator[tuple[int, dict | Rejected]]:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict | Rejected]]:
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                yield number, Rejected(None, "bad_json", f"line {number}: {error}", str(path))
-                continue
+    for number, record in read_jsonl(path):
+        if isinstance(record, DataError):
+            yield number, Rejected(None, "bad_json", str(record), str(path))
+        else:
             yield number, record if isinstance(record, dict) else Rejected(
                 None, "bad_record", f"line {number} is not an object", str(path))
 

@@ -8,7 +8,6 @@ calibration and check images for ONNX Runtime); then `vlstack.infer` makes the v
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from vlstack.eval.deployment import (
     compare_quantized,
     feature_cache_figures,
 )
+from vlstack.files import write_json
 from vlstack.infer.engine import Engine
 from vlstack.infer.onnx import OnnxExportConfig, export_checkpoint
 from vlstack.infer.quantize import quantize_model
@@ -99,7 +99,7 @@ def deployment_figures(checkpoint_dir: str | Path, out_dir: str | Path, config: 
     report = {"figures": figures, "quantization": quantized, "onnx_export": exported, "onnx_engine": onnx,
               "seconds": round(time.perf_counter() - started, 2)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_NAME).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_json(out / REPORT_NAME, report)
     return report
 
 

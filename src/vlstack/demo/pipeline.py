@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import shutil
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from vlstack.demo.report import markdown
 from vlstack.errors import VlstackError
 from vlstack.eval.hallucination import run_hallucination, summarize
 from vlstack.eval.harness import run_eval, versions
+from vlstack.files import write_json
 from vlstack.models.tokenizer import train_tokenizer
 from vlstack.synthetic.corpus import synthesize, write_scenes
 from vlstack.synthetic.hallucination import write_hallucination_suite
@@ -69,7 +69,7 @@ def run_demo(config: DemoConfig) -> dict:
     report["stages"]["apps"] = _apps_stage(config.apps, checkpoint, out / "apps")
 
     report["total_seconds"] = round(time.perf_counter() - started, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(out / "report.json", report)
     (out / "report.md").write_text(markdown(report, out), encoding="utf-8")
     return report
 

@@ -12,7 +12,6 @@ and is listed with its reason: it scores 0, it is never dropped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from vlstack.errors import ConfigError, DataError, VlstackError
 from vlstack.eval.benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
 from vlstack.eval.hallucination import HallucinationConfig, run_hallucination
 from vlstack.eval.report import write_reports
+from vlstack.files import write_json
 from vlstack.infer.engine import Engine, EngineConfig, EngineStats, Request
 from vlstack.progress import progress_bar
 
@@ -109,7 +109,7 @@ def run_eval(model: Engine | str | Path, config: EvalConfig) -> dict[str, Any]:
                                                      checkpoint=None if isinstance(model, Engine) else model)
     results["seconds"] = round(time.perf_counter() - started, 2)
     results["tokens_per_second"] = _tokens_per_second(before, engine.stats)
-    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_json(out / "results.json", results)
     write_reports(results, out)
     return results
 

@@ -15,7 +15,6 @@ importing the Engine stays light.
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from vlstack.checkpoint import load_model, quantization_of
 from vlstack.config import to_dict
 from vlstack.data.collate import image_to_tensor
 from vlstack.errors import CheckpointError, ConfigError, DataError, InputError
+from vlstack.files import write_json
 from vlstack.models.vlm import QwenImageModel
 
 VISION_ONNX = "vision.onnx"
@@ -194,7 +194,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, config: O
         "vs_pytorch": {name: compare_tokens(reference, OrtVisualEncoder(path)(held_out))
                        for name, path in paths.items()},
     }
-    (out / EXPORT_JSON).write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_json(out / EXPORT_JSON, report)
     return report
 
 

@@ -26,7 +26,6 @@ saving and loading.
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from vlstack import checkpoint
 from vlstack.checkpoint import check_method, int8_structure, load_model, quantization_of
 from vlstack.config import to_dict
 from vlstack.errors import ConfigError
+from vlstack.files import write_json
 from vlstack.models.vlm import QwenImageModel
 
 Kernel = Literal["auto", "torchao", "fbgemm"]
@@ -121,7 +121,7 @@ def run_quantize(source: str | Path, out: str | Path, method: str, config: Quant
     report = {"method": method, "source": str(source), "checkpoint": str(out), "config": to_dict(config),
               **size_and_speed(load_model(source), load_for_inference(out, config.kernel), config)}
     report["seconds"] = round(time.perf_counter() - started, 2)
-    (out / REPORT_NAME).write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_json(out / REPORT_NAME, report)
     return report
 
 

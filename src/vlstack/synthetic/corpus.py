@@ -18,6 +18,7 @@ from typing import Any
 from vlstack.data.schema import KINDS, ImageRef, Sample
 from vlstack.data.shards import ShardWriter, write_shards
 from vlstack.errors import DataError
+from vlstack.files import write_json
 from vlstack.progress import progress_bar
 from vlstack.synthetic.charts import chart_sample
 from vlstack.synthetic.defects import DEFECT_TYPES, inject, plan_defects
@@ -104,7 +105,7 @@ def synthesize(
         "defect_rate": defects, "spoiled": len(plans), "clean": n - len(plans), "defects": dict(sorted(counts.items())),
         "shards": len(writer.shards), "out": str(out), "seconds": round(time.perf_counter() - started, 2),
     }
-    (out / "synth.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out / "synth.json", summary)
     return summary
 
 

@@ -11,17 +11,16 @@ documents for DocVQA, charts for ChartQA, and grayscale "scans" with a bright le
 from __future__ import annotations
 
 import io
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
 from vlstack.data.schema import Sample
 from vlstack.eval.benchmarks import BENCHMARKS, aokvqa, chartqa, docvqa, gqa, vqarad, vqav2
 from vlstack.eval.harness import HALLUCINATION_DIR
+from vlstack.files import write_json
 from vlstack.synthetic.charts import chart_sample
 from vlstack.synthetic.documents import document_sample
 from vlstack.synthetic.hallucination import write_hallucination_suite
@@ -79,9 +78,9 @@ def write_vqav2(folder: Path, n: int, seed: int) -> None:
                             "answer_type": answer_type, "multiple_choice_answer": answer,
                             "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": k + 1}
                                         for k in range(vqav2.ANSWERS_PER_QUESTION)]})
-    _write_json(folder / vqav2.QUESTIONS.format(split=subtype),
+    write_json(folder / vqav2.QUESTIONS.format(split=subtype),
                 {**header, "task_type": "Open-Ended", "questions": questions})
-    _write_json(folder / vqav2.ANNOTATIONS.format(split=subtype), {**header, "annotations": annotations})
+    write_json(folder / vqav2.ANNOTATIONS.format(split=subtype), {**header, "annotations": annotations})
 
 
 def write_gqa(folder: Path, n: int, seed: int) -> None:
@@ -102,7 +101,7 @@ def write_gqa(folder: Path, n: int, seed: int) -> None:
             "isBalanced": True, "types": {"structural": structural, "semantic": semantic, "detailed": detailed},
             "groups": {"global": None, "local": None}, "entailed": [], "equivalent": [question_id],
             "semantic": [], "semanticStr": "", "annotations": {"question": {}, "answer": {}, "fullAnswer": {}}}
-    _write_json(folder / gqa.QUESTIONS.format(split="testdev_balanced"), questions)
+    write_json(folder / gqa.QUESTIONS.format(split="testdev_balanced"), questions)
 
 
 def write_docvqa(folder: Path, n: int, seed: int) -> None:
@@ -117,7 +116,7 @@ def write_docvqa(folder: Path, n: int, seed: int) -> None:
                      "question_types": [DOC_QUESTION_TYPES[sample.meta["doc_type"]]], "image": image,
                      "docId": index + 1, "ucsf_document_id": document, "ucsf_document_page_no": "1",
                      "answers": sample.answers, "data_split": split})
-    _write_json(folder / split / docvqa.ANNOTATIONS.format(split=split),
+    write_json(folder / split / docvqa.ANNOTATIONS.format(split=split),
                 {"dataset_name": "docvqa", "dataset_split": split, "dataset_version": "1.0", "data": data})
 
 
@@ -129,7 +128,7 @@ def write_chartqa(folder: Path, n: int, seed: int) -> None:
         imgname = f"syn{index:05d}.png"
         _save_image(sample, folder / split / chartqa.IMAGES / imgname)
         entries.append({"imgname": imgname, "query": sample.question, "label": sample.answers[0]})
-    _write_json(folder / split / chartqa.ANNOTATIONS.format(split=split, subset="human"), entries)
+    write_json(folder / split / chartqa.ANNOTATIONS.format(split=split, subset="human"), entries)
 
 
 def write_vqarad(folder: Path, n: int, seed: int) -> None:
@@ -147,7 +146,7 @@ def write_vqarad(folder: Path, n: int, seed: int) -> None:
         entries.append({"qid": index + 1, "image_name": image_name, "image_organ": organ, "answer": answer,
                         "answer_type": answer_type, "question_type": question_type, "question": question,
                         "phrase_type": "test_freeform"})
-    _write_json(folder / vqarad.ANNOTATIONS, entries)
+    write_json(folder / vqarad.ANNOTATIONS, entries)
 
 
 def write_aokvqa(folder: Path, n: int, seed: int) -> None:
@@ -164,7 +163,7 @@ def write_aokvqa(folder: Path, n: int, seed: int) -> None:
                         "question": sample.question, "choices": choices, "correct_choice_idx": choices.index(answer),
                         "direct_answers": [answer] * 10, "difficult_direct_answer": index % 4 == 3,
                         "rationales": [f"Looking at the picture, the answer is {answer}."]})
-    _write_json(folder / aokvqa.ANNOTATIONS.format(split=split), entries)
+    write_json(folder / aokvqa.ANNOTATIONS.format(split=split), entries)
 
 
 WRITERS: dict[str, Callable[[Path, int, int], None]] = {
@@ -218,11 +217,6 @@ def _save_image(sample: Sample, path: Path) -> None:
         path.write_bytes(data)
     else:
         Image.open(io.BytesIO(data)).convert("RGB").save(path, "JPEG", quality=95)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 _INFO = {"description": "vlstack synthetic suite in the VQAv2 format", "version": "2.0", "year": 2024}

@@ -36,6 +36,7 @@ from vlstack.data.clean.dedup import normalize_text
 from vlstack.data.clean.pipeline import judged_text
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_manifest, read_shards
+from vlstack.files import write_json
 
 TRUTH = "defects.jsonl"
 GROUND_TRUTH = "ground_truth.json"
@@ -144,7 +145,7 @@ def score_cleaning(input_dir: str | Path, output_dir: str | Path) -> dict[str, A
     truth = evaluate(input_dir, output_dir)
     if truth is not None:
         out = Path(output_dir)
-        (out / GROUND_TRUTH).write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
+        write_json(out / GROUND_TRUTH, truth)
         with (out / "report.md").open("a", encoding="utf-8") as report:
             report.write("\n".join(_markdown(truth)) + "\n")
     return truth

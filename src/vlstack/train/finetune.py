@@ -42,6 +42,7 @@ from vlstack.data.conversations import check_conversations, encode_conversations
 from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
 from vlstack.eval.conversations import evaluate_samples
+from vlstack.files import write_json
 from vlstack.infer.engine import Engine, EngineConfig
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
@@ -266,7 +267,7 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> dict:
     results["checkpoint"] = str(start)
     results["eval"] = results["stages"].get(config.stages[-1].name, {}).get("eval", {})
     results["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "finetune.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(out / "finetune.json", results)
     return results
 
 
@@ -334,7 +335,7 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     if held_out:
         result["eval"] = evaluate(model, tokenizer, held_out, config, data)
     result["seconds"] = round(time.perf_counter() - t, 1)
-    done.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(done, result)
     shutil.rmtree(resumable, ignore_errors=True)  # the exported model replaces the resumable state
     return result
 

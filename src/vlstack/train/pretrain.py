@@ -10,7 +10,6 @@ The same function runs under `torchrun --nproc_per_node=N`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,6 +20,7 @@ from vlstack.checkpoint import load_model, write_model_files
 from vlstack.data.loader import caption_pairs, pairs_to_tensors
 from vlstack.errors import ConfigError
 from vlstack.eval.retrieval import evaluate_pairs
+from vlstack.files import write_json
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel, count_parameters
@@ -108,5 +108,5 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None) -> dict:
         "checkpoint": str(trainer.checkpoint_dir),
     }
     if dist_info.is_main:
-        (out / "pretrain.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_json(out / "pretrain.json", results)
     return results

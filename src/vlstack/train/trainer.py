@@ -37,6 +37,7 @@ from vlstack.checkpoint import atomic_directory
 from vlstack.config import to_dict
 from vlstack.data.loader import GlobalBatches
 from vlstack.errors import CheckpointError, VlstackError
+from vlstack.files import write_json
 from vlstack.models.parallelize import apply_activation_checkpointing, compile_blocks
 from vlstack.progress import progress_bar
 from vlstack.train.backends import build_backend
@@ -252,7 +253,7 @@ class Trainer:
         if self.dist.is_main:
             with atomic_directory(target) as tmp:
                 (staging / state_dir).rename(tmp / state_dir)
-                (tmp / STATE_FILE).write_text(json.dumps(self._trainer_state(), indent=2), encoding="utf-8")
+                write_json(tmp / STATE_FILE, self._trainer_state())
                 tensors = getattr(self.data, "tensor_state", dict)()
                 if tensors:
                     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / DATA_TENSORS))

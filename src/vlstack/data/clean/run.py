@@ -25,6 +25,7 @@ from vlstack.data.executors import get_executor
 from vlstack.data.schema import Rejected
 from vlstack.data.shards import MANIFEST, ShardWriter
 from vlstack.errors import ConfigError
+from vlstack.files import write_json
 from vlstack.progress import progress_bar
 
 REJECTED = "rejected.jsonl"
@@ -82,8 +83,7 @@ def clean(input_dir: str | Path, output_dir: str | Path, config: CleanConfig | N
         else None,
     }
     save_yaml(cfg, out / "clean_config.yaml")
-    (out / SUMMARY).write_text(json.dumps({**summary, "config": to_dict(cfg)}, indent=2, ensure_ascii=False) + "\n",
-                               encoding="utf-8")
+    write_json(out / SUMMARY, {**summary, "config": to_dict(cfg)})
     write_report(out, tally, cfg, summary)
     return summary
 

@@ -18,8 +18,9 @@ from vlstack.eval.benchmarks.base import (
     register,
     short_answer,
 )
-from vlstack.eval.benchmarks.files import check_images, existing_dir, field, read_json, text_list
+from vlstack.eval.benchmarks.files import check_images, existing_dir, field, text_list
 from vlstack.eval.metrics import aokvqa_da_accuracy, aokvqa_mc_accuracy
+from vlstack.files import read_json
 
 ANNOTATIONS = "aokvqa_v1p0_{split}.json"
 _LETTER = re.compile(r"\(?([A-Z])(?:[.:)]|$)")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from vlstack.errors import DataError
 from vlstack.eval.benchmarks.base import Benchmark, EvalItem, register
-from vlstack.eval.benchmarks.files import check_images, existing_dir, field, read_json
+from vlstack.eval.benchmarks.files import check_images, existing_dir, field
 from vlstack.eval.metrics import relaxed_accuracy
+from vlstack.files import read_json
 
 ANNOTATIONS = "{split}_{subset}.json"
 IMAGES = "png"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from vlstack.errors import DataError
 from vlstack.eval.benchmarks.base import Benchmark, EvalItem, register
-from vlstack.eval.benchmarks.files import check_images, existing_dir, field, read_json, records, text_list
+from vlstack.eval.benchmarks.files import check_images, existing_dir, field, records, text_list
 from vlstack.eval.metrics import anls
+from vlstack.files import read_json
 
 ANNOTATIONS = "{split}_v1.0.json"
 

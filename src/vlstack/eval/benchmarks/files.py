@@ -1,4 +1,5 @@
-"""Strict reading of benchmark files: any problem is a `DataError` that names the file and the field.
+"""Strict reading of benchmark files: any problem is a `DataError` that names the file and the field
+(`vlstack.files.read_json` reads the JSON; these check what is in it).
 
 Evaluation never skips a bad record (a skipped question would shrink the denominator
 without anyone noticing), so unlike `vlstack.data.sources` these helpers raise.
@@ -6,7 +7,6 @@ without anyone noticing), so unlike `vlstack.data.sources` these helpers raise.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,18 +29,6 @@ def existing_dir(path: str | Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{what} {path} is not a directory; pass the folder that holds the images")
     return path
-
-
-def read_json(path: str | Path, what: str, top: type[list | dict]) -> Any:
-    """The JSON in `path`, which must parse and be a `top` (list or dict)."""
-    path = existing_file(path, what)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{what} {path} is not valid JSON: {error}") from None
-    if not isinstance(data, top):
-        raise DataError(f"{what} {path} must hold a JSON {top.__name__}, found {type(data).__name__}")
-    return data
 
 
 def records(data: dict, key: str, path: Path) -> list[dict]:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from vlstack.errors import DataError
 from vlstack.eval.benchmarks.base import Benchmark, EvalItem, register, short_answer
-from vlstack.eval.benchmarks.files import check_images, existing_dir, field, read_json
+from vlstack.eval.benchmarks.files import check_images, existing_dir, field
 from vlstack.eval.metrics import exact_match
+from vlstack.files import read_json
 
 QUESTIONS = "{split}_questions.json"
 IMAGES = "images"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from vlstack.errors import DataError
 from vlstack.eval.benchmarks.base import Benchmark, EvalItem, register
-from vlstack.eval.benchmarks.files import check_images, existing_dir, field, read_json
+from vlstack.eval.benchmarks.files import check_images, existing_dir, field
 from vlstack.eval.metrics import bleu, closed_accuracy, open_accuracy, open_recall
+from vlstack.files import read_json
 
 ANNOTATIONS = "VQA_RAD Dataset Public.json"
 IMAGES = "VQA_RAD Image Folder"

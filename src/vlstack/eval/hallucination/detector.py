@@ -24,6 +24,7 @@ from vlstack.eval.hallucination.entities import (
     extract_entities,
     render,
 )
+from vlstack.files import write_json
 from vlstack.infer.engine import Engine
 from vlstack.models.vlm import QwenImageModel
 
@@ -59,11 +60,7 @@ class Calibration:
 
     def save(self, directory: str | Path) -> Path:
         """Write `directory/hallucination_calibration.json` (atomically: a temp file, then a rename)."""
-        path = Path(directory) / CALIBRATION_FILE
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(to_dict(self), indent=1), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return write_json(Path(directory) / CALIBRATION_FILE, to_dict(self))
 
     @classmethod
     def load(cls, directory: str | Path) -> Calibration:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlstack.errors import ConfigError, DataError
+from vlstack.files import write_json
 
 LEXICON_FILE = "lexicon.json"
 GENERIC_NOUNS = ["shape", "object", "figure", "one", "thing", "item", "形状", "图形", "物体"]
@@ -66,7 +67,7 @@ class Lexicon:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
+        write_json(path, self.to_dict())
         return path
 
     @classmethod

@@ -4,7 +4,6 @@ score the detector, then POPE and CHAIR through the Engine (`run_hallucination`,
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,7 @@ from vlstack.eval.hallucination.detector import (
 from vlstack.eval.hallucination.pope import POPE_SETTINGS, pope_probes
 from vlstack.eval.hallucination.suite import Scene, Suite, read_suite
 from vlstack.eval.metrics import pope_metrics
+from vlstack.files import write_json, write_jsonl
 from vlstack.infer.engine import Engine, Request
 from vlstack.progress import progress_bar
 
@@ -107,7 +107,7 @@ def run_hallucination(model: Engine | str | Path, config: HallucinationConfig, o
     results["seconds"] = round(time.perf_counter() - started, 2)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "hallucination.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+        write_json(out / "hallucination.json", results)
     return results
 
 
@@ -218,8 +218,8 @@ def evaluate_pope(engine: Engine, suite: Suite, config: HallucinationConfig, out
                             "examples": [{"question": p.text, "label": p.label, "answer": a}
                                          for p, a in list(zip(probes, answers))[: config.examples]]}
         if out is not None:
-            _write_lines(out / "pope" / f"synthetic_pope_{setting}.json", [p.to_json() for p in probes])
-            _write_lines(out / "pope" / f"synthetic_pope_{setting}_answers.json",
+            write_jsonl(out / "pope" / f"synthetic_pope_{setting}.json", [p.to_json() for p in probes])
+            write_jsonl(out / "pope" / f"synthetic_pope_{setting}_answers.json",
                          [{"question_id": p.question_id, "question": p.text, "answer": a}
                           for p, a in zip(probes, answers)])
     return results
@@ -280,8 +280,3 @@ def _label_counts(labels: Iterable[str]) -> dict[str, int]:
     counts = Counter(labels)
     return {label: counts[label] for label in LABELS}
 
-
-def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    """JSON lines, as POPE's files are (one object per line, despite the .json name)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
