@@ -54,7 +54,7 @@ from vlstack.infer.quantize import best_seconds, linear_heavy_passes, quantize_m
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import IM_END, special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel
-from vlstack.synthetic.scenes import shape_scenes
+from vlstack.synthetic.scenes import shape_scenes, split_seed
 from vlstack.train.flops import matmul_peak
 
 QUESTIONS = ["What colour is the largest shape in this picture?", "How many shapes are there in the image?",
@@ -246,7 +246,7 @@ def main() -> None:
                          Setting("engine_bf16_cache_cold", engine_counts(bf16_engine), clear(bf16_engine)),
                          Setting("engine_bf16_cache_warm", engine_counts(bf16_engine), prime(bf16_engine))]
         result["generation"] += interleaved_throughput(settings, batch, **common)
-    result["vision_path"] = feature_cache_figures(engine, images=16)
+    result["vision_path"] = feature_cache_figures(engine, [s.image for s in shape_scenes(17, seed=split_seed(0, "test"))])
 
     variants = {"fp32": model, **int8}
     seconds = best_seconds({name: {**mlp_passes(m), **linear_heavy_passes(m)} for name, m in variants.items()})
