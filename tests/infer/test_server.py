@@ -1,4 +1,8 @@
-"""The OpenAI-compatible server, driven over loopback by the real `openai` client and raw HTTP."""
+"""The OpenAI-compatible server, driven over loopback by the real `openai` client and raw HTTP: the API, and
+the server under bad input, faults and load (every malformed or out-of-range request is a 4xx naming its
+field, one bad request never fails its batch, memory is bounded in bytes, tokenising happens off the
+Engine's thread, clients that leave or wait too long stop their decode, allowlisted fetches keep a real
+deadline, a schema fuzzer finds no 5xx, and 64 concurrent clients see no error)."""
 
 from __future__ import annotations
 
@@ -9,8 +13,12 @@ import http.client
 import http.server
 import io
 import json
+import socket
+import socketserver
+import statistics
 import struct
 import threading
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -26,6 +34,7 @@ from vlstack.cli import main
 from vlstack.errors import InputError
 from vlstack.infer.engine import Engine, EngineConfig, Request
 from vlstack.infer.server import ApiError, BatchWorker, ServerConfig, check_remote_url, create_app, serve_in_background
+from vlstack.infer.server.images import fetch_image
 from vlstack.synthetic.scenes import shape_scenes
 
 MODEL = "vlstack"
@@ -376,3 +385,249 @@ def test_a_client_that_leaves_mid_stream_stops_its_decode(start, engine, images)
     connection.close()
     good_request_succeeds(base, images)  # the worker is free again
     assert len(pieces) < 150
+
+
+# --- bad input, faults and load ------------------------------------------------------------
+
+
+def chat(**fields) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": "hi"}], **fields}).encode()
+
+
+OUT_OF_RANGE = {
+    "seed 2**64": (chat(seed=2**64), "seed"),
+    "negative seed": (chat(seed=-1), "seed"),
+    "tiny temperature": (chat(temperature=1e-300), "temperature"),
+    "lone surrogate": (b'{"messages": [{"role": "user", "content": "hi \\ud800 there"}]}', "messages.0.content.0.text"),
+    "surrogate stop": (b'{"messages": [{"role": "user", "content": "hi"}], "stop": "\\udfff"}', "stop"),
+    "empty stop": (chat(stop=[""]), "stop"),
+    "five stops": (chat(stop=["a", "b", "c", "d", "e"]), "stop"),
+    "long stop": (chat(stop="x" * 300), "stop"),
+    "huge top_k": (chat(top_k=2**40), "top_k"),
+    "too many characters": (json.dumps({"messages": [{"role": "user", "content": "w " * 40_000}]}).encode(),
+                            "messages"),
+}
+
+
+@pytest.mark.parametrize("body, param", OUT_OF_RANGE.values(), ids=OUT_OF_RANGE.keys())
+def test_out_of_range_fields_are_400_naming_the_field(start, images, body, param):
+    base = start()
+    status, reply = post(base, body)
+    assert status == 400, reply
+    assert reply["error"]["param"] == param or param in reply["error"]["message"]
+    good_request_succeeds(base, images)
+
+
+def test_json_nested_a_hundred_thousand_levels_is_400(start, images):
+    base = start()
+    status, reply = post(base, b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert status == 400 and "nests JSON too deeply" in reply["error"]["message"]
+    good_request_succeeds(base, images)
+
+
+def test_an_engine_failure_fails_only_its_own_request_in_a_batch(engine, images):
+    generate = engine.generate
+
+    def failing_on_the_marked_request(requests):
+        if any(r.params.max_new_tokens == 7 for r in requests):
+            raise RuntimeError("this request breaks the Engine")
+        return generate(requests)
+
+    engine.generate = failing_on_the_marked_request
+    worker = BatchWorker(engine, wait_s=0.05, max_queued=8)
+    good = [Request.ask("what is it?", images[i % 3], max_new_tokens=3) for i in range(5)]
+    futures = [worker.submit(r) for r in good[:3]] + [worker.submit(Request.ask("q", images[0], max_new_tokens=7))]
+    futures += [worker.submit(r) for r in good[3:]]
+    worker.start()  # all six are queued, so they form one batch
+    try:
+        assert all(f.result(60).finish_reason in ("stop", "length") for i, f in enumerate(futures) if i != 3)
+        with pytest.raises(RuntimeError, match="breaks the Engine"):
+            futures[3].result(60)
+    finally:
+        worker.stop()
+
+
+def test_memory_is_bounded_in_bytes_with_503_and_retry_after(start, images):
+    big = images[0].resize((1024, 1024))  # 3 MB decoded
+    base = start(max_inflight_bytes=2 * 2**20, max_image_pixels=2048 * 2048, retry_after_s=2)
+    request = json.dumps({"messages": ask(data_uri(big)), "max_tokens": 2}).encode()
+    status, reply = post(base, request)
+    assert status == 503 and "needs 3,145,728 bytes" in reply["error"]["message"]
+    good_request_succeeds(base, images)  # the budget came back: a small request fits
+
+
+def test_retry_after_is_sent_with_a_503(start, images):
+    import urllib.error
+    import urllib.request
+
+    base = start(max_inflight_bytes=1000, retry_after_s=3)
+    request = urllib.request.Request(f"{base}/v1/chat/completions", data=json.dumps({"messages": ask(data_uri(
+        images[0]))}).encode(), method="POST", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "3"
+
+
+def test_tokenising_and_decoding_images_happen_off_the_engine_thread(start, engine, images):
+    threads = set()
+    prompt_ids = engine.prompt_ids
+
+    def recording(request, tokenizer=None):
+        threads.add(threading.current_thread().name)
+        return prompt_ids(request, tokenizer)
+
+    engine.prompt_ids = recording
+    good_request_succeeds(start(), images)
+    assert threads and "vlstack-engine" not in threads
+
+
+def test_a_request_over_its_timeout_is_504_and_stops_decoding(start, engine, images):
+    cancelled = []
+    generate = engine.generate
+
+    def slow_generate(requests):
+        time.sleep(0.5)  # longer than the timeout: the request has been answered 504 by now
+        cancelled.extend(r.cancel.is_set() for r in requests)
+        return generate(requests)
+
+    engine.generate = slow_generate
+    base = start(request_timeout_s=0.1)
+    status, reply = post(base, json.dumps({"messages": ask(data_uri(images[0])), "max_tokens": 3}).encode())
+    assert status == 504 and "not answered within 0.1 s" in reply["error"]["message"]
+    engine.generate = generate
+    deadline = time.monotonic() + 30
+    while not cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled == [True]  # the Engine saw the cancellation: it ends the row at its next step
+
+
+def test_a_client_that_disconnects_cancels_its_non_streaming_request(start, engine, images):
+    seen = []
+    generate = engine.generate
+
+    def waiting_generate(requests):
+        seen.extend(requests)
+        deadline = time.monotonic() + 30
+        while not requests[0].cancel.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return generate(requests)
+
+    engine.generate = waiting_generate
+    base = start()
+    host, port = base.removeprefix("http://").split(":")
+    body = json.dumps({"messages": ask(data_uri(images[0])), "max_tokens": 50}).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+    deadline = time.monotonic() + 30
+    while not seen[0].cancel.is_set() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert seen[0].cancel.is_set()
+    engine.generate = generate
+    good_request_succeeds(base, images)
+
+
+class _Misbehaving(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _bad_host(reply) -> tuple[str, callable]:
+    """A loopback host that answers every connection with `reply(socket)`."""
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.recv(65536)
+            with contextlib.suppress(OSError):
+                reply(self.request)
+
+    server = _Misbehaving(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/image.png", server.shutdown
+
+
+def _trickle(sock):
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n")
+    for _ in range(60):
+        sock.sendall(b"x")
+        time.sleep(0.5)
+
+
+BAD_HOSTS = {
+    "over-long header line": (lambda s: s.sendall(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"),
+                              "LineTooLong"),
+    "bad status line": (lambda s: s.sendall(b"NOT HTTP AT ALL\r\n\r\n"), "BadStatusLine"),
+    "too many headers": (lambda s: s.sendall(b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 150 + b"\r\n"), "headers"),
+    "closes at once": (lambda s: s.close(), "RemoteDisconnected"),
+    "trickles a byte at a time": (_trickle, "not complete after 1 s"),
+    "trickles its headers": (lambda s: [s.sendall(b"H") or time.sleep(0.5) for _ in range(60)],
+                             "not complete after 1 s"),
+}
+
+
+@pytest.mark.parametrize("reply, message", BAD_HOSTS.values(), ids=BAD_HOSTS.keys())
+def test_allowlisted_fetches_keep_a_deadline_and_every_http_error_is_400(reply, message):
+    url, stop = _bad_host(reply)
+    try:
+        with pytest.raises(ApiError) as refused:
+            fetch_image(url, 100_000, timeout_s=1.0, where="messages.0.content.0.image_url")
+    finally:
+        stop()
+    assert refused.value.status == 400 and message in refused.value.message
+
+
+@pytest.mark.slow
+def test_a_schema_fuzzer_finds_no_server_error(start, images):
+    """Schemathesis generates requests from the server's own OpenAPI schema (and deliberately bad ones);
+    none may get a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.generation import GenerationMode
+
+    base = start()
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    statuses = []
+
+    operations = [operation.ok() for operation in schema.get_all_operations()]
+    # valid requests to every operation, then bodies that break the schema (a GET has nothing to break)
+    runs = [(o, GenerationMode.POSITIVE) for o in operations] + [
+        (o, GenerationMode.NEGATIVE) for o in operations if o.method.upper() == "POST"]
+    for operation, mode in runs:
+        strategy = operation.as_strategy(mode)
+
+        @settings(max_examples=60, deadline=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=strategy)
+        def check(case):
+            response = case.call(base_url=base, timeout=60)
+            statuses.append(response.status_code)
+            assert response.status_code < 500, (case.body, response.text[:500])
+
+        check()
+    assert len(statuses) >= 120 and any(400 <= s < 500 for s in statuses) and 200 in statuses
+    print(f"\nfuzzing: {len(statuses)} requests, statuses {sorted(set(statuses))}")
+    good_request_succeeds(base, images)
+
+
+@pytest.mark.slow
+def test_64_concurrent_clients_see_no_error_and_the_latencies_are_recorded(start, images, capsys):
+    api = client(start(batch_wait_ms=10))
+
+    def one_client(i: int) -> list[float]:
+        seconds = []
+        for _ in range(3):
+            started = time.perf_counter()
+            reply = api.chat.completions.create(model="vlstack", messages=ask(data_uri(images[i % 3])), max_tokens=4)
+            assert reply.choices[0].finish_reason in ("stop", "length")
+            seconds.append(time.perf_counter() - started)
+        return seconds
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        latencies = sorted(s for result in pool.map(one_client, range(64)) for s in result)  # raises on an error
+    p50, p99 = statistics.median(latencies), latencies[int(0.99 * (len(latencies) - 1))]
+    assert len(latencies) == 192
+    with capsys.disabled():
+        print(f"\nload: 64 clients x 3 requests, 0 errors, p50 {p50:.3f} s, p99 {p99:.3f} s")

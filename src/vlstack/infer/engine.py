@@ -21,6 +21,7 @@ questions take the article's fast path: a smaller token budget.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -64,6 +65,11 @@ class Request:
     the content is replaced by the next image's visual tokens."""
     images: list[Image.Image] = field(default_factory=list)
     params: SamplingParams = field(default_factory=SamplingParams)
+    prompt_ids: list[int] | None = None
+    """`Engine.prompt_ids(request)` computed ahead (a server tokenises off the Engine's thread); None: the
+    Engine computes it."""
+    cancel: threading.Event | None = None
+    """Set it to end the request at the next decoding step (finish reason "cancelled")."""
 
     @classmethod
     def ask(cls, question: str, image: Image.Image | None = None, **params) -> Request:
@@ -77,7 +83,7 @@ class Request:
 class Result:
     text: str
     token_ids: list[int]
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: Literal["stop", "length", "cancelled"] | None
     """None only on the partial results a decode yields while the row is still going."""
     prompt_tokens: int
 
@@ -173,10 +179,13 @@ class Engine:
         """The projected visual tokens [Nv, Dt] of one image, from the cache when seen before."""
         return self._visual_tokens_of([image])[0]
 
-    def prompt_ids(self, request: Request) -> list[int]:
-        """Chat template -> token ids with each `<image>` expanded into its visual-token slots."""
-        text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def prompt_ids(self, request: Request, tokenizer: PreTrainedTokenizerBase | None = None) -> list[int]:
+        """Chat template -> token ids with each `<image>` expanded into its visual-token slots. `tokenizer`: a
+        copy of the Engine's own, to tokenise on another thread (a server does, so the Engine's thread
+        never waits for a long prompt)."""
+        tokenizer = tokenizer or self.tokenizer
+        text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         placeholders = ids.count(self._image_id)
         if placeholders != len(request.images):
             raise InputError(f"the messages hold {placeholders} <image> placeholder(s) but {len(request.images)} "
@@ -234,7 +243,7 @@ class Engine:
         A row that finishes leaves the batch (its KV-cache row, attention and position go), so rows
         that stop early cost no more compute while the others decode on."""
         started = time.perf_counter()
-        prompts = [self.prompt_ids(r) for r in requests]
+        prompts = [r.prompt_ids if r.prompt_ids is not None else self.prompt_ids(r) for r in requests]
         budgets = [self._budget(r) for r in requests]
         prefixes = [_image_prefix_length(ids, self._image_id) for ids in prompts]
         lm = self.model.language_model
@@ -253,6 +262,9 @@ class Engine:
         while True:
             logits = out.logits[:, -1].float()  # [len(active), V]
             for row, i in enumerate(active):
+                if requests[i].cancel is not None and requests[i].cancel.is_set():
+                    finish[i] = "cancelled"
+                    continue
                 token = self._pick(logits[row], requests[i].params, generators[i])
                 finish[i], texts[i] = self._advance(token, tokens[i], requests[i], budgets[i], live)
             keep = [row for row, i in enumerate(active) if finish[i] is None]

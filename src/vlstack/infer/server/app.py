@@ -5,31 +5,36 @@ events.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi import Request as HttpRequest
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
+from vlstack import __version__
 from vlstack.errors import InputError
 from vlstack.infer.engine import Engine, Request, Result
-from vlstack.infer.server.config import STATIC_DIR, ApiError, ServerConfig, error_body
-from vlstack.infer.server.schema import parse_chat_request, to_engine_request
+from vlstack.infer.server.config import STATIC_DIR, ApiError, ByteBudget, ServerConfig, error_body
+from vlstack.infer.server.schema import ChatCompletionRequest, parse_chat_request, to_engine_request
 from vlstack.infer.server.worker import BatchWorker, StreamFinished, StreamJob
 
 log = logging.getLogger(__name__)
@@ -159,6 +164,14 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     worker = BatchWorker(engine, config.batch_wait_ms / 1000, config.max_queued_requests)
     metrics = Metrics(engine, worker)
     reserved = frozenset(t.content for t in engine.tokenizer.added_tokens_decoder.values() if t.special)
+    budget = ByteBudget(config.max_inflight_bytes, config.retry_after_s)
+    tokenizers = _ThreadTokenizers(engine.tokenizer)
+
+    def prepare(body: ChatCompletionRequest, held: list[int]) -> Request:
+        """Check, decode and tokenise a request on a thread-pool thread: the Engine's thread never waits for it."""
+        request = to_engine_request(body, config, reserved, budget, held)
+        request.prompt_ids = engine.prompt_ids(request, tokenizers.get())
+        return request
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -166,7 +179,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         yield
         await run_in_threadpool(worker.stop)
 
-    app = FastAPI(title="vlstack", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="vlstack", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.openapi = lambda: _openapi_schema(app)
     authorized = [Depends(_bearer_check(config.api_key))] if config.api_key else []
 
     @app.post("/v1/chat/completions", dependencies=authorized)
@@ -175,13 +189,26 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         if body.model not in (None, config.model_name):
             raise ApiError(404, f"the model '{body.model}' is not served here; this server serves "
                                 f"'{config.model_name}' (see /v1/models)", code="model_not_found", param="model")
-        request = await run_in_threadpool(to_engine_request, body, config, reserved)
-        reply = _Reply(config.model_name)
-        if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return await _stream(worker, request, reply, include_usage)
-        result = await asyncio.wrap_future(worker.submit(request))
-        return reply.completion(result)
+        held: list[int] = []  # the bytes of this request's budget, released when it is answered
+
+        def release() -> None:
+            while held:
+                budget.release(held.pop())
+
+        streaming = False
+        try:
+            request = await run_in_threadpool(prepare, body, held)
+            reply = _Reply(config.model_name)
+            if body.stream:
+                include_usage = body.stream_options is not None and body.stream_options.include_usage
+                response = await _stream(worker, request, reply, include_usage, release)
+                streaming = True
+                return response
+            result = await _answer(worker, request, http, config.request_timeout_s)
+            return reply.completion(result) if result is not None else Response(status_code=499)
+        finally:
+            if not streaming:
+                release()
 
     @app.get("/v1/models", dependencies=authorized)
     async def models():
@@ -280,8 +307,30 @@ def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _stream(worker: BatchWorker, request: Request, reply: _Reply, include_usage: bool) -> StreamingResponse:
-    """Wait until the worker has checked the prompt, so a bad one is still a 4xx, then stream its events."""
+async def _answer(worker: BatchWorker, request: Request, http: HttpRequest, timeout_s: float) -> Result | None:
+    """The worker's result; None when the client went away first (its decoding is cancelled, as it is when
+    `timeout_s` runs out, which is a 504)."""
+    request.cancel = threading.Event()
+    future = asyncio.wrap_future(worker.submit(request))
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())  # a late failure is nobody's to raise
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=min(0.25, max(0.0, deadline - time.monotonic())))
+        if done:
+            return future.result()
+        if await http.is_disconnected():
+            request.cancel.set()
+            return None
+        if time.monotonic() >= deadline:
+            request.cancel.set()
+            raise ApiError(504, f"the request was not answered within {timeout_s:g} s; ask for fewer tokens or "
+                                "retry when the server is less busy", code="timeout")
+
+
+async def _stream(worker: BatchWorker, request: Request, reply: _Reply, include_usage: bool,
+                  release: Callable[[], object]) -> StreamingResponse:
+    """Wait until the worker has started the request, so a bad one is still a 4xx, then stream its events;
+    `release` frees the request's memory budget when the stream ends."""
     job = worker.submit_stream(request)
     try:
         started = await job.events.get()
@@ -290,11 +339,13 @@ async def _stream(worker: BatchWorker, request: Request, reply: _Reply, include_
     except BaseException:
         job.cancelled.set()
         raise
-    return StreamingResponse(_sse(job, reply, started.prompt_tokens, include_usage), media_type="text/event-stream",
+    return StreamingResponse(_sse(job, reply, started.prompt_tokens, include_usage, release),
+                             background=BackgroundTask(release), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _sse(job: StreamJob, reply: _Reply, prompt_tokens: int, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(job: StreamJob, reply: _Reply, prompt_tokens: int, include_usage: bool,
+               release: Callable[[], object]) -> AsyncIterator[str]:
     try:
         yield reply.chunk({"role": "assistant", "content": ""})
         while True:
@@ -313,3 +364,33 @@ async def _sse(job: StreamJob, reply: _Reply, prompt_tokens: int, include_usage:
         yield "data: [DONE]\n\n"
     finally:
         job.cancelled.set()  # the client may have gone: stop decoding for it
+        release()
+
+
+class _ThreadTokenizers:
+    """One copy of the tokenizer per thread-pool thread: tokenisers keep state while they encode, so threads
+    must not share one (and the Engine's thread keeps the original)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.local = threading.local()
+
+    def get(self):
+        if not hasattr(self.local, "tokenizer"):
+            self.local.tokenizer = copy.deepcopy(self.tokenizer)
+        return self.local.tokenizer
+
+
+def _openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema with the chat request's body, which the route parses itself (to answer in OpenAI's
+    error shape), written in: clients and fuzzers see what the endpoint takes."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title="vlstack", version=__version__, routes=app.routes)
+        body = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update({**body.pop("$defs", {}), "ChatCompletionRequest": body})
+        schema["paths"]["/v1/chat/completions"]["post"]["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import http.client
 import io
-import time
-import urllib.request
+import socket
+import threading
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -18,12 +20,15 @@ from vlstack.infer.server.config import (
     IMAGE_FORMATS,
     MAX_URL_CHARS,
     ApiError,
+    ByteBudget,
     ServerConfig,
 )
 
 
-def load_image(url: str, where: str, config: ServerConfig) -> Image.Image:
-    """An image part's URL -> an RGB image, within the server's byte and pixel limits."""
+def load_image(url: str, where: str, config: ServerConfig, budget: ByteBudget | None = None,
+               held: list[int] | None = None) -> Image.Image:
+    """An image part's URL -> an RGB image, within the server's byte and pixel limits; with `budget`, the
+    decoded image's bytes are reserved (into `held`) before it is decoded."""
     scheme = _scheme(url)
     if scheme == "data":
         data = data_uri_bytes(url, where)
@@ -33,7 +38,7 @@ def load_image(url: str, where: str, config: ServerConfig) -> Image.Image:
     else:
         raise ApiError(400, f"{where} must be a base64 data URI (data:image/png;base64,...)", code="invalid_image_url",
                        param=where)
-    return decode_image(data, config.max_image_pixels, where)
+    return decode_image(data, config.max_image_pixels, where, budget, held)
 
 
 def data_uri_bytes(url: str, where: str) -> bytes:
@@ -52,7 +57,8 @@ def data_uri_bytes(url: str, where: str) -> bytes:
         raise ApiError(400, f"{where} is not valid base64 ({exc})", code="invalid_image", param=where) from exc
 
 
-def decode_image(data: bytes, max_pixels: int, where: str) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int, where: str, budget: ByteBudget | None = None,
+                 held: list[int] | None = None) -> Image.Image:
     """Check the declared size before decoding, so a small file cannot expand into gigabytes."""
     too_large = f"over this server's limit of {max_pixels:,} pixels; downscale it"
     try:
@@ -66,6 +72,8 @@ def decode_image(data: bytes, max_pixels: int, where: str) -> Image.Image:
     if width * height > max_pixels:
         raise ApiError(400, f"{where} is {width}x{height} = {width * height:,} pixels, {too_large}",
                        code="image_too_large", param=where)
+    if budget is not None:
+        held.append(budget.reserve(width * height * 3, f"{where} ({width}x{height})"))
     try:
         return image.convert("RGB")
     except Exception as exc:
@@ -88,26 +96,48 @@ def check_remote_url(url: str, allowed_hosts: Sequence[str], where: str) -> None
                             "data:image/png;base64,...", code="image_url_not_allowed", param=where)
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # a redirect could lead off the allowlist; urllib then raises HTTPError
-
-
 def fetch_image(url: str, max_bytes: int, timeout_s: float, where: str) -> bytes:
-    """GET an allowlisted image URL: no redirects, at most `max_bytes`, within `timeout_s` in total."""
-    deadline = time.monotonic() + timeout_s
-    data = bytearray()
+    """GET an allowlisted image URL: no redirects (one could lead off the allowlist), at most `max_bytes`,
+    within `timeout_s` of wall-clock time in all. A timer shuts the connection at the deadline, so a host
+    that trickles bytes, or never ends its headers, cannot hold the request longer."""
+    parts = urlsplit(url)
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=timeout_s)
+    expired = threading.Event()
+
+    def abort() -> None:
+        expired.set()
+        if connection.sock is not None:
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(timeout_s, abort)
+    timer.start()
     try:
-        with urllib.request.build_opener(_NoRedirects).open(url, timeout=timeout_s) as response:
-            while chunk := response.read(2**16):
-                data += chunk
-                if len(data) > max_bytes:
-                    raise ApiError(413, f"{where}: {url} is over this server's limit of {max_bytes:,} bytes",
-                                   code="image_too_large", param=where)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"not complete after {timeout_s:g} s")
-    except (OSError, ValueError) as exc:  # URLError, HTTPError and timeouts are OSErrors
-        raise ApiError(400, f"{where}: fetching {url} failed ({exc})", code="image_fetch_failed", param=where) from exc
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.request("GET", target, headers={"User-Agent": "vlstack", "Accept": "image/*"})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise ApiError(400, f"{where}: fetching {url} failed: HTTP {response.status} {response.reason} (redirects "
+                                "are not followed)", code="image_fetch_failed", param=where)
+        data = bytearray()
+        while chunk := response.read1(2**16):
+            data += chunk
+            if len(data) > max_bytes:
+                raise ApiError(413, f"{where}: {url} is over this server's limit of {max_bytes:,} bytes",
+                               code="image_too_large", param=where)
+    except ApiError:
+        raise
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # timeouts, resets, malformed responses
+        reason = f"not complete after {timeout_s:g} s" if expired.is_set() else f"{type(exc).__name__}: {exc}"
+        raise ApiError(400, f"{where}: fetching {url} failed ({reason})", code="image_fetch_failed",
+                       param=where) from None
+    finally:
+        timer.cancel()
+        connection.close()
+    if expired.is_set():
+        raise ApiError(400, f"{where}: fetching {url} failed (not complete after {timeout_s:g} s)",
+                       code="image_fetch_failed", param=where)
     return bytes(data)
 
 

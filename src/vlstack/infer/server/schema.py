@@ -11,9 +11,22 @@ from PIL import Image
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from vlstack.infer.engine import Request, SamplingParams
-from vlstack.infer.server.config import ApiError, ServerConfig
+from vlstack.infer.server.config import ApiError, ByteBudget, ServerConfig
 from vlstack.infer.server.images import load_image
 from vlstack.models.tokenizer import IMAGE
+
+MAX_SEED = 2**63 - 1
+MIN_TEMPERATURE = 0.01
+"""Below this (and above 0) the tempered probabilities overflow or collapse: 0 asks for greedy decoding."""
+
+
+def _encodable(text: str) -> str:
+    """Text must be valid Unicode (JSON's \\ud800 escapes allow lone surrogates, which no tokenizer takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"holds a character that is not valid Unicode ({exc.reason} at position {exc.start})") from None
+    return text
 
 
 class ImageUrl(BaseModel):
@@ -36,6 +49,11 @@ class ContentPart(BaseModel):
         if getattr(self, self.type) is None:
             raise ValueError(f"a '{self.type}' part needs its '{self.type}' field")
         return self
+
+    @field_validator("text")
+    @classmethod
+    def _valid_text(cls, text: str | None) -> str | None:
+        return None if text is None else _encodable(text)
 
 
 class ChatMessage(BaseModel):
@@ -63,16 +81,34 @@ class ChatCompletionRequest(BaseModel):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float = Field(1.0, ge=0, le=2)
+    """0: greedy; otherwise at least MIN_TEMPERATURE."""
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=0, le=2**31 - 1)
     """Not in OpenAI's API; accepted as vLLM does."""
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _usable_temperature(cls, temperature: float) -> float:
+        if 0 < temperature < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}; smaller values overflow the "
+                             "sampling probabilities")
+        return temperature
+
+    @field_validator("stop")
+    @classmethod
+    def _valid_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        for text in [stop] if isinstance(stop, str) else stop or []:
+            if not text:
+                raise ValueError("stop strings must not be empty")
+            _encodable(text)
+        return stop
 
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
@@ -81,6 +117,9 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     except ValueError as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc}); send a JSON object with 'messages'",
                        code="invalid_json") from exc
+    except RecursionError:
+        raise ApiError(400, "the request body nests JSON too deeply to parse; send a flat chat request",
+                       code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object with 'messages', not {type(data).__name__}")
     try:
@@ -91,15 +130,28 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         raise ApiError(400, f"invalid request: {param}: {first['msg']}", code="invalid_value", param=param) from exc
 
 
-def to_engine_request(body: ChatCompletionRequest, config: ServerConfig, reserved: frozenset[str]) -> Request:
+def to_engine_request(body: ChatCompletionRequest, config: ServerConfig, reserved: frozenset[str],
+                      budget: ByteBudget, held: list[int]) -> Request:
     """OpenAI messages -> the Engine's Request: each image part becomes an `<image>` placeholder and its image.
 
-    Decoding images (and fetching allowlisted URLs) blocks, so callers run this off the event loop.
+    Every cap is checked before the work it bounds: the text's characters, the number and stop strings,
+    and the memory budget for the text and each image (reserved into `held` before it is decoded; the
+    caller releases them when the request is done). Decoding images (and fetching allowlisted URLs)
+    blocks, so callers run this off the event loop.
     """
     image_parts = [p for m in body.messages for p in m.content if p.type == "image_url"]
     if len(image_parts) > config.max_images_per_request:
         raise ApiError(400, f"the request has {len(image_parts)} images; this server takes at most "
                             f"{config.max_images_per_request} per request", code="too_many_images")
+    characters = sum(len(p.text) for m in body.messages for p in m.content if p.type == "text")
+    if characters > config.max_prompt_chars:
+        raise ApiError(400, f"the messages hold {characters:,} characters of text; this server takes at most "
+                            f"{config.max_prompt_chars:,}", code="prompt_too_long", param="messages")
+    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    if len(stops) > config.max_stop_strings or any(len(s) > config.max_stop_chars for s in stops):
+        raise ApiError(400, f"stop takes at most {config.max_stop_strings} strings of at most "
+                            f"{config.max_stop_chars} characters", code="invalid_value", param="stop")
+    held.append(budget.reserve(4 * characters, "the request's text"))
     images: list[Image.Image] = []
     messages = []
     for i, message in enumerate(body.messages):
@@ -107,7 +159,7 @@ def to_engine_request(body: ChatCompletionRequest, config: ServerConfig, reserve
         for j, part in enumerate(message.content):
             where = f"messages.{i}.content.{j}"
             if part.type == "image_url":
-                images.append(load_image(part.image_url.url, f"{where}.image_url", config))
+                images.append(load_image(part.image_url.url, f"{where}.image_url", config, budget, held))
                 texts.append(IMAGE)
             else:
                 _refuse_special_tokens(part.text, where, reserved)

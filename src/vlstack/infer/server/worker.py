@@ -59,8 +59,10 @@ class BatchWorker:
 
     It takes the first queued request, waits up to `wait_s` for more (up to the Engine's
     max_batch_size) and generates them together. A streaming request runs alone through
-    `Engine.stream`. Each request's prompt is checked on its own first, so one bad
-    request fails alone instead of failing its whole batch.
+    `Engine.stream`. A request fails alone, never its batch: when a batch fails, each of its
+    requests is generated on its own, so only the bad one gets the exception. A request whose
+    `cancel` is set (its client went away, or it timed out) is dropped before it starts and ends
+    at the next decoding step after.
     """
 
     def __init__(self, engine: Engine, wait_s: float, max_queued: int):
@@ -130,31 +132,31 @@ class BatchWorker:
         return batch
 
     def _generate(self, batch: list[_Job]) -> None:
-        ready = [job for job in batch if job.future.set_running_or_notify_cancel() and self._prompt_fits(job)]
-        if not ready:
-            return
+        ready = [job for job in batch if job.future.set_running_or_notify_cancel() and not _cancelled(job.request)]
         try:
-            results = self.engine.generate([job.request for job in ready])
+            results = self.engine.generate([job.request for job in ready]) if ready else []
         except Exception as exc:
-            for job in ready:
-                job.future.set_exception(exc)
+            if len(ready) == 1:
+                ready[0].future.set_exception(exc)
+            else:
+                for job in ready:  # find the bad one: the others still get their answers
+                    self._generate_alone(job)
             return
         for job, result in zip(ready, results):
             job.future.set_result(result)
 
-    def _prompt_fits(self, job: _Job) -> bool:
+    def _generate_alone(self, job: _Job) -> None:
         try:
-            self.engine.prompt_ids(job.request)
+            job.future.set_result(self.engine.generate([job.request])[0])
         except Exception as exc:
             job.future.set_exception(exc)
-            return False
-        return True
 
     def _stream(self, job: StreamJob) -> None:
         if job.cancelled.is_set():
             return
         try:
-            job.emit(StreamStarted(len(self.engine.prompt_ids(job.request))))
+            prompt = job.request.prompt_ids or self.engine.prompt_ids(job.request)
+            job.emit(StreamStarted(len(prompt)))
             generated = self.engine.stats.generated_tokens
             with closing(self.engine.stream(job.request)) as pieces:
                 for piece in pieces:
@@ -167,3 +169,7 @@ class BatchWorker:
         # Engine.stream does not report its finish reason; hitting the budget is read as "length"
         completion = self.engine.stats.generated_tokens - generated
         job.emit(StreamFinished(completion, "length" if completion >= job.request.params.max_new_tokens else "stop"))
+
+
+def _cancelled(request: Request) -> bool:
+    return request.cancel is not None and request.cancel.is_set()
