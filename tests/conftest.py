@@ -16,6 +16,14 @@ from vlstack.synthetic.scenes import shape_scenes
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def checkpoint_key(tmp_path_factory):
+    """Sign the tests' checkpoints with a key of their own, not the user's (`train/signature.py`)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLSTACK_KEY_DIR", str(tmp_path_factory.mktemp("key")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     captions = [s.caption for s in shape_scenes(200, seed=0)] + [s.caption for s in shape_scenes(100, 0, lang="zh")]

@@ -162,25 +162,81 @@ def read_int8_weights(path: Path) -> dict[str, torch.Tensor]:
 # --- files ----------------------------------------------------------------------------------------
 
 
+COMPLETE = ".complete"
+"""Written last into a new directory, after every file in it is on disk: the sign that it is whole."""
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `target` only if the block succeeds.
+    """Yield a temporary directory that replaces `target` (`commit_directory`) only if the block succeeds.
 
-    A run killed mid-save leaves the previous checkpoint intact, never half a new one.
+    A run killed at any point leaves the previous directory or the new one whole, possibly under a
+    temporary name: `recover_directory` (called here first, and by every resume) puts the newest whole
+    one back at `target` and removes the rest.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        commit_directory(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def commit_directory(tmp: Path, target: Path) -> None:
+    """Make the finished directory `tmp` (a sibling named `.{target.name}.tmp-*`) the new `target`: its files
+    and itself are fsynced and marked complete, then `target` is moved aside and `tmp` moved in."""
+    (tmp / COMPLETE).write_text("", encoding="utf-8")
+    fsync_tree(tmp)
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    _fsync_directory(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_directory(target: str | Path) -> Path | None:
+    """After an interrupted `atomic_directory`: put the newest whole version back at `target` (a complete
+    new one, else the previous one) and remove every leftover temporary; returns `target` if it exists."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return None
+    leftovers = sorted([*target.parent.glob(f".{target.name}.tmp-*"), *target.parent.glob(f".{target.name}.old-*")],
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+    if not target.exists():
+        complete = [p for p in leftovers if ".tmp-" in p.name and (p / COMPLETE).is_file()]
+        previous = [p for p in leftovers if ".old-" in p.name]
+        chosen = (complete or previous or [None])[0]
+        if chosen is not None:
+            chosen.rename(target)
+            _fsync_directory(target.parent)
+            leftovers.remove(chosen)
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return target if target.exists() else None
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then every directory, deepest first (so a crash cannot lose them)."""
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():
+            _fsync_directory(path)
+    _fsync_directory(root)
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], directory: str | Path, max_shard_size: int | str = "5GB") -> None:
@@ -224,7 +280,14 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory, from one file or from the shards its index lists."""
     index = directory / INDEX_NAME
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{index} is not a weight index ({type(exc).__name__}: {exc})") from None
+        outside = [name for name in files if not isinstance(name, str) or Path(name).name != name]
+        if outside:
+            raise CheckpointError(f"{index} names weight files outside its directory: {outside[:3]}; a shard must "
+                                  "be a file name in the checkpoint directory")
     elif (directory / WEIGHTS_NAME).is_file():
         files = [WEIGHTS_NAME]
     else:

@@ -52,6 +52,10 @@ examples:
 """
 
 
+TRUST_HELP = ("resume training state that this user's runs did not write (signed by another key, or not at all): "
+              "it is pickled, so loading it runs code its author chose")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -95,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "torchrun --nproc_per_node=N -m vlstack.cli pretrain --set train.parallel.mode=fsdp2")
     pretrain.add_argument("--config", help="a YAML recipe, e.g. configs/tiny.yaml (default: the built-in tiny run)")
     pretrain.add_argument("--resume", metavar="DIR", help="continue from OUT_DIR/checkpoint of an earlier run")
+    pretrain.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     pretrain.set_defaults(handler=_pretrain)
 
     serve = _command(commands, "serve", "Serve a checkpoint behind an OpenAI-compatible API, with a chat page at /.",
@@ -156,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--config", help="a YAML recipe, e.g. configs/finetune.yaml (default: the article's plan)")
     finetune.add_argument("--resume", action="store_true",
                           help="continue OUT_DIR: skip finished stages, resume the interrupted one")
+    finetune.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     finetune.set_defaults(handler=_finetune)
 
     align = _command(commands, "align", "Align a checkpoint with a reward model, PPO, DPO or GRPO.",
@@ -172,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--resume", action="store_true",
                        help="continue the run in OUT_DIR from its checkpoint (written on SIGTERM and every "
                             "train.save_every steps)")
+    align.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     align.set_defaults(handler=_align)
 
     _data_commands(commands)
@@ -309,7 +316,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from vlstack.train.pretrain import PretrainConfig, run_pretraining
 
     config = load_config(PretrainConfig, args.config, args.overrides)
-    results = run_pretraining(config, resume=args.resume)
+    results = run_pretraining(config, resume=args.resume, trust=args.trust_checkpoint)
     after = results["after_training"]
     if after:
         print(f"held-out image->text R@1 {after['r@1']:.3f} (chance {after['chance@1']:.3f}), ITM accuracy "
@@ -322,7 +329,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from vlstack.train.finetune import FinetuneConfig, run_finetune, summary
 
     config = load_config(FinetuneConfig, args.config, args.overrides)
-    print(summary(run_finetune(config, resume=args.resume)))
+    print(summary(run_finetune(config, resume=args.resume, trust=args.trust_checkpoint)))
     return 0
 
 
@@ -331,7 +338,7 @@ def _align(args: argparse.Namespace) -> int:
     from vlstack.config import load_config
 
     config = load_config(METHODS[args.method][0], args.config, args.overrides)
-    print(summary(run_alignment(config, resume=args.resume)))
+    print(summary(run_alignment(config, resume=args.resume, trust=args.trust_checkpoint)))
     return 0
 
 

@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -129,8 +131,84 @@ def test_resume_from_a_missing_or_corrupt_checkpoint(tmp_path):
         trainer.resume(tmp_path / "nothing")
     trainer.fit()
     (tmp_path / "checkpoint" / "trainer_state.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="is corrupt"):
+    with pytest.raises(CheckpointError, match="was changed or signed with another key"):
         _trainer(_data(), steps=2).resume(tmp_path / "checkpoint")
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        _trainer(_data(), steps=2).resume(tmp_path / "checkpoint", trust=True)
+
+
+def test_a_checkpoint_this_user_did_not_sign_needs_trust(tmp_path, monkeypatch, caplog):
+    """The training state is pickled: a checkpoint from elsewhere (another key) is refused unless trusted."""
+    _trainer(_data(), steps=2, out_dir=tmp_path).fit()
+    monkeypatch.setenv("VLSTACK_KEY_DIR", str(tmp_path / "someone-else"))
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        _trainer(_data(), steps=4).resume(tmp_path / "checkpoint")
+    (tmp_path / "checkpoint" / "training_state.sig").unlink()
+    with pytest.raises(CheckpointError, match="has no signature"):
+        _trainer(_data(), steps=4).resume(tmp_path / "checkpoint")
+    trusted = _trainer(_data(), steps=4)
+    trusted.resume(tmp_path / "checkpoint", trust=True)
+    assert trusted.step == 2 and "runs pickled code" in caplog.text
+
+
+def test_a_bad_dcp_checkpoint_is_a_checkpoint_error(tmp_path):
+    """DCP's CheckpointException is a BaseException: it must still become a clear CheckpointError."""
+    _trainer(_data(), steps=2, out_dir=tmp_path).fit()
+    for shard in (tmp_path / "checkpoint" / "dcp").glob("*.distcp"):
+        shard.write_bytes(b"\0" * 8)
+    with pytest.raises(CheckpointError, match="cannot restore the training state"):
+        _trainer(_data(), steps=4).resume(tmp_path / "checkpoint", trust=True)
+
+
+def test_a_save_killed_at_any_file_operation_leaves_one_whole_checkpoint(tmp_path):
+    """Fork a child that saves a checkpoint over step 2's and dies (os._exit) at its k-th rename, fsync or
+    removal, for every k until a save completes: each time the parent recovers a whole checkpoint, from
+    step 2 or step 4, resumes from it, and no temporary directory is left beside it."""
+    _trainer(_data(), steps=2, out_dir=tmp_path, save_every=2).fit()
+    kills, steps_seen = 0, set()
+    for k in range(1, 500):
+        pid = os.fork()
+        if pid == 0:  # the child: continue to step 4, dying at the k-th file operation of the save
+            code = 1
+            try:
+                trainer = _trainer(_data(), steps=4, out_dir=tmp_path, save_every=100)
+                trainer.resume(tmp_path / "checkpoint")
+                _die_at_call(k)
+                trainer.fit()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        assert code in (0, KILLED), f"the child failed at k={k} (exit code {code})"
+        resumed = _trainer(_data(), steps=4, out_dir=tmp_path)
+        resumed.resume(tmp_path / "checkpoint")
+        steps_seen.add(resumed.step)
+        assert resumed.step in (2, 4)
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".checkpoint")] == []
+        if code == 0:
+            break
+        kills += 1
+        _trainer(_data(), steps=2, out_dir=tmp_path, save_every=2).fit()  # back to step 2 for the next k
+    assert code == 0 and kills >= 5 and steps_seen == {2, 4}
+
+
+KILLED = 77
+
+
+def _die_at_call(k: int) -> None:
+    """Make the k-th call of any file operation a save makes durable (rename, replace, fsync, rmtree) end
+    the process on the spot, as SIGKILL would."""
+    calls = iter(range(1, 10**6))
+    for owner, name in ((os, "rename"), (os, "replace"), (os, "fsync"), (shutil, "rmtree")):
+        original = getattr(owner, name)
+
+        def dying(*args, _original=original, **kwargs):
+            if next(calls) == k:
+                os._exit(KILLED)
+            return _original(*args, **kwargs)
+
+        setattr(owner, name, dying)
 
 
 def test_batch_must_split_over_accumulation():

@@ -106,7 +106,7 @@ class DPOConfig:
             raise ConfigError(f"sft_weight must be 0 (plain DPO) or positive, got {self.sft_weight}")
 
 
-def run_dpo(config: DPOConfig, resume: bool = False) -> dict:
+def run_dpo(config: DPOConfig, resume: bool = False, trust: bool = False) -> dict:
     """Train with DPO; report held-out accuracy and implicit-reward accuracy before and after.
 
     Writes OUT_DIR/train_log.jsonl, OUT_DIR/checkpoint (the aligned policy) and OUT_DIR/align.json; with
@@ -124,7 +124,7 @@ def run_dpo(config: DPOConfig, resume: bool = False) -> dict:
     out = Path(config.out_dir)
     trainer = Trainer(policy, DPOObjective(config.beta, config.sft_weight), config.train, train_pairs, out_dir=out,
                       export=lambda directory, state: write_model_files(policy, directory, engine.tokenizer, state))
-    resume_from(trainer, resume)
+    resume_from(trainer, resume, trust)
     history = trainer.fit("DPO")
     if trainer.step < config.train.steps:
         return {"method": "dpo", "status": "interrupted", "step": trainer.step, "checkpoint": str(trainer.checkpoint_dir)}

@@ -130,7 +130,8 @@ class GRPORollouts:
         pass
 
 
-def run_grpo(config: GRPOConfig, on_iteration: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
+def run_grpo(config: GRPOConfig, on_iteration: Callable[[dict], None] | None = None, resume: bool = False,
+             trust: bool = False) -> dict:
     """GRPO from `config.checkpoint`; writes OUT_DIR/align_log.jsonl, OUT_DIR/train_log.jsonl, OUT_DIR/checkpoint
     (the policy, resumable) and OUT_DIR/align.json, and returns the summary (reward, KL and held-out accuracy
     before and after). With `resume`, an interrupted run continues exactly."""
@@ -139,4 +140,4 @@ def run_grpo(config: GRPOConfig, on_iteration: Callable[[dict], None] | None = N
     steps = config.iterations * config.epochs * config.rollout.prompts * config.group_size // config.train.batch_size
     return run_rollout_training("grpo", engine.model, GRPOObjective(config.clip_range, config.beta), make, engine,
                                 alignment_items(config.data, "held_out"), config.rollout, config.train, steps,
-                                config.epochs, Path(config.out_dir), resume, on_iteration)
+                                config.epochs, Path(config.out_dir), resume, on_iteration, trust)

@@ -252,7 +252,8 @@ class PPORollouts:
         self.kl.value = state["kl_coef"]
 
 
-def run_ppo(config: PPOConfig, on_iteration: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
+def run_ppo(config: PPOConfig, on_iteration: Callable[[dict], None] | None = None, resume: bool = False,
+             trust: bool = False) -> dict:
     """PPO from `config.checkpoint`; writes OUT_DIR/align_log.jsonl, OUT_DIR/train_log.jsonl, OUT_DIR/checkpoint
     (the policy, resumable) and OUT_DIR/align.json, and returns the summary (reward, KL and held-out accuracy
     before and after). With `resume`, an interrupted run continues exactly."""
@@ -264,7 +265,7 @@ def run_ppo(config: PPOConfig, on_iteration: Callable[[dict], None] | None = Non
     steps = config.iterations * config.epochs * config.rollout.prompts // config.train.batch_size
     return run_rollout_training("ppo", model, PPOObjective(config), make, engine,
                                 alignment_items(config.data, "held_out"), config.rollout, config.train, steps,
-                                config.epochs, Path(config.out_dir), resume, on_iteration)
+                                config.epochs, Path(config.out_dir), resume, on_iteration, trust)
 
 
 def _answer_scores(config: PPOConfig, correct: torch.Tensor, reward_model: RewardModel | None, batch: Batch

@@ -123,7 +123,7 @@ class RewardConfig:
         tensorboard=False))
 
 
-def train_reward_model(config: RewardConfig, resume: bool = False) -> dict:
+def train_reward_model(config: RewardConfig, resume: bool = False, trust: bool = False) -> dict:
     """Train on pairs from the train split, report held-out pair accuracy; writes OUT_DIR/reward.json and a
     reward model at OUT_DIR/checkpoint (loadable with `load_reward_model`)."""
     engine = load_engine(config.checkpoint)
@@ -135,7 +135,7 @@ def train_reward_model(config: RewardConfig, resume: bool = False) -> dict:
     out = Path(config.out_dir)
     trainer = Trainer(model, reward_objective, config.train, train, out_dir=out,
                       export=lambda directory, state: write_reward_model_files(model, directory, engine.tokenizer, state))
-    resume_from(trainer, resume)
+    resume_from(trainer, resume, trust)
     history = trainer.fit("reward model")
     if trainer.step < config.train.steps:
         return {"method": "reward", "status": "interrupted", "step": trainer.step,

@@ -25,7 +25,7 @@ from torch import nn
 
 from vlstack.align.logprobs import Batch, ResponseScores, encode_responses, score_responses
 from vlstack.align.preference import answer_accuracy, answer_of, answer_reward, prompt_request
-from vlstack.checkpoint import load_model, write_model_files
+from vlstack.checkpoint import load_model, recover_directory, write_model_files
 from vlstack.data.loader import GlobalBatches
 from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
@@ -232,13 +232,14 @@ def held_out_figures(engine: Engine, held_out: list[Sample], rollout: RolloutCon
 
 def run_rollout_training(method: str, model: nn.Module, objective: Objective, make: RolloutMaker, engine: Engine,
                          held_out: list[Sample], rollout: RolloutConfig, train: TrainConfig, steps: int, epochs: int,
-                         out: Path, resume: bool, on_iteration: Callable[[dict], None] | None = None) -> dict:
+                         out: Path, resume: bool, on_iteration: Callable[[dict], None] | None = None,
+                         trust: bool = False) -> dict:
     """The PPO / GRPO run: held-out figures, one `Trainer.fit` over the rollouts (`steps` optimizer steps),
     held-out figures again; writes OUT/align_log.jsonl, OUT/train_log.jsonl, OUT/checkpoint (the policy,
     and the training state) and OUT/align.json. With `resume`, continues OUT/checkpoint exactly."""
     log = IterationLog(out, on_iteration)
     resumable = out / "checkpoint"
-    resume = resume and resumable.is_dir()
+    resume = resume and recover_directory(resumable) is not None
     if not resume:
         log.start()
     before = held_out_figures(engine, held_out, rollout)  # the starting weights: a resume loads the others below
@@ -253,7 +254,7 @@ def run_rollout_training(method: str, model: nn.Module, objective: Objective, ma
     trainer = Trainer(model, objective, dataclasses.replace(train, steps=steps), source, out_dir=out, export=export,
                       on_step=source.observe)
     if resume:
-        trainer.resume(resumable)
+        trainer.resume(resumable, trust)
     trainer.fit(method.upper())
     if trainer.step < steps:
         return {"method": method, "status": "interrupted", "step": trainer.step, "checkpoint": str(resumable)}

@@ -24,11 +24,11 @@ METHODS: dict[str, tuple[type, Callable[..., dict]]] = {
 """Method name -> (config class, run function)."""
 
 
-def run_alignment(config: AlignConfig, resume: bool = False) -> dict:
+def run_alignment(config: AlignConfig, resume: bool = False, trust: bool = False) -> dict:
     """Run the method `config` is for; returns its results (also written to `config.out_dir`). With `resume`,
     a run interrupted in `config.out_dir` continues from its checkpoint exactly."""
     run = next(fn for cls, fn in METHODS.values() if isinstance(config, cls))
-    return run(config, resume=resume)
+    return run(config, resume=resume, trust=trust)
 
 
 def summary(results: dict) -> str:

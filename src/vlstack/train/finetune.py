@@ -48,7 +48,7 @@ from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
 from vlstack.models.vlm import QwenImageModel
 from vlstack.train.objectives import SafetyLossConfig, SafetyObjective, sft_objective
-from vlstack.train.trainer import STATE_FILE, TrainConfig, Trainer
+from vlstack.train.trainer import TrainConfig, Trainer, resume_from
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def merge_lora(model: QwenImageModel) -> None:
 # --- the run -------------------------------------------------------------------------------------------
 
 
-def run_finetune(config: FinetuneConfig, resume: bool = False) -> dict:
+def run_finetune(config: FinetuneConfig, resume: bool = False, trust: bool = False) -> dict:
     """Run the stages in order; returns (and writes to OUT_DIR/finetune.json) losses and held-out figures.
 
     With `resume`, finished stages (their `stage.json` exists) are skipped and an interrupted stage
@@ -258,7 +258,7 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> dict:
     for index, stage in enumerate(config.stages, start=1):
         last = index == len(config.stages)
         evaluation = held_out if config.eval.every_stage or last else {}
-        result = _run_stage(config, stage, out / f"{index:02d}-{stage.name}", start, data, evaluation)
+        result = _run_stage(config, stage, out / f"{index:02d}-{stage.name}", start, data, evaluation, trust)
         results["stages"][stage.name] = result
         if result["status"] == "interrupted":
             logger.warning("stage %r stopped at step %d; continue with resume", stage.name, result["step"])
@@ -284,7 +284,7 @@ def _fresh_start(config: FinetuneConfig, data: dict[str, list[Sample]], director
 
 
 def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, start: Path,
-               data: dict[str, list[Sample]], held_out: dict[str, list[Sample]]) -> dict:
+               data: dict[str, list[Sample]], held_out: dict[str, list[Sample]], trust: bool = False) -> dict:
     done = stage_dir / STAGE_FILE
     if done.is_file():
         saved = json.loads(done.read_text(encoding="utf-8"))
@@ -308,9 +308,8 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     train = dataclasses.replace(config.train, lr=stage.lr, steps=stage.steps, batch_size=stage.batch_size,
                                 lr_scale=lr_scale)
     trainer = Trainer(model, objective, train, tensors, out_dir=stage_dir)
-    resumable = stage_dir / "checkpoint"
-    if (resumable / STATE_FILE).is_file():
-        trainer.resume(resumable)
+    resumable = trainer.checkpoint_dir
+    resume_from(trainer, True, trust)  # an interrupted stage continues where its checkpoint left it
     resumed_at = trainer.step
     history = [r for r in trainer.fit(f"finetune: {stage.name}") if not r.get("skipped") and "loss" in r]
     if trainer.step < stage.steps:

@@ -57,8 +57,9 @@ class PretrainConfig:
     out_dir: str = "runs/pretrain"
 
 
-def run_pretraining(config: PretrainConfig, resume: str | None = None) -> dict:
-    """Train, checkpoint and evaluate; returns (and writes to out_dir/pretrain.json) the results."""
+def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bool = False) -> dict:
+    """Train, checkpoint and evaluate; returns (and writes to out_dir/pretrain.json) the results. `resume`: a
+    checkpoint to continue (`trust`: one this user's runs did not write, see `Trainer.resume`)."""
     dist_info = init_distributed(config.train.parallel.mode)
     out = Path(config.out_dir)
     seed = config.train.seed
@@ -92,7 +93,7 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None) -> dict:
     trainer = Trainer(model, objective, config.train, train_set, out_dir=out, dist_info=dist_info,
                       export=lambda directory, state: write_model_files(model, directory, tokenizer, state))
     if resume:
-        trainer.resume(resume)
+        trainer.resume(resume, trust)
     history = trainer.fit(f"pretrain ({config.objective})")
     trained = model
     if config.train.parallel.mode in ("fsdp2", "deepspeed") and dist_info.is_main:

@@ -22,6 +22,7 @@ GRPO's rollouts). Its position is part of every checkpoint; a source that also h
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlstack.checkpoint import atomic_directory
+from vlstack.checkpoint import commit_directory, recover_directory
 from vlstack.config import to_dict
 from vlstack.data.loader import GlobalBatches
 from vlstack.errors import CheckpointError, VlstackError
@@ -44,6 +45,7 @@ from vlstack.train.backends import build_backend
 from vlstack.train.config import ParallelConfig, TrainConfig
 from vlstack.train.distributed import DistInfo, all_ranks_agree, mean_over_ranks
 from vlstack.train.flops import count_flops, matmul_peak
+from vlstack.train.signature import check_signature, sign_training_state
 
 Batch = dict[str, torch.Tensor]
 Objective = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
@@ -241,25 +243,31 @@ class Trainer:
         return self.out_dir / "checkpoint"
 
     def save_checkpoint(self) -> Path:
-        """Write the resumable state (the backend's folder, trainer_state.json, the data source's tensors)
-        and the inference files, atomically."""
+        """Write the resumable state (the backend's folder, trainer_state.json, the data source's tensors,
+        a signature) and the inference files into a temporary directory, then make it the checkpoint in one
+        rename (`checkpoint.commit_directory`): a run killed at any point keeps a whole checkpoint."""
         target = self.checkpoint_dir
+        tmp = target.with_name(f".{target.name}.tmp-step{self.step}")
         state_dir = self.backend.state_dir
-        staging = target.with_name(f".{target.name}.staging-{self.step}")
         if self.dist.is_main:
-            staging.mkdir(parents=True, exist_ok=True)
+            recover_directory(target)  # what an earlier, killed save left
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
         _barrier()
-        full = self.backend.save(staging / state_dir, full_weights=self.dist.is_main and self.export is not None)
+        full = self.backend.save(tmp / state_dir, full_weights=self.dist.is_main and self.export is not None)
         if self.dist.is_main:
-            with atomic_directory(target) as tmp:
-                (staging / state_dir).rename(tmp / state_dir)
+            try:
                 write_json(tmp / STATE_FILE, self._trainer_state())
                 tensors = getattr(self.data, "tensor_state", dict)()
                 if tensors:
                     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / DATA_TENSORS))
                 if self.export is not None:
                     self.export(tmp, {k.removeprefix("model."): v for k, v in full.items()})
-            staging.rmdir()
+                sign_training_state(tmp)
+                commit_directory(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         _barrier()
         return target
 
@@ -272,15 +280,23 @@ class Trainer:
             "config": to_dict(self.config),
         }
 
-    def resume(self, directory: str | Path) -> None:
-        """Restore weights, optimizer, schedule, loss scale and data position from a checkpoint."""
+    def resume(self, directory: str | Path, trust: bool = False) -> None:
+        """Restore weights, optimizer, schedule, loss scale and data position from a checkpoint.
+
+        The training state is pickled (DCP's metadata, DeepSpeed's files): loading it runs code its author
+        chose. A checkpoint this user's runs wrote carries their signature and loads; any other needs
+        `trust=True` (the CLI's --trust-checkpoint), with a warning."""
         directory = Path(directory)
+        if self.dist.is_main:
+            recover_directory(directory)  # a save killed between its renames
+        _barrier()
         state_file = directory / STATE_FILE
         state_dir = self.backend.state_dir
         if not state_file.is_file() or not (directory / state_dir).is_dir():
             raise CheckpointError(f"{directory} holds no training state ({STATE_FILE} and {state_dir}/); pass the "
                                   "`checkpoint` directory of an earlier run's out_dir (DeepSpeed runs keep theirs in "
                                   "deepspeed/, the other modes in dcp/)")
+        check_signature(directory, trust)
         try:
             state = json.loads(state_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
@@ -293,10 +309,10 @@ class Trainer:
         self.backend.load_state_dict(state)
 
 
-def resume_from(trainer: Trainer, resume: bool) -> None:
+def resume_from(trainer: Trainer, resume: bool, trust: bool = False) -> None:
     """`trainer.resume` from its own checkpoint when `resume` is set and an earlier run left one."""
-    if resume and (trainer.checkpoint_dir / STATE_FILE).is_file():
-        trainer.resume(trainer.checkpoint_dir)
+    if resume and recover_directory(trainer.checkpoint_dir) and (trainer.checkpoint_dir / STATE_FILE).is_file():
+        trainer.resume(trainer.checkpoint_dir, trust)
 
 
 def _rows(batch: Batch) -> int:

@@ -19,6 +19,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -85,8 +86,9 @@ class NativeBackend:
             # optimizer state in the checkpoint, and keep the fresh (empty) state they get here
             with _quiet_single_process_dcp():
                 dcp.load(loaded, checkpoint_id=str(directory), planner=DefaultLoadPlanner(allow_partial_load=True))
-        except Exception as exc:  # DCP raises several types for missing/mismatched entries
-            raise CheckpointError(f"cannot restore the training state from {directory}: {exc}") from exc
+        except (Exception, CheckpointException) as exc:  # DCP's own exception is a BaseException
+            raise CheckpointError(f"cannot restore the training state from {directory}: "
+                                  f"{type(exc).__name__}: {str(exc)[:2000]}") from None
         set_state_dict(self.module, self.optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
 
     def state_dict(self) -> dict[str, Any]:
