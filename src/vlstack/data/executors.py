@@ -7,8 +7,9 @@ result each. Both executors read every unit, cut the items into batches of
 input order, so whatever consumes them (the cleaning pipeline's dedup pass) sees
 the same sequence either way and keeps the same ids.
 
-- `run_local`: `multiprocessing` (forkserver) with `workers` processes, each
-  limited to one thread of torch and OpenCV so N workers use N cores;
+- `run_local`: a process pool (forkserver) with `workers` processes, each
+  limited to one thread of torch and OpenCV so N workers use N cores; a worker
+  that dies (killed, out of memory) ends the run with `WorkerDied` at once;
   `workers <= 1` runs in this process, which is easiest to debug. `process`
   must be picklable, and so must whatever `read` yields; a script that calls it
   needs the `if __name__ == "__main__":` guard, as with any start method but fork.
@@ -25,10 +26,12 @@ import multiprocessing
 import pickle
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from typing import Any, TypeVar
 
-from vlstack.errors import ConfigError
+from vlstack.errors import ConfigError, DataError
 
 U = TypeVar("U")
 T = TypeVar("T")
@@ -38,6 +41,10 @@ Reader = Callable[[Any], Iterable[Any]]
 Processor = Callable[[list[Any]], list[Any]]
 _PROCESS: Processor | None = None
 """In a local worker process: the `process` it runs."""
+
+
+class WorkerDied(DataError):
+    """A local worker process ended without returning its batch (killed by a signal, out of memory)."""
 
 
 def batches(units: Sequence[U], read: Callable[[U], Iterable[T]], batch_size: int) -> Iterator[list[T]]:
@@ -61,14 +68,21 @@ def run_local(units: Sequence[U], read: Callable[[U], Iterable[T]], process: Cal
     # hangs on its first threaded call; forkserver children come from a clean process
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([type(process).__module__])  # import torch, OpenCV, ... once, in the server
-    pending: deque = deque()
-    with context.Pool(workers, initializer=_start_worker, initargs=(process,)) as pool:
-        for batch in batches(units, read, batch_size):
-            pending.append(pool.apply_async(_process_in_worker, (batch,)))
-            if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays flat on any corpus
-                yield from pending.popleft().get()
-        while pending:
-            yield from pending.popleft().get()
+    pending: deque[Future] = deque()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(process,)) as pool:
+        try:
+            for batch in batches(units, read, batch_size):
+                pending.append(pool.submit(_process_in_worker, batch))
+                if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays flat on any corpus
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        except BrokenProcessPool:
+            exits = [f"pid {p.pid} exit code {p.exitcode}" for p in getattr(pool, "_processes", {}).values()
+                     if p.exitcode not in (None, 0)]
+            raise WorkerDied(f"a worker process died ({', '.join(exits) or 'killed'}; a negative code is the "
+                             "signal, -9 often the out-of-memory killer); the batches it and the others held "
+                             "were not processed") from None
 
 
 def run_ray(units: Sequence[U], read: Callable[[U], Iterable[T]], process: Callable[[list[T]], list[R]],

@@ -13,19 +13,22 @@ the id itself lives in the JSON.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vlstack.data.schema import Rejected, Sample
 from vlstack.errors import DataError
 
 MANIFEST = "manifest.jsonl"
+MAX_MEMBER_BYTES = 256 * 2**20
+"""A shard member over this is not read: no image or JSON of a sample is that large."""
 _TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
@@ -133,10 +136,15 @@ class TarGroup:
     key: str
     files: dict[str, bytes]
     source: str
+    oversized: list[str] = field(default_factory=list)
+    """Members not read because they are over the reader's byte limit: "suffix (N bytes)"."""
 
 
-def iter_tar(path: str | Path) -> Iterator[TarGroup | Rejected]:
+def iter_tar(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[TarGroup | Rejected]:
     """Stream a tar's members grouped by key; damage ends the stream with a `Rejected`, never an exception.
+
+    A member over `max_member_bytes` is not read (a small file can declare gigabytes); its group lists it
+    in `oversized`, so the sample is rejected with a reason.
 
     A group cut short by the damage is not yielded (it may lack a member); the
     `Rejected` says how many groups came through and what broke. An uncompressed
@@ -158,7 +166,10 @@ def iter_tar(path: str | Path) -> Iterator[TarGroup | Rejected]:
                     group = None
                 if group is None:
                     group = TarGroup(key, {}, source)
-                group.files[suffix] = tar.extractfile(member).read()
+                if member.size > max_member_bytes:
+                    group.oversized.append(f"{suffix} ({member.size:,} bytes)")
+                else:
+                    group.files[suffix] = tar.extractfile(member).read()
     except _TAR_ERRORS as error:
         yield Rejected(None, "unreadable_shard", f"{type(error).__name__}: {error} after {complete} sample(s)", source)
         return
@@ -180,7 +191,8 @@ def _cut_between_members(path: Path) -> bool:
         return size % 512 != 0 or file.read(1024) != bytes(1024)
 
 
-def read_shard(path: str | Path, expected_ids: list[str] | None = None) -> Iterator[Sample | Rejected]:
+def read_shard(path: str | Path, expected_ids: list[str] | None = None,
+               max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[Sample | Rejected]:
     """Samples of one shard; each unreadable sample, and each expected id never seen, as a `Rejected`."""
     source, seen = str(path), set()
     if not Path(path).is_file():
@@ -189,11 +201,11 @@ def read_shard(path: str | Path, expected_ids: list[str] | None = None) -> Itera
             yield Rejected(None, "missing_shard", "the shard file does not exist", source)
         return
     damage = None
-    for item in iter_tar(path):
+    for item in iter_tar(path, max_member_bytes):
         if isinstance(item, Rejected):
             damage = item
             continue
-        result = _sample_from_group(item)
+        result = _sample_from_group(item, max_member_bytes)
         if result.id is not None:
             seen.add(result.id)
         yield result
@@ -216,8 +228,20 @@ def read_shards(directory: str | Path) -> Iterator[Sample | Rejected]:
             yield from read_shard(path)
 
 
-def _sample_from_group(group: TarGroup) -> Sample | Rejected:
+def oversized(group: TarGroup, max_member_bytes: int = MAX_MEMBER_BYTES) -> Rejected:
+    """The rejection of a group with members over the byte limit (named by its JSON's id when it has one)."""
+    sample_id = None
+    if "json" in group.files:
+        with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            sample_id = json.loads(group.files["json"].decode("utf-8")).get("id")
+    return Rejected(sample_id, "member_too_large", f"members {', '.join(group.oversized)} are over the reader's limit "
+                                                   f"of {max_member_bytes:,} bytes", f"{group.source}:{group.key}")
+
+
+def _sample_from_group(group: TarGroup, max_member_bytes: int = MAX_MEMBER_BYTES) -> Sample | Rejected:
     where = f"{group.source}:{group.key}"
+    if group.oversized:
+        return oversized(group, max_member_bytes)
     if "json" not in group.files:
         return Rejected(None, "missing_json", f"members {sorted(group.files)} but no .json", where)
     try:

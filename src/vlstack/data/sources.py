@@ -14,13 +14,14 @@ import binascii
 import csv
 import io
 import json
+import os
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from vlstack.data.schema import IMAGE_EXTENSIONS, IMAGE_TOKEN, ImageRef, Rejected, Sample, image_name
-from vlstack.data.shards import TarGroup, iter_tar
+from vlstack.data.shards import TarGroup, iter_tar, oversized
 from vlstack.errors import DataError
 from vlstack.files import read_json, read_jsonl
 
@@ -180,7 +181,9 @@ def _image_bytes(reference: str, root: Path) -> tuple[str, bytes] | str:
             return f"unsupported_image: bad base64 in a data URL ({error})"
     if reference.startswith(("http://", "https://")):
         return f"unsupported_image: {reference} is remote; download it and give a path under the image root"
-    file = root / reference.removeprefix("file://")
+    file = _under_root(root, reference.removeprefix("file://"))
+    if isinstance(file, str):
+        return file
     extension = file.suffix.lower().lstrip(".")
     if extension not in IMAGE_EXTENSIONS:
         return f"unsupported_image: {reference!r}: not one of {IMAGE_EXTENSIONS}"
@@ -292,7 +295,12 @@ def read_img2dataset(path: str | Path) -> Iterator[Item]:
     for file in files:
         if file.suffix == ".tar":
             for group in iter_tar(file):
-                yield group if isinstance(group, Rejected) else _img2dataset_sample(group)
+                if isinstance(group, Rejected):
+                    yield group
+                elif group.oversized:
+                    yield oversized(group)
+                else:
+                    yield _img2dataset_sample(group)
         elif not file.with_suffix(".tar").exists():
             yield from _img2dataset_parquet(file)
 
@@ -352,7 +360,10 @@ def _existing(path: str | Path) -> Path:
 def _build(sample: Sample, root: Path, relative_paths: list[str], source: str) -> Item:
     """Attach the images' bytes from `root` and validate; a missing or unreadable image is a `Rejected`."""
     for position, relative in enumerate(relative_paths):
-        file = root / relative
+        file = _under_root(root, relative)
+        if isinstance(file, str):
+            reason, _, detail = file.partition(": ")
+            return Rejected(sample.id, reason, detail, source)
         extension = file.suffix.lower().lstrip(".")
         if extension not in IMAGE_EXTENSIONS:
             return Rejected(sample.id, "unsupported_image", f"{relative}: not one of {IMAGE_EXTENSIONS}", source)
@@ -362,6 +373,15 @@ def _build(sample: Sample, root: Path, relative_paths: list[str], source: str) -
             return Rejected(sample.id, "missing_image", f"{file}: {error.strerror or error}", source)
         sample.images.append(ImageRef(image_name(position, len(relative_paths), extension), data))
     return _validated(sample, source)
+
+
+def _under_root(root: Path, relative: str) -> Path | str:
+    """`root / relative` when it stays inside `root`; else "image_outside_root: ..." (an absolute path or a
+    `..` in a data file must not read files the data set does not hold)."""
+    file = Path(os.path.normpath(root / relative))  # no symlinks followed: a data set may link its images
+    if not file.is_relative_to(os.path.normpath(root)):
+        return f"image_outside_root: {relative!r} leaves the image root {root}"
+    return file
 
 
 def _validated(sample: Sample, source: str) -> Item:

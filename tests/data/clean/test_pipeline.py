@@ -7,15 +7,19 @@ import json
 import re
 import sys
 import tarfile
+import threading
+import time
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
 from vlstack.config import load_config
 from vlstack.data.clean.pipeline import CleanConfig
 from vlstack.data.clean.relevance import calibrate_scorer
-from vlstack.data.clean.run import REJECTED, clean
+from vlstack.data.clean.run import REJECTED, SUMMARY, clean
+from vlstack.data.executors import WorkerDied
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_manifest, read_shards, write_shards
 from vlstack.errors import ConfigError
@@ -299,3 +303,35 @@ def test_cli_cleans_with_overrides(spoiled, trusted, tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "clean.json").read_text())
     assert summary["config"]["dedup"]["enabled"] is False and summary["total"] == 40
     assert main(args[:4] + ["--set", "dedup.nope=1"]) == 2
+
+
+def test_a_killed_worker_ends_the_run_with_what_was_done_written(spoiled, trusted, scorer_and_threshold, tmp_path):
+    """SIGKILL one of two workers mid-run: the run stops at once (it does not wait on the dead worker),
+    keeps the shards so far, and clean.json says it is incomplete and which ids are unaccounted for."""
+    scorer, threshold = scorer_and_threshold
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            clean(spoiled, tmp_path / "out", config(trusted, threshold, batch_size=4), workers=2, scorer=scorer)
+        except WorkerDied as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    victim = None
+    while victim is None and thread.is_alive():
+        servers = [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
+        workers = [worker for server in servers for worker in server.children()]
+        victim = workers[0] if len(workers) >= 2 else None
+        time.sleep(0.2)
+    assert victim is not None, "the run ended before its workers could be seen"
+    victim.kill()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the run hangs on its dead worker"
+    assert "exit code -9" in str(outcome["error"])
+    summary = json.loads((tmp_path / "out" / SUMMARY).read_text())
+    kept = {s.id for s in read_shards(tmp_path / "out")}
+    rejected = {json.loads(line)["id"] for line in (tmp_path / "out" / REJECTED).read_text().splitlines()}
+    assert summary["complete"] is False and summary["unaccounted"]
+    assert len(kept) + len(rejected) + len(summary["unaccounted"]) == 800

@@ -21,7 +21,7 @@ from vlstack.data.clean.dedup import Deduplicator
 from vlstack.data.clean.pipeline import CleanConfig, Outcome, Stages, input_units, read_unit
 from vlstack.data.clean.relevance import RelevanceScorer
 from vlstack.data.clean.report import Tally, write_report
-from vlstack.data.executors import get_executor
+from vlstack.data.executors import WorkerDied, get_executor
 from vlstack.data.schema import Rejected
 from vlstack.data.shards import MANIFEST, ShardWriter
 from vlstack.errors import ConfigError
@@ -52,7 +52,7 @@ def clean(input_dir: str | Path, output_dir: str | Path, config: CleanConfig | N
     tally = Tally(cfg.examples)
     dedup = Deduplicator(cfg.dedup) if cfg.dedup.enabled else None
     seen: set[str] = set()
-    started, first = time.perf_counter(), None
+    started, first, failure = time.perf_counter(), None, None
     with (
         ShardWriter(out, cfg.samples_per_shard) as writer,
         (out / REJECTED).open("w", encoding="utf-8") as rejected,
@@ -61,18 +61,22 @@ def clean(input_dir: str | Path, output_dir: str | Path, config: CleanConfig | N
         task = progress.add_task(f"clean ({executor}, {workers} worker{'s' * (workers > 1)})",
                                  total=len(expected) or None)
         results = run(units, read_unit, stages, workers=workers, batch_size=cfg.batch_size)
-        for outcome in chain(map(_problem, problems), results):
-            first = first or time.perf_counter() - started  # workers start, models load: not throughput
-            _ordered_checks(outcome, dedup, seen)
-            if outcome.kept:
-                writer.write(outcome.sample)
-            else:
-                rejected.write(json.dumps(outcome.rejected_record(), ensure_ascii=False) + "\n")
-            tally.add(outcome)
-            progress.update(task, advance=1, status=f"kept {tally.kept}, rejected {tally.rejected}")
+        try:
+            for outcome in chain(map(_problem, problems), results):
+                first = first or time.perf_counter() - started  # workers start, models load: not throughput
+                _ordered_checks(outcome, dedup, seen)
+                if outcome.kept:
+                    writer.write(outcome.sample)
+                else:
+                    rejected.write(json.dumps(outcome.rejected_record(), ensure_ascii=False) + "\n")
+                tally.add(outcome)
+                progress.update(task, advance=1, status=f"kept {tally.kept}, rejected {tally.rejected}")
+        except WorkerDied as exc:  # keep what was done: the shards so far, and the summary says what is missing
+            failure = exc
     seconds = time.perf_counter() - started
     summary = {
         "input": str(input_dir), "output": str(out), "executor": executor, "workers": workers,
+        "complete": failure is None, **({"error": str(failure)} if failure else {}),
         **tally.summary(),
         "unaccounted": sorted(set(expected) - tally.ids),
         "relevance": "off" if stages.scorer is None else type(stages.scorer).__name__,
@@ -85,6 +89,9 @@ def clean(input_dir: str | Path, output_dir: str | Path, config: CleanConfig | N
     save_yaml(cfg, out / "clean_config.yaml")
     write_json(out / SUMMARY, {**summary, "config": to_dict(cfg)})
     write_report(out, tally, cfg, summary)
+    if failure is not None:
+        raise WorkerDied(f"{failure} {len(summary['unaccounted'])} samples are unaccounted for; the "
+                         f"{tally.total} done are in {out} (clean.json lists the rest): run again to clean them all")
     return summary
 
 
