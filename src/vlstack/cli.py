@@ -435,16 +435,20 @@ def _data_clean(args: argparse.Namespace) -> int:
 
 def _app_commands(commands) -> None:
     medical = _command(commands, "medical", "Findings per series of a DICOM study folder, de-identified first.",
-                       "Reads every file under STUDY_DIR, de-identifies it (PS3.15 basic profile subset; UIDs "
+                       "Reads every file under STUDY_DIR, de-identifies it (PS3.15 Table E.1-1 basic profile; UIDs "
                        "remapped with a keyed hash: set $VLSTACK_DEID_KEY to keep pseudonyms stable across runs), "
                        "groups studies and series, renders the middle slice of each and asks the model about it. "
                        "Writes OUT/report.json, OUT/report.html and OUT/thumbnails/; unusable files are listed "
-                       "with a reason. Every MedicalConfig field can be --set (e.g. show_paths=true).")
+                       "with a reason. A series whose pixels may show identifiers (burned-in text: ultrasound, "
+                       "secondary captures, scans, or BurnedInAnnotation=YES) is flagged; --refuse-burned-in skips "
+                       "it. Every MedicalConfig field can be --set (e.g. show_paths=true).")
     medical.add_argument("study_dir", metavar="STUDY_DIR", help="folder of DICOM files (searched recursively)")
     medical.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")
     medical.add_argument("--out", required=True, metavar="DIR", help="output directory")
     medical.add_argument("--lang", choices=("zh", "en"), help="language of the default prompt (default: zh)")
     medical.add_argument("--prompt", help="the question asked about every series (default: the findings prompt)")
+    medical.add_argument("--refuse-burned-in", action="store_true",
+                         help="neither render nor ask about a series whose pixels may show identifiers")
     medical.set_defaults(handler=_medical)
 
     inspect = _command(commands, "inspect", "Inspect an image folder or a video for surface defects.",
@@ -480,7 +484,7 @@ def _app_commands(commands) -> None:
 def _medical(args: argparse.Namespace) -> int:
     from vlstack.apps.medical import MedicalConfig, run_medical
 
-    flags = {"language": args.lang, "prompt": args.prompt}
+    flags = {"language": args.lang, "prompt": args.prompt, "refuse_burned_in": args.refuse_burned_in or None}
     config = _configured(MedicalConfig, flags, args.overrides)
     counts = run_medical(args.study_dir, args.model, args.out, config)["counts"]
     print(f"{counts['studies']} studies, {counts['series']} series, {counts['answered']} answered, "

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from vlstack import __version__
-from vlstack.apps.deid import METHOD, OPTIONS, Deidentifier, burned_in_warning
+from vlstack.apps.deid import METHOD, OPTIONS, Deidentifier, burned_in_risk
 from vlstack.apps.dicom import Series, Unusable, read_file, read_folder, render
 from vlstack.apps.report import Figure, Gallery, save_image, write_page
 from vlstack.config import to_dict
@@ -56,6 +56,9 @@ class MedicalConfig:
     show_paths: bool = False
     """Name files by their path under the study folder in the report and the log. Off by default:
     folder and file names often carry the patient's name or ID, so files get a keyed pseudonym."""
+    refuse_burned_in: bool = False
+    """Neither render nor ask about a series whose pixels may show identifiers (`deid.burned_in_risk`):
+    de-identification cleans the header, not text burned into the image."""
 
     def __post_init__(self) -> None:
         if self.language not in REPORT_PROMPTS:
@@ -126,8 +129,11 @@ def _render_series(series: Series, index: int, deidentifier: Deidentifier, confi
         "index": index, "series": series.uid, "modality": str(header.get("Modality", "")),
         "body_part": str(header.get("BodyPartExamined", "")), "patient_sex": str(header.get("PatientSex", "")),
         "patient_age": str(header.get("PatientAge", "")), "instances": len(series.instances),
-        "warnings": [w for w in (burned_in_warning(header),) if w],
+        "warnings": [w for w in (burned_in_risk(header),) if w],
     }
+    if entry["warnings"] and config.refuse_burned_in:
+        entry.update(status="refused_burned_in", detail="the pixels may show identifiers (refuse_burned_in)")
+        return entry, None
     try:
         dataset, _ = read_file(instance.path, deidentifier, pixels=True)
         rendering = render(dataset, config.window_index)
