@@ -69,20 +69,29 @@ def run_local(units: Sequence[U], read: Callable[[U], Iterable[T]], process: Cal
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([type(process).__module__])  # import torch, OpenCV, ... once, in the server
     pending: deque[Future] = deque()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(process,)) as pool:
-        try:
-            for batch in batches(units, read, batch_size):
-                pending.append(pool.submit(_process_in_worker, batch))
-                if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays flat on any corpus
-                    yield from pending.popleft().result()
-            while pending:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(process,))
+    broken = False
+    try:
+        for batch in batches(units, read, batch_size):
+            pending.append(pool.submit(_process_in_worker, batch))
+            if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays flat on any corpus
                 yield from pending.popleft().result()
-        except BrokenProcessPool:
-            exits = [f"pid {p.pid} exit code {p.exitcode}" for p in getattr(pool, "_processes", {}).values()
-                     if p.exitcode not in (None, 0)]
-            raise WorkerDied(f"a worker process died ({', '.join(exits) or 'killed'}; a negative code is the "
-                             "signal, -9 often the out-of-memory killer); the batches it and the others held "
-                             "were not processed") from None
+        while pending:
+            yield from pending.popleft().result()
+    except BrokenProcessPool:
+        broken = True
+        raise WorkerDied(f"a worker process died ({_exit_codes(pool)}; a negative code is the signal, -9 often "
+                         "the out-of-memory killer); the batches it and the others held were not processed") from None
+    finally:  # a broken pool cleans up on its own thread: waiting on it could hang on the dead worker's locks
+        pool.shutdown(wait=not broken, cancel_futures=True)
+
+
+def _exit_codes(pool: ProcessPoolExecutor) -> str:
+    """The exit codes of a broken pool's processes (the pool terminates the survivors: -15)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        p.join(timeout=5)
+    return ", ".join(f"pid {p.pid} exit code {p.exitcode}" for p in processes if p.exitcode != 0) or "killed"
 
 
 def run_ray(units: Sequence[U], read: Callable[[U], Iterable[T]], process: Callable[[list[T]], list[R]],
