@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from vlstack.checkpoint import load_model, save_model
+from vlstack.checkpoint import COMPLETE, load_model, save_model
 from vlstack.errors import CheckpointError, InputError
 from vlstack.models.config import ARTICLE_TABLE, LanguageConfig, ModelConfig
 from vlstack.models.tokenizer import expand_image_placeholders, special_token_ids
@@ -68,7 +68,8 @@ def test_language_model_is_shaped_like_qwen():
 def test_save_load_round_trip_is_bit_equal(nano_model, tokenizer, tmp_path):
     pixels, ids, mask = _batch(nano_model)
     save_model(nano_model, tmp_path / "ckpt", tokenizer=tokenizer)
-    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.yaml", "model.safetensors", "tokenizer"}
+    files = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert files == {"config.yaml", "model.safetensors", "tokenizer", COMPLETE}  # COMPLETE: the save finished
     loaded = load_model(tmp_path / "ckpt")
     with torch.no_grad():
         a, b = nano_model(pixels, ids, mask), loaded(pixels, ids, mask)
