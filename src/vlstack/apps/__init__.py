@@ -1,1 +1,2 @@
-"""Applications on top of the inference Engine: medical imaging, industrial inspection, embodied agents."""
+"""Applications on top of the inference Engine: medical imaging (DICOM, de-identification), industrial
+inspection, point clouds, embodied agents."""
