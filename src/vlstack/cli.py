@@ -20,7 +20,9 @@ commands:
             loss (sft | safety), a checkpoint per stage, resumable (--resume)
   align     the preference stage: reward model (Bradley-Terry), PPO (KL penalty, GAE), DPO or GRPO
             (verifiable rewards) on synthetic VQA, from a fine-tuned checkpoint
-  data      data tools: `data synth` writes a synthetic corpus (six kinds, optional defects) as shards
+  data      data tools: `data ingest` reads a corpus (image folder, COCO, LLaVA, OpenAI messages, VQAv2,
+            img2dataset, HF datasets) into shards, `data clean` cleans shards, `data synth` writes a
+            synthetic corpus (six kinds, optional defects)
   serve     an OpenAI-compatible API (/v1/chat/completions) and a chat page for a checkpoint
   eval      benchmarks in their official formats (synthetic mini-suites without --data-root);
             results.json + report.md/html; --hallucination adds the detector's AUROC, POPE and CHAIR
@@ -38,6 +40,8 @@ examples:
   vlstack info --preset tiny --set vision.layers=6 --json
   vlstack demo --quick
   vlstack demo --set pretrain.train.steps=1000 --set out_dir=runs/long
+  vlstack data ingest folder photos/ runs/data/raw --captions photos/captions.jsonl
+  vlstack data clean runs/data/raw runs/data/clean
   vlstack pretrain --config configs/tiny.yaml --set train.steps=50
   vlstack finetune --config configs/finetune.yaml --set base=runs/pretrain/checkpoint [--resume]
   vlstack align --method grpo --config configs/align_grpo.yaml --set checkpoint=runs/finetune/03-safety/model
@@ -243,6 +247,27 @@ def _data_commands(commands) -> None:
     synth_eval.add_argument("--seed", type=int, default=0, help="suite seed (default: %(default)s)")
     synth_eval.set_defaults(handler=_data_synth_eval)
 
+    from vlstack.data.ingest import FORMATS
+
+    summary = "Read a corpus in a public format into vlstack shards, ready for `data clean`."
+    ingest = data_commands.add_parser(
+        "ingest", help=summary,
+        description=f"{summary} Writes OUT/shard-*.tar + manifest.jsonl (the samples, images still encoded), "
+                    "OUT/rejected.jsonl (every record not taken, with its reason: missing image, malformed "
+                    "record, ...) and OUT/ingest.json. Nothing is downloaded: remote image URLs are rejected. "
+                    "Formats: " + "; ".join(f"{name}: {text}" for name, text in FORMATS.items()) + ".")
+    ingest.add_argument("format", metavar="FORMAT", choices=FORMATS, help=", ".join(FORMATS))
+    ingest.add_argument("input", metavar="IN", help="the corpus: a file or folder, as FORMAT says")
+    ingest.add_argument("output", metavar="OUT", help="output directory (new, empty, or an earlier ingest)")
+    ingest.add_argument("--images", metavar="DIR", help="image root (coco and vqav2: required; llava, messages and "
+                                                        "hf: default the folder of IN)")
+    ingest.add_argument("--captions", metavar="FILE", help="folder: the captions file (JSONL or CSV/TSV)")
+    ingest.add_argument("--annotations", metavar="FILE", help="vqav2: the annotations file")
+    ingest.add_argument("--image-pattern", metavar="PATTERN",
+                        help="vqav2: image file names, e.g. '{image_id:012d}.jpg' (default: COCO's)")
+    ingest.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: %(default)s)")
+    ingest.set_defaults(handler=_data_ingest)
+
     clean = _command(data_commands, "clean",
                      "Clean a shard directory: quality, text and relevance filters, PII, dedup.",
                      "Writes OUT/shard-*.tar + manifest.jsonl (kept samples, each with the provenance of every "
@@ -412,6 +437,18 @@ def _data_synth_eval(args: argparse.Namespace) -> int:
 
     folders = write_evaluation_data(args.out, args.n, args.scenes, args.seed)
     print(f"wrote {', '.join(folders)} under {args.out}; evaluate with vlstack eval --data-root {args.out}")
+    return 0
+
+
+def _data_ingest(args: argparse.Namespace) -> int:
+    from vlstack.data.ingest import IngestInputs, ingest
+
+    inputs = IngestInputs(args.images, args.captions, args.annotations, args.image_pattern)
+    summary = ingest(args.format, args.input, args.output, inputs, samples_per_shard=args.per_shard)
+    reasons = ", ".join(f"{k} {v}" for k, v in summary["rejected_by_reason"].items()) or "none"
+    print(f"kept {summary['kept']} of {summary['total']} ({summary['text_only']} text-only), rejected "
+          f"{summary['rejected']} ({reasons}); {summary['shards']} shard(s) in {summary['output']}: "
+          f"vlstack data clean {summary['output']} CLEAN_DIR")
     return 0
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vlstack.errors import DataError
+from vlstack.errors import ConfigError, DataError
 
 
 def write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
@@ -51,6 +51,22 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                     yield number, json.loads(line)
                 except json.JSONDecodeError as error:
                     yield number, DataError(f"{path}: line {number} is not valid JSON: {error}")
+
+
+def rerun_output_dir(out: str | Path, marker: str, outputs: Iterable[str], what: str) -> Path:
+    """Create the output folder `out`, or clear an earlier run's outputs (glob patterns) there: a folder
+    holding `marker` is one that `what` wrote. Any other non-empty folder is refused, so a mistyped path
+    never deletes a user's files."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / marker).is_file():
+            raise ConfigError(f"output directory {out} is not empty and holds no earlier {what} ({marker}); "
+                              "choose an empty or new directory")
+        for pattern in outputs:
+            for path in out.glob(pattern):
+                path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _write_atomically(path: Path, text: str) -> Path:

@@ -46,7 +46,7 @@ def test_image_folder_with_jsonl_captions(tmp_path, images):
     sample = items[0]
     assert sample.kind == "caption" and sample.text == "a red square"
     assert sample.images[0].name == "png" and sample.images[0].data == png()
-    assert sample.meta["image_path"] == "a.png"
+    assert sample.meta["image_paths"] == ["a.png"]
 
 
 @pytest.mark.parametrize("suffix, sep", [(".tsv", "\t"), (".csv", ",")])
@@ -82,9 +82,10 @@ def test_llava_json_array(tmp_path, images):
     path = tmp_path / "llava.json"
     path.write_text(json.dumps(LLAVA))
     items = list(read_llava(path, images))
-    assert outcome(items) == {"1": "ok", "2": "ok", "3": "no_image", "4": "missing_image", "5": "invalid_sample",
+    assert outcome(items) == {"1": "ok", "2": "ok", "3": "ok", "4": "missing_image", "5": "invalid_sample",
                               "6": "ok"}
     assert items[1].conversations[0]["value"] == "<image>\nDescribe."  # placeholder added as LLaVA does
+    assert items[2].images == [] and items[2].conversations[0]["value"] == "Hi"  # a text-only chat stays one
     assert [ref.name for ref in items[5].images] == ["0.png", "1.png"]
 
 

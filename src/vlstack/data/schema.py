@@ -10,6 +10,9 @@ be rejected with a reason. `to_dict` writes only the names; the bytes travel as
 shard members.
 
 Regions are `[x0, y0, x1, y1, phrase]` in pixels of the first image.
+
+Every sample has an image, except a text-only conversation: instruction sets such as
+LLaVA-665K mix in text-only chats, which keep the LM's language skills while it learns to see.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class Rejected:
     id: str | None
     reason: str
     """Short code for counting. Readers use: `bad_json`, `bad_record`, `bad_header`, `invalid_sample`,
-    `missing_image`, `unsupported_image`, `no_image`, `no_caption`, `no_answers`, `unknown_image`,
+    `missing_image`, `unsupported_image`, `no_caption`, `no_answers`, `unknown_image`,
     `download_failed`, `no_image_column`, `unreadable_parquet`; shards add `unreadable_shard`,
     `missing_shard`, `lost_in_shard`, `missing_json`."""
     detail: str
@@ -123,8 +126,10 @@ def _check_common(s: Sample) -> None:
         raise DataError(f"sample {s.id!r}: field 'id' must be a non-empty string")
     if s.kind not in KINDS:
         _fail(s, "kind", f"is {s.kind!r}; valid kinds: {', '.join(KINDS)}")
-    if not isinstance(s.images, list) or not s.images:
-        _fail(s, "images", "must list at least one image")
+    if not isinstance(s.images, list):
+        _fail(s, "images", "must be a list of images")
+    if not s.images and not s.conversations:
+        _fail(s, "images", "must list at least one image (only a conversation may be text-only)")
     for i, ref in enumerate(s.images):
         if not isinstance(ref, ImageRef) or not _NAME.match(ref.name):
             _fail(s, f"images[{i}]", f"is {getattr(ref, 'name', ref)!r}; expected a name like 'jpg', 'png' or '1.jpg'")
@@ -168,6 +173,8 @@ def _check_conversations(s: Sample) -> None:
 def _check_regions(s: Sample) -> None:
     if not isinstance(s.regions, list):
         _fail(s, "regions", "must be a list of [x0, y0, x1, y1, phrase]")
+    if s.regions and not s.images:
+        _fail(s, "regions", "needs an image to locate its boxes in")
     for i, region in enumerate(s.regions):
         ok = (
             isinstance(region, (list, tuple))

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from vlstack.data.schema import IMAGE_EXTENSIONS, IMAGE_TOKEN, ImageRef, Rejected, Sample, image_name
 from vlstack.data.shards import TarGroup, iter_tar, oversized
 from vlstack.errors import DataError
@@ -51,7 +53,7 @@ def read_image_folder(root: str | Path, captions: str | Path) -> Iterator[Item]:
         if not isinstance(caption, str):
             yield Rejected(sample_id, "bad_record", f"line {number}: no string 'caption'", str(captions))
             continue
-        meta = {"source": "image_folder", "image_path": image}
+        meta = {"source": "image_folder"}
         yield _build(Sample(sample_id, "caption", text=caption, meta=meta), root, [image], f"{captions}:{number}")
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS):
         relative = path.relative_to(root).as_posix()
@@ -64,9 +66,9 @@ def read_llava(path: str | Path, image_root: str | Path) -> Iterator[Item]:
     """LLaVA instruction data: a JSON array or JSON lines of `{id, image, conversations}`, optionally with
     `rejected` (a preference pair's rejected answer) and `meta` (kept in `Sample.meta`).
 
-    A record without `<image>` in its turns gets one in front of its first human
-    turn, as LLaVA's own preprocessing does. Text-only records are rejected
-    (`no_image`): every vlstack sample has an image.
+    A record without `<image>` in its turns gets one per image in front of its first
+    human turn, as LLaVA's own preprocessing does. A record without `image` is a
+    text-only conversation (LLaVA-665K mixes in ShareGPT chats) and is kept as one.
     """
     yield from _instruction_records(path, image_root, lambda record: _llava_record)
 
@@ -79,7 +81,8 @@ def read_messages(path: str | Path, image_root: str | Path) -> Iterator[Item]:
     "image_url": {"url": ...}}` or `{"type": "image", "image": ...}`, where the image is a path
     under `image_root` or a `data:image/...;base64,` URL (a remote URL is `unsupported_image`:
     nothing is downloaded). Parts are joined with newlines, each image becoming `<image>`; a
-    leading system message goes to `meta["system"]`. Text-only records are `no_image`.
+    leading system message goes to `meta["system"]`. A record without image parts is a
+    text-only conversation.
     """
     yield from _instruction_records(path, image_root, lambda record: _messages_record)
 
@@ -101,18 +104,15 @@ def _instruction_records(path: str | Path, image_root: str | Path, parser_for) -
         yield parser_for(record)(record, sample_id, image_root, f"{path}:{number}")
 
 
-def _llava_record(record: dict, sample_id: str, image_root: Path, where: str) -> Item:
-    images = record.get("image")
-    images = [images] if isinstance(images, str) else images
+def _llava_record(record: dict, sample_id: str, image_root: Path, where: str, source: str = "llava") -> Item:
+    images = _as_list(record.get("image"))
     turns = record.get("conversations")
-    well_formed = isinstance(images, list) and isinstance(turns, list) and all(isinstance(t, dict) for t in turns)
-    if not images:
-        return Rejected(sample_id, "no_image", "text-only record", where)
-    if not well_formed:
-        return Rejected(sample_id, "bad_record", "needs 'image' (a string or list) and 'conversations' (a list)", where)
+    if not isinstance(images, list) or not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        return Rejected(sample_id, "bad_record", "needs 'conversations' (a list) and, unless text-only, 'image' "
+                                                 "(a path or a list of paths)", where)
     turns = [{"from": t.get("from"), "value": t.get("value")} for t in turns]
-    _add_image_token(turns)
-    meta = {**(record["meta"] if isinstance(record.get("meta"), dict) else {}), "source": "llava", "image_paths": images}
+    _add_image_tokens(turns, len(images))
+    meta = {**(record["meta"] if isinstance(record.get("meta"), dict) else {}), "source": source}
     if isinstance(record.get("rejected"), str):  # a preference pair's rejected answer (DPO data)
         meta["rejected"] = record["rejected"]
     return _build(Sample(sample_id, "vqa", conversations=turns, meta=meta), image_root, images, where)
@@ -148,28 +148,28 @@ def _messages_record(record: dict, sample_id: str, image_root: Path, where: str)
             else:
                 return Rejected(sample_id, "bad_record", f"message {position}: unknown part {part!r}", where)
         turns.append({"from": _MESSAGE_ROLES[role], "value": "\n".join(pieces)})
-    if not images:
-        return Rejected(sample_id, "no_image", "text-only record", where)
-    sample = Sample(sample_id, "vqa", conversations=turns, meta=meta)
-    for position, reference in enumerate(images):
-        image = _image_bytes(reference, image_root)
-        if isinstance(image, str):
-            return Rejected(sample_id, image.split(":")[0], image.split(":", 1)[1].strip(), where)
-        extension, data = image
-        sample.images.append(ImageRef(image_name(position, len(images), extension), data))
-    meta["image_paths"] = [r for r in images if not r.startswith("data:")]
-    return _validated(sample, where)
+    return _build(Sample(sample_id, "vqa", conversations=turns, meta=meta), image_root, images, where)
 
 
-def _image_reference(part: dict) -> str:
-    """The path or URL of an image part (`image_url` may be a string or `{"url": ...}`)."""
+def _image_reference(part: dict) -> Any:
+    """The image of a part: a path or URL (`image_url` may be a string or `{"url": ...}`), or the bytes or
+    `{"bytes", "path"}` of a Hugging Face image."""
     value = part.get(part["type"])
-    value = value.get("url") if isinstance(value, dict) else value
-    return value if isinstance(value, str) else ""
+    return value.get("url") if isinstance(value, dict) and "url" in value else value
 
 
-def _image_bytes(reference: str, root: Path) -> tuple[str, bytes] | str:
-    """(extension, bytes) of an image path or data URL, or "reason: detail" when it cannot be read."""
+def _image_bytes(reference: Any, root: Path) -> tuple[str, bytes] | str:
+    """(extension, bytes) of an image reference, or "reason: detail" when it cannot be read.
+
+    A reference is a path under `root`, a `data:image/...;base64,` URL, encoded bytes, or a Hugging Face
+    `Image` feature's `{"bytes", "path"}` (bytes when it has them, else the path)."""
+    if isinstance(reference, dict):
+        data, name = reference.get("bytes"), reference.get("path")
+        reference = data if isinstance(data, bytes) else name
+    if isinstance(reference, bytes):
+        return _sniffed(reference)
+    if not isinstance(reference, str) or not reference:
+        return f"bad_record: an image reference must be a path, a data URL or image bytes, got {reference!r}"
     if reference.startswith("data:"):
         header, _, payload = reference.partition(",")
         extension = header.removeprefix("data:").split(";")[0].removeprefix("image/").replace("jpeg", "jpg")
@@ -219,7 +219,7 @@ def read_coco_captions(path: str | Path, image_root: str | Path) -> Iterator[Ite
             yield Rejected(sample_id, "no_caption", f"no annotation has image_id {image.get('id')}", str(path))
         else:
             texts = captions[image["id"]]
-            meta = {"source": "coco_captions", "image_path": file_name, "license": image.get("license")}
+            meta = {"source": "coco_captions", "license": image.get("license")}
             sample = Sample(sample_id, "caption", text=texts[0], answers=texts, meta=meta)
             yield _build(sample, image_root, [file_name], str(path))
     for image_id in sorted(set(captions) - known, key=str):
@@ -350,6 +350,123 @@ def _parquet_row(row: dict[str, Any], extension: str, source: str) -> Item:
     return _validated(sample, source)
 
 
+def _sniffed(data: bytes) -> tuple[str, bytes] | str:
+    """(extension, bytes) of image bytes with no file name, from their header."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            extension = (image.format or "").lower().replace("jpeg", "jpg")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        return f"undecodable_image: {type(error).__name__}: {error}"
+    if extension not in IMAGE_EXTENSIONS:
+        return f"unsupported_image: a {extension or 'unknown'} image is not one of {IMAGE_EXTENSIONS}"
+    return extension, data
+
+
+def _as_list(value: Any) -> Any:
+    """An image field as a list: absent is no image, one reference is a list of one."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, bytes, dict)) else value
+
+
+def read_hf_dataset(path: str | Path, image_root: str | Path | None = None) -> Iterator[Item]:
+    """A Hugging Face `datasets` corpus on disk: a `save_to_disk` directory (a Dataset, or a DatasetDict,
+    every split) or parquet files (a file, or every `*.parquet` under a directory, as the Hub stores them).
+
+    A row's images are its `image` or `images` column (an `Image` feature, bytes, or a path under
+    `image_root`, by default the corpus folder). Its text is, by the first column present:
+    `conversations` (LLaVA turns), `messages` (OpenAI; `{"type": "image"}` parts take the row's images
+    in order), `texts` (`[{user, assistant}]`, as in the_cauldron), `question` with `answers` or
+    `answer` (VQA), or `caption` / `text` (a caption). Rows are read in batches and images are not
+    decoded, so a large corpus streams. Needs `datasets` (pip install 'vlstack[hf]') for `save_to_disk`
+    directories and `pyarrow` for parquet.
+    """
+    path = _existing(path)
+    root = _existing(image_root) if image_root is not None else path if path.is_dir() else path.parent
+    for name, batches in _hf_tables(path):
+        number = 0
+        try:
+            for batch in batches:
+                for row in batch.to_pylist():
+                    sample_id = str(row["id"]) if row.get("id") is not None else f"{name}-{number:09d}"
+                    yield _hf_row(row, sample_id, root, f"{path}:{name}:{number}")
+                    number += 1
+        except (OSError, ValueError) as error:  # pyarrow's errors derive from these
+            yield Rejected(None, "unreadable_parquet", f"{type(error).__name__}: {error} after {number} row(s)",
+                           f"{path}:{name}")
+
+
+def _hf_tables(path: Path) -> Iterator[tuple[str, Iterator[Any]]]:
+    """(name, record batches) of each split of a `save_to_disk` directory or each parquet file."""
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        try:
+            import datasets
+        except ImportError as error:
+            raise DataError(f"reading the datasets directory {path} needs datasets: pip install 'vlstack[hf]'") \
+                from error
+        loaded = datasets.load_from_disk(str(path))
+        splits = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(path.name, loaded)]
+        for split, dataset in splits:
+            yield split, iter(dataset.data.to_batches(max_chunksize=256))
+        return
+    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    if not files:
+        raise DataError(f"{path} holds no dataset_dict.json or state.json (save_to_disk) and no *.parquet files")
+    for file in files:
+        yield (file.relative_to(path).with_suffix("").as_posix() if path.is_dir() else file.stem), _parquet_batches(file)
+
+
+def _parquet_batches(file: Path) -> Iterator[Any]:
+    """Record batches of a parquet file, opened on the first read (so a broken file fails inside the loop
+    that rejects it)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as error:
+        raise DataError(f"reading {file} needs pyarrow: pip install 'vlstack[hf]'") from error
+    yield from pq.ParquetFile(file).iter_batches(batch_size=256)
+
+
+def _hf_row(row: dict[str, Any], sample_id: str, root: Path, where: str) -> Item:
+    images = _as_list(row.get("images", row.get("image")))
+    if not isinstance(images, list):
+        return Rejected(sample_id, "bad_record", "'image' / 'images' must be an image or a list of images", where)
+    if row.get("conversations") is not None:
+        return _llava_record({**row, "image": images}, sample_id, root, where, source="hf")
+    if row.get("messages") is not None:
+        return _messages_record({"messages": _with_row_images(row["messages"], images)}, sample_id, root, where)
+    if isinstance(row.get("texts"), list):
+        turns = [{"from": role, "value": turn.get(key)} for turn in row["texts"] if isinstance(turn, dict)
+                 for role, key in (("human", "user"), ("gpt", "assistant"))]
+        return _llava_record({"image": images, "conversations": turns}, sample_id, root, where, source="hf")
+    if isinstance(row.get("question"), str):
+        answers = row.get("answers") if row.get("answers") is not None else row.get("answer")
+        answers = [a.get("answer") if isinstance(a, dict) else a for a in _as_list(answers)]
+        sample = Sample(sample_id, "vqa", question=row["question"], meta={"source": "hf"},
+                        answers=[str(a) for a in answers if a is not None and str(a).strip()])
+        return _build(sample, root, images, where)
+    caption = row.get("caption", row.get("text"))
+    if isinstance(caption, str):
+        return _build(Sample(sample_id, "caption", text=caption, meta={"source": "hf"}), root, images, where)
+    return Rejected(sample_id, "bad_record", "no conversations, messages, texts, question or caption/text column "
+                                             f"(columns: {sorted(row)})", where)
+
+
+def _with_row_images(messages: Any, images: list[Any]) -> Any:
+    """OpenAI messages whose bare `{"type": "image"}` parts (the HF chat format) carry the row's images in order."""
+    if not isinstance(messages, list):
+        return messages
+    remaining = iter(images)
+    filled = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            content = [{**part, "image": next(remaining, None)} if isinstance(part, dict) and part.get("type") ==
+                       "image" and part.get("image") is None else part for part in content]
+            message = {**message, "content": content}
+        filled.append(message)
+    return filled
+
+
 def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -357,21 +474,20 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
-def _build(sample: Sample, root: Path, relative_paths: list[str], source: str) -> Item:
-    """Attach the images' bytes from `root` and validate; a missing or unreadable image is a `Rejected`."""
-    for position, relative in enumerate(relative_paths):
-        file = _under_root(root, relative)
-        if isinstance(file, str):
-            reason, _, detail = file.partition(": ")
+def _build(sample: Sample, root: Path, references: list[Any], source: str) -> Item:
+    """Attach the images (paths under `root`, data URLs or bytes: see `_image_bytes`) and validate; a
+    missing or unreadable image is a `Rejected`. The paths go to `meta["image_paths"]`."""
+    for position, reference in enumerate(references):
+        image = _image_bytes(reference, root)
+        if isinstance(image, str):
+            reason, _, detail = image.partition(": ")
             return Rejected(sample.id, reason, detail, source)
-        extension = file.suffix.lower().lstrip(".")
-        if extension not in IMAGE_EXTENSIONS:
-            return Rejected(sample.id, "unsupported_image", f"{relative}: not one of {IMAGE_EXTENSIONS}", source)
-        try:
-            data = file.read_bytes()
-        except OSError as error:
-            return Rejected(sample.id, "missing_image", f"{file}: {error.strerror or error}", source)
-        sample.images.append(ImageRef(image_name(position, len(relative_paths), extension), data))
+        extension, data = image
+        sample.images.append(ImageRef(image_name(position, len(references), extension), data))
+    paths = [r.get("path") if isinstance(r, dict) else r for r in references]
+    paths = [p for p in paths if isinstance(p, str) and not p.startswith("data:")]
+    if paths:
+        sample.meta["image_paths"] = paths
     return _validated(sample, source)
 
 
@@ -391,11 +507,12 @@ def _validated(sample: Sample, source: str) -> Item:
         return Rejected(sample.id if isinstance(sample.id, str) else None, "invalid_sample", str(error), source)
 
 
-def _add_image_token(turns: list[dict]) -> None:
-    if not any(isinstance(t["value"], str) and IMAGE_TOKEN in t["value"] for t in turns):
+def _add_image_tokens(turns: list[dict], images: int) -> None:
+    """One `<image>` per image in front of the first human turn, when no turn places them."""
+    if images and not any(isinstance(t["value"], str) and IMAGE_TOKEN in t["value"] for t in turns):
         first_human = next((t for t in turns if t["from"] == "human" and isinstance(t["value"], str)), None)
         if first_human is not None:
-            first_human["value"] = f"{IMAGE_TOKEN}\n{first_human['value']}"
+            first_human["value"] = f"{IMAGE_TOKEN}\n" * images + first_human["value"]
 
 
 def _load_json(path: Path) -> Any:

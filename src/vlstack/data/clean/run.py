@@ -25,7 +25,7 @@ from vlstack.data.executors import WorkerDied, get_executor
 from vlstack.data.schema import Rejected
 from vlstack.data.shards import MANIFEST, ShardWriter
 from vlstack.errors import ConfigError
-from vlstack.files import write_json
+from vlstack.files import rerun_output_dir, write_json
 from vlstack.progress import progress_bar
 
 REJECTED = "rejected.jsonl"
@@ -118,11 +118,4 @@ def _prepare_output(input_dir: Path, out: Path) -> Path:
     """Create `out`, or clear the outputs of an earlier cleaning run there; refuse any other non-empty folder."""
     if out.resolve() == input_dir.resolve():
         raise ConfigError(f"output directory {out} is the input directory; write the cleaned shards elsewhere")
-    if out.exists() and any(out.iterdir()):
-        if not (out / SUMMARY).is_file():
-            raise ConfigError(f"output directory {out} is not empty and holds no earlier cleaning run "
-                              f"({SUMMARY}); choose an empty or new directory")
-        for path in [*out.glob("shard-*.tar"), *out.glob("*.png"), *(out / name for name in _OUTPUT_FILES)]:
-            path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return rerun_output_dir(out, SUMMARY, ["shard-*.tar", "*.png", *_OUTPUT_FILES], "cleaning run")
