@@ -33,6 +33,20 @@ def test_phash_finds_resized_recompressed_copy_not_other_image(astronaut, coffee
     assert hamming(phash(astronaut), phash(coffee)) > 3 * limit
 
 
+def test_a_brighter_copy_matches_and_a_structureless_image_of_other_colours_does_not(astronaut, encode):
+    cfg = DedupConfig(match="image")
+    index = Deduplicator(cfg)
+    brighter = astronaut.point(lambda v: min(255, round(v * 1.08)))
+    assert index.check("orig", scene_fp(astronaut, "", encode)).keep
+    assert index.check("brighter", scene_fp(brighter, "", encode)).detail == "duplicate of orig"
+    # two plain gradients: the same coarse structure (pHash), so only the colours tell them apart
+    ramp = np.linspace(60, 200, 32)[None, :, None] * np.ones((32, 1, 1))
+    sky = Image.fromarray((ramp * [0.6, 0.8, 1.0]).astype(np.uint8))
+    sand = Image.fromarray((ramp * [1.0, 0.9, 0.6]).astype(np.uint8))
+    assert hamming(phash(sky), phash(sand)) <= cfg.max_hamming
+    assert index.check("sky", scene_fp(sky, "", encode)).keep and index.check("sand", scene_fp(sand, "", encode)).keep
+
+
 def test_text_normalisation_and_minhash_estimate():
     assert normalize_text("  Ｈello,   WORLD! ") == normalize_text("hello world")
     cfg = DedupConfig()
@@ -101,13 +115,14 @@ def test_phash_index_finds_every_hash_within_the_distance():
     cfg = DedupConfig(match="image")
     index = Deduplicator(cfg)
     stored = [rng.getrandbits(64) for _ in range(300)]
+    grey = (np.full((8, 8, 3), 128, dtype=np.uint8),)  # the same colours: only the hashes differ
     for i, value in enumerate(stored):
-        index.check(f"s{i}", Fingerprint((), (value,), None, None))
+        index.check(f"s{i}", Fingerprint((), (value,), grey, None, None))
     for i, value in enumerate(stored[:100]):
         flipped = value
         for bit in rng.sample(range(64), rng.randint(1, cfg.max_hamming)):
             flipped ^= 1 << bit
-        assert index.check(f"q{i}", Fingerprint((), (flipped,), None, None)).detail == f"duplicate of s{i}"
+        assert index.check(f"q{i}", Fingerprint((), (flipped,), grey, None, None)).detail == f"duplicate of s{i}"
 
 
 def test_fingerprints_pickle_for_worker_processes(astronaut, encode):

@@ -12,8 +12,10 @@ from vlstack.data.clean.perplexity import (
     CausalLMPerplexity,
     NGramLM,
     PerplexityConfig,
+    WordFrequencyLM,
     build_perplexity_model,
     check_perplexity,
+    perplexity_limit,
     tokenize,
 )
 from vlstack.errors import ConfigError
@@ -76,7 +78,7 @@ def test_in_domain_below_threshold_below_gibberish(order, unit, reference):
     gibberish = lm.perplexities([gibberish_en(rng) for _ in range(20)] + [gibberish_zh(rng) for _ in range(20)])
     assert max(in_domain) < 10 < min(gibberish)
     if unit == "word":  # the article's limit is a word-level perplexity
-        assert max(in_domain) < PerplexityConfig().max_perplexity < min(gibberish)
+        assert max(in_domain) < NGramLM.default_limit < min(gibberish)
 
 
 def test_shuffled_words_score_higher_than_their_caption(reference):
@@ -133,3 +135,19 @@ def test_hf_adapter_needs_an_existing_directory(tmp_path):
 def test_build_defaults_to_the_ngram_model(reference):
     model = build_perplexity_model(PerplexityConfig(order=2, unit="char"), reference)
     assert isinstance(model, NGramLM) and (model.order, model.unit) == (2, "char")
+
+
+def test_without_a_reference_the_word_frequency_model_judges_english_and_chinese():
+    model = build_perplexity_model(PerplexityConfig())
+    assert isinstance(model, WordFrequencyLM)
+    captions = ["A man riding a bicycle down a city street.", "Two dogs playing with a ball in the park.",
+                "一只猫睡在窗边的木椅上。", "孩子们在海边放风筝。"]
+    rng = random.Random(0)
+    garbled = [gibberish_en(rng), gibberish_zh(rng), "qzv xkwp trrnb oopd", "ä¸\x80å\x8fªç\x8c«"]  # last: mojibake
+    limit = perplexity_limit(model, PerplexityConfig())
+    assert limit == WordFrequencyLM.default_limit
+    assert max(model.perplexities(captions)) < limit / 2 and min(model.perplexities(garbled)) > 10 * limit
+    assert model.perplexity("!!! ...") == math.inf  # nothing to score
+    assert perplexity_limit(model, PerplexityConfig(max_perplexity=99.0)) == 99.0
+    with pytest.raises(ConfigError, match="wordfreq has no list for 'xx'"):
+        WordFrequencyLM(["xx"])

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from vlstack.config import load_config
-from vlstack.data.clean.pipeline import CleanConfig
+from vlstack.data.clean.perplexity import WordFrequencyLM
+from vlstack.data.clean.pipeline import CleanConfig, DedupStage
 from vlstack.data.clean.relevance import calibrate_scorer
 from vlstack.data.clean.run import REJECTED, SUMMARY, clean
 from vlstack.data.executors import WorkerDied
@@ -279,9 +280,19 @@ def test_the_shipped_recipe_is_the_defaults():
     assert load_config(CleanConfig, "configs/clean.yaml") == CleanConfig()
 
 
+def test_the_defaults_clean_with_no_reference_to_supply(spoiled, tmp_path):
+    """Out of the box: the word-frequency perplexity model catches the gibberish, and no clean text goes."""
+    clean(spoiled, tmp_path / "out", CleanConfig(dedup=DedupStage(enabled=False)))
+    recorded = json.loads((tmp_path / "out" / SUMMARY).read_text())["config"]["perplexity"]["max_perplexity"]
+    assert recorded == WordFrequencyLM.default_limit  # the limit used is in clean.json
+    truth = score_cleaning(spoiled, tmp_path / "out")
+    assert truth["defects"]["gibberish"]["recall"] == 1.0
+    assert "perplexity" not in truth["clean"]["wrongly_dropped_by_reason"]
+
+
 def test_config_problems_stop_the_run_before_it_writes(spoiled, tmp_path):
-    with pytest.raises(ConfigError, match="perplexity.reference"):
-        clean(spoiled, tmp_path / "out")
+    with pytest.raises(ConfigError, match="'perplexity.reference' '.*nowhere' does not exist"):
+        clean(spoiled, tmp_path / "out", load_config(CleanConfig, overrides=[f"perplexity.reference={tmp_path}/nowhere"]))
     assert not (tmp_path / "out").exists()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")

@@ -9,6 +9,10 @@ first sample seen is kept, later copies are "duplicate of <id>").
   hash (pHash) compared by Hamming distance, which survives re-encoding, resizing
   and mild colour changes. Every query scans all kept hashes with a vectorised
   XOR + popcount (exact for any distance; ~1 ms per query per million kept).
+  pHash keeps only the coarse structure, which distinct images with little of it
+  share (a plain wall, a sky, a repeating texture at 32 px), so a near match must
+  also have the same colours: an 8x8 colour thumbnail, scaled to a fixed mean
+  brightness (a brighter copy stays a copy), within `max_colour_rms`.
 - Texts: sha256 of the normalised text (NFKC, case-folded, punctuation and
   whitespace removed), and MinHash signatures over character 5-grams (which work
   for Chinese as well as English), banded for LSH and confirmed by estimated Jaccard.
@@ -52,6 +56,10 @@ class DedupConfig:
     """Largest pHash Hamming distance (of 64 bits) for near-duplicate images. Photographs: a cropped,
     halved, JPEG-70 copy measures <= 6, unrelated photographs >= 23. Flat 64 px synthetic scenes are
     less stable: 95% of 2 px crop + brightness + JPEG copies measure <= 10."""
+    max_colour_rms: float = 16.0
+    """Largest RMS difference (0-255 scale) of the brightness-scaled 8x8 colour thumbnails of a near
+    duplicate. 16 keeps 94% of the photograph copies pHash finds and halves the distinct low-resolution
+    images taken for copies (benchmarks/clean_quality.py)."""
     min_jaccard: float = 0.8
     """Smallest estimated Jaccard similarity of character 5-gram sets for near-duplicate texts."""
     shingle: int = 5
@@ -76,6 +84,7 @@ class Fingerprint:
 
     image_sha256: tuple[str, ...]
     image_phash: tuple[int, ...]
+    image_colours: tuple[np.ndarray, ...]  # [8, 8, 3] uint8 per image: `colour_thumbnail`
     text_sha256: str | None
     text_minhash: np.ndarray | None  # [num_perm] uint32
 
@@ -90,6 +99,17 @@ def phash(image: Image.Image) -> int:
     low = (basis @ grey @ basis.T)[:_HASH_SIZE, :_HASH_SIZE].ravel()  # [64], low[0] is the mean brightness
     bits = low > low[1:].mean()
     return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def colour_thumbnail(image: Image.Image) -> np.ndarray:
+    """[8, 8, 3] uint8: the image's mean colours on an 8x8 grid, scaled so their mean is 128 (a brighter or
+    darker copy has the same thumbnail)."""
+    colours = np.asarray(image.convert("RGB").resize((8, 8), Image.Resampling.BOX), dtype=np.float64)
+    return np.clip(colours * (128.0 / max(colours.mean(), 1.0)), 0, 255).round().astype(np.uint8)
+
+
+def colour_rms(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
 
 
 def normalize_text(text: str) -> str:
@@ -122,6 +142,7 @@ def fingerprint(
     return Fingerprint(
         image_sha256=tuple(hashlib.sha256(data).hexdigest() for data in image_bytes),
         image_phash=tuple(phash(image) for image in images),
+        image_colours=tuple(colour_thumbnail(image) for image in images),
         text_sha256=hashlib.sha256(normalize_text(text).encode()).hexdigest() if has_text else None,
         text_minhash=minhash(text, cfg) if has_text else None,
     )
@@ -187,7 +208,8 @@ class Deduplicator:
         if len(a.image_phash) != len(b.image_phash):
             return False
         return _same_bytes(a, b) or all(
-            (x ^ y).bit_count() <= self.cfg.max_hamming for x, y in zip(a.image_phash, b.image_phash)
+            (x ^ y).bit_count() <= self.cfg.max_hamming and colour_rms(u, v) <= self.cfg.max_colour_rms
+            for x, y, u, v in zip(a.image_phash, b.image_phash, a.image_colours, b.image_colours)
         )
 
     def _texts_match(self, a: Fingerprint, b: Fingerprint) -> bool:

@@ -1,15 +1,20 @@
 """Text perplexity under a reference language model: gibberish and garbled captions score high.
 
-Two models behind one method, `perplexities(texts) -> list[float]`:
-- `NGramLM`, built in: an interpolated Kneser–Ney n-gram model (Chen & Goodman,
-  1999, one absolute discount per order) trained in seconds on a reference
-  corpus. Units are words for space-separated scripts and single characters for
+Three models behind one method, `perplexities(texts) -> list[float]`, each with
+its own `default_limit`:
+- `WordFrequencyLM`, the default: a unigram model over `wordfreq`'s English and
+  Chinese frequency lists, so cleaning works out of the box with no reference
+  corpus to supply.
+- `NGramLM`: an interpolated Kneser–Ney n-gram model (Chen & Goodman, 1999, one
+  absolute discount per order) trained in seconds on a reference corpus the user
+  trusts. Units are words for space-separated scripts and single characters for
   Chinese/Japanese (which have no spaces), or characters throughout.
 - `CausalLMPerplexity`: any local Hugging Face causal LM directory.
 
-The article's limit of 150 is a word-level perplexity; it depends on the model and
-on how close the reference corpus is to the data, so check the histogram in the
-cleaning report when either changes.
+The article's limit of 150 is a word-level perplexity under a model of the data's
+own domain; a unigram model over general text scores ordinary captions higher, so
+its limit is its own (see `WordFrequencyLM`). Check the histogram in the cleaning
+report whenever the model or the data changes.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -34,10 +39,14 @@ Unit = Literal["word", "char"]
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana and Han ideographs: no spaces between words
+_CJK_CHARACTER = re.compile(rf"[{_CJK}]")
 _WORD_UNITS = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])[^\W_])+|[^\w\s]|_")
 
 
 class PerplexityModel(Protocol):
+    default_limit: float
+    """The perplexity over which a text is dropped when the config sets no `max_perplexity`."""
+
     def perplexities(self, texts: Sequence[str]) -> list[float]:
         """Per-text perplexity (inf for a text with nothing to score)."""
         ...
@@ -45,31 +54,43 @@ class PerplexityModel(Protocol):
 
 @dataclass
 class PerplexityConfig:
-    max_perplexity: float = 150.0
-    """Drop texts above this (the article's value, for a word-level model; see the module doc)."""
+    max_perplexity: float | None = None
+    """Drop texts above this; None takes the model's `default_limit` (150, the article's value, for the n-gram
+    and causal LM models; see `WordFrequencyLM` for the default model's)."""
     model_path: str | None = None
-    """A local HF causal LM directory; None uses the built-in n-gram model on the reference corpus."""
+    """A local HF causal LM directory; None uses the n-gram model on a reference corpus, or without one the
+    word-frequency model."""
     order: int = 3
     """n of the built-in n-gram model."""
     unit: Unit = "word"
     """Built-in model units: 'word' (characters for CJK) or 'char' (every character)."""
     open_vocab_size: int = 100_000
     """Distinct units the built-in model assumes the language has (see `NGramLM`)."""
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+    """Word-frequency model: the `wordfreq` languages whose lists score the words."""
 
 
-def build_perplexity_model(cfg: PerplexityConfig, reference_texts: Iterable[str] = ()) -> PerplexityModel:
-    """The HF model at `cfg.model_path`, or an n-gram model trained on `reference_texts`."""
+def build_perplexity_model(cfg: PerplexityConfig, reference_texts: Iterable[str] | None = None) -> PerplexityModel:
+    """The HF model at `cfg.model_path`, an n-gram model trained on `reference_texts`, or without them
+    the word-frequency model."""
     if cfg.model_path is not None:
         return CausalLMPerplexity(cfg.model_path)
+    if reference_texts is None:
+        return WordFrequencyLM(cfg.languages)
     return NGramLM.train(reference_texts, order=cfg.order, unit=cfg.unit, open_vocab_size=cfg.open_vocab_size)
+
+
+def perplexity_limit(model: PerplexityModel, cfg: PerplexityConfig) -> float:
+    """The configured `max_perplexity`, or the model's own limit."""
+    return model.default_limit if cfg.max_perplexity is None else cfg.max_perplexity
 
 
 def check_perplexity(
     texts: Sequence[str], model: PerplexityModel, cfg: PerplexityConfig | None = None
 ) -> list[Verdict]:
-    cfg = cfg or PerplexityConfig()
+    limit = perplexity_limit(model, cfg or PerplexityConfig())
     return [
-        Verdict(score=ppl, reason=PERPLEXITY if not ppl <= cfg.max_perplexity else None)  # NaN and inf drop too
+        Verdict(score=ppl, reason=PERPLEXITY if not ppl <= limit else None)  # NaN and inf drop too
         for ppl in model.perplexities(texts)
     ]
 
@@ -80,6 +101,63 @@ def tokenize(text: str, unit: Unit) -> list[str]:
     if unit == "char":
         return list(" ".join(text.split()))
     return _WORD_UNITS.findall(text)
+
+
+class WordFrequencyLM:
+    """Unigram perplexity under `wordfreq`'s frequency lists: the default model, needing no reference corpus.
+
+    Units are `tokenize(text, "word")`'s. A CJK character gets its frequency in the Chinese list (the
+    words' frequencies spread over their characters), any other word the highest frequency one of the
+    other languages gives it (numbers as the lists store them: digits as 0); punctuation is not scored,
+    and a unit no list holds gets `floor`, below every listed word. A unigram model judges the words,
+    not their order: gibberish and garbled words score far above `default_limit`, a shuffled sentence
+    of real words does not (the n-gram model on a trusted reference judges order too).
+    """
+
+    default_limit = 20_000.0
+    """Measured on written captions and on the corpus generator's gibberish (benchmarks/clean_quality.py):
+    ordinary English and Chinese captions score ~300-5,000, gibberish over 10^6."""
+
+    def __init__(self, languages: Sequence[str] = ("en", "zh"), floor: float = 1e-9):
+        try:
+            from wordfreq import get_frequency_dict
+        except ImportError as error:
+            raise ConfigError("the default perplexity model needs wordfreq: pip install wordfreq") from error
+        self.floor = floor
+        self.words: dict[str, float] = {}
+        self.characters: dict[str, float] = {}
+        for language in languages:
+            try:
+                frequencies = get_frequency_dict(language, "best")
+            except (LookupError, OSError) as error:
+                raise ConfigError(f"'perplexity.languages': wordfreq has no list for {language!r} ({error})") from None
+            if language.startswith("zh"):
+                self.characters = _character_frequencies(frequencies)
+            else:
+                for word, frequency in frequencies.items():
+                    self.words[word] = max(frequency, self.words.get(word, 0.0))
+
+    def perplexities(self, texts: Sequence[str]) -> list[float]:
+        return [self.perplexity(text) for text in texts]
+
+    def perplexity(self, text: str) -> float:
+        log_probs = [math.log(self._frequency(unit)) for unit in tokenize(text, "word") if unit[0].isalnum()]
+        return math.exp(-sum(log_probs) / len(log_probs)) if log_probs else math.inf
+
+    def _frequency(self, unit: str) -> float:
+        table = self.characters if _CJK_CHARACTER.fullmatch(unit) else self.words
+        found = table.get(unit) or table.get(re.sub(r"\d", "0", unit))
+        return max(found or self.floor, self.floor)
+
+
+def _character_frequencies(word_frequencies: dict[str, float]) -> dict[str, float]:
+    """Unigram character frequencies of a language without spaces, from its word frequencies."""
+    counts: Counter[str] = Counter()
+    for word, frequency in word_frequencies.items():
+        for character in word:
+            counts[character] += frequency
+    total = sum(counts.values())
+    return {character: count / total for character, count in counts.items()}
 
 
 class NGramLM:
@@ -99,6 +177,9 @@ class NGramLM:
     gibberish would be capped near the perplexity of a uniform guess over the
     reference vocabulary (~160 for a 40-word corpus), not far above the limit.
     """
+
+    default_limit = 150.0
+    """The article's limit for a word-level model of the data's domain."""
 
     def __init__(
         self, order: int, unit: Unit, ngram_counts: Counter[tuple[str, ...]], open_vocab_size: int = 100_000
@@ -182,6 +263,8 @@ def _discount(counts: Counter[tuple[str, ...]]) -> float:
 
 class CausalLMPerplexity:
     """Perplexity under any local HF causal LM directory (`AutoModelForCausalLM`, no download)."""
+
+    default_limit = 150.0
 
     def __init__(self, path: str | Path, batch_size: int = 8, max_length: int = 512, device: str = "cpu"):
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -33,7 +33,13 @@ from PIL import Image
 
 from vlstack.checkpoint import load_model
 from vlstack.data.clean.dedup import DedupConfig, Fingerprint, fingerprint
-from vlstack.data.clean.perplexity import PerplexityConfig, PerplexityModel, build_perplexity_model, check_perplexity
+from vlstack.data.clean.perplexity import (
+    PerplexityConfig,
+    PerplexityModel,
+    build_perplexity_model,
+    check_perplexity,
+    perplexity_limit,
+)
 from vlstack.data.clean.privacy import FaceConfig, blur_faces, encode_without_metadata, metadata_found, redact_text
 from vlstack.data.clean.quality import BlurConfig, DecodeConfig, check_blur, decode_image
 from vlstack.data.clean.relevance import (
@@ -65,8 +71,8 @@ class PerplexityStage(PerplexityConfig):
     enabled: bool = True
     """Drop texts whose perplexity under the reference model is over `max_perplexity`."""
     reference: str | None = None
-    """Reference corpus of the built-in n-gram model: a text file (one text per line) or a shard
-    directory of trusted samples. Required unless `model_path` names a causal LM."""
+    """Reference corpus of the n-gram model: a text file (one text per line) or a shard directory of
+    trusted samples. None (and no `model_path`): the word-frequency model, which needs none."""
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     """Sample kinds whose text is judged."""
 
@@ -275,13 +281,10 @@ class Stages:
         the built-in n-gram) and the relevance scorer, unless one is given."""
         model = None
         if cfg.perplexity.enabled:
-            if cfg.perplexity.model_path is None and cfg.perplexity.reference is None:
-                raise ConfigError(
-                    "the perplexity stage needs a reference: set 'perplexity.reference' (a text file or a shard "
-                    "directory of trusted samples) or 'perplexity.model_path' (a local causal LM), or switch it "
-                    "off with perplexity.enabled=false")
-            texts = reference_texts(cfg.perplexity.reference) if cfg.perplexity.model_path is None else ()
+            reference = cfg.perplexity.reference
+            texts = reference_texts(reference) if reference is not None and cfg.perplexity.model_path is None else None
             model = build_perplexity_model(cfg.perplexity, texts)
+            cfg.perplexity.max_perplexity = perplexity_limit(model, cfg.perplexity)  # clean_config.yaml shows it
         if scorer is None and cfg.relevance.model is not None:
             scorer = load_scorer(cfg.relevance)
         return cls(cfg, model, scorer)
