@@ -45,7 +45,7 @@ def nano_model(nano_config) -> QwenImageModel:
 
 @pytest.fixture(scope="session")
 def pretrain_data(tmp_path_factory):
-    """`pretrain_data(train, test)`: the `data.train=...`, `data.test=...` overrides of a pretraining run on
+    """`pretrain_data(train, test)`: the `data.sources=...`, `data.test=...` overrides of a pretraining run on
     synthetic caption shards of that many train and test scenes (each written once per session)."""
     root = tmp_path_factory.mktemp("captions")
 
@@ -55,6 +55,6 @@ def pretrain_data(tmp_path_factory):
             folders[split] = root / f"{split}-{n}"
             if not folders[split].is_dir():
                 synthesize("caption", n, folders[split], split=split)
-        return [f"data.train={folders['train']}", f"data.test={folders['test']}"]
+        return [f"data.sources=[{{path: {folders['train']}}}]", f"data.test={folders['test']}"]
 
     return overrides

@@ -7,7 +7,7 @@ import pytest
 
 from vlstack.checkpoint import save_model
 from vlstack.cli import main
-from vlstack.config import from_dict
+from vlstack.config import apply_overrides, from_dict
 from vlstack.errors import CheckpointError, ConfigError, DataError, InputError
 from vlstack.eval.hallucination import (
     ARTICLE_THRESHOLDS,
@@ -31,7 +31,7 @@ from vlstack.infer.engine import Engine
 from vlstack.models.config import ModelConfig
 from vlstack.synthetic.hallucination import scene_lexicon, write_hallucination_suite
 from vlstack.synthetic.scenes import caption_for, shape_scenes
-from vlstack.train.pretrain import PretrainConfig, PretrainDataConfig, run_pretraining
+from vlstack.train.pretrain import PretrainConfig, run_pretraining
 from vlstack.train.trainer import TrainConfig
 
 LEXICON = scene_lexicon()
@@ -320,13 +320,11 @@ def test_cli_eval_hallucination_only(tmp_path, nano_model, tokenizer, capsys):
 def test_detector_separates_faithful_from_hallucinated_captions_of_a_pretrained_model(tmp_path, pretrain_data):
     """The article's claim, on our scorer: AUROC >= 0.85 on held-out captions (chance 0.5). A model that saw
     colours but not shapes would reach about 0.75 (colour swaps 1.0, shape swaps 0.5), so this needs both."""
-    pretrain = run_pretraining(PretrainConfig(
+    pretrain = run_pretraining(apply_overrides(PretrainConfig(
         model=ModelConfig.from_preset("nano"),
-        data=PretrainDataConfig(**{o.split("=")[0].removeprefix("data."): o.split("=", 1)[1]
-                                   for o in pretrain_data(3000, 100)}),
         train=TrainConfig(steps=600, batch_size=64, lr=2e-3, warmup_steps=60, log_every=100, measure_mfu=False,
                           tensorboard=False),
-        out_dir=str(tmp_path / "pretrain")))
+        out_dir=str(tmp_path / "pretrain")), pretrain_data(3000, 100)))
     config = HallucinationConfig(calibration_scenes=100, test_scenes=200, pope_scenes=2, chair_scenes=2,
                                  caption_max_new_tokens=4, answer_max_new_tokens=2,
                                  data=str(write_hallucination_suite(tmp_path / "suite", 100, 200, pope_scenes=2)))

@@ -88,3 +88,20 @@ def test_tiny_mixed_loss_pretraining_learns_retrieval_and_matching(tmp_path, pre
 def test_pretraining_needs_its_data_and_says_how_to_make_it(tmp_path, capsys):
     assert main(["pretrain", "--set", f"out_dir={tmp_path}"]) == 2
     assert "data synth --kind caption" in capsys.readouterr().err
+
+
+def test_a_damaged_shard_mid_run_is_skipped_and_the_epoch_accounts_for_every_sample(tmp_path, pretrain_data):
+    from vlstack.synthetic.corpus import synthesize
+
+    corpus = tmp_path / "corpus"
+    synthesize("caption", 64, corpus, seed=4, samples_per_shard=16)
+    (corpus / "shard-00002.tar").write_bytes(b"\0garbage" * 100)
+    test = next(o for o in pretrain_data() if o.startswith("data.test="))
+    out = tmp_path / "run"
+    overrides = [f"data.sources=[{{path: {corpus}}}]", test, "train.steps=6", "train.batch_size=16",
+                 "train.log_every=1", f"out_dir={out}"]
+    assert main(["pretrain", "--config", NANO, *sets(overrides)]) == 0
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    epoch = next(r for r in records if r.get("event") == "epoch")
+    assert epoch["samples"] == 64 and epoch["skipped"] == {"unreadable_shard": 16} and epoch["trained"] == 48
+    assert sum(not r.get("skipped") for r in records if "loss" in r) == 6  # training went on

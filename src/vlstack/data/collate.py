@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from transformers import PreTrainedTokenizerBase
 
+from vlstack.data.augment import AugmentConfig, augment_image, augment_text
 from vlstack.data.schema import IMAGE_TOKEN, Sample
+from vlstack.data.stream import Skip
 from vlstack.errors import DataError
 from vlstack.models.tokenizer import IM_END, expand_image_placeholders
 
@@ -75,6 +78,58 @@ def tokenize_texts(
         input_ids[row, : len(seq)] = torch.tensor(seq)
         attention_mask[row, : len(seq)] = 1
     return TextBatch(input_ids, attention_mask)
+
+
+# --- image-text pairs, one at a time (streaming) --------------------------------------------
+
+
+@dataclass
+class PairEncoder:
+    """A sample -> one pretraining pair: its first image as pixels, its text as token ids ending in EOS.
+
+    The `encode` of a `vlstack.data.stream.StreamingBatches` (it runs in the loader's workers): a sample
+    without an image or a text, an undecodable image or a text over `max_text_tokens` raises `Skip`.
+    With `augment`, the label-preserving augmentation of `vlstack.data.augment` runs first."""
+
+    tokenizer: PreTrainedTokenizerBase
+    image_size: int
+    max_text_tokens: int
+    augment: AugmentConfig | None = None
+
+    def __call__(self, sample: Sample, rng: random.Random) -> dict[str, Any]:
+        if not sample.images or not sample.text.strip():
+            raise Skip("not_a_pair", "a pretraining pair needs an image and a text")
+        try:
+            image = Image.open(io.BytesIO(sample.images[0].data))
+            image.load()
+        except Exception as error:  # decoders raise many types on bad bytes
+            raise Skip("undecodable_image", f"{type(error).__name__}: {error}") from None
+        text = sample.text
+        if self.augment is not None:
+            generator = torch.Generator().manual_seed(rng.getrandbits(62))
+            image = augment_image(image, [text], generator, self.augment)
+            text = augment_text(text, rng, self.augment)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        if len(ids) > self.max_text_tokens:
+            raise Skip("too_long", f"{len(ids)} tokens, over data.max_text_tokens = {self.max_text_tokens}")
+        return {"pixel_values": image_to_tensor(image, self.image_size), "input_ids": ids}
+
+
+@dataclass
+class PairCollate:
+    """Encoded pairs -> `pixel_values` [B, 3, S, S], `input_ids` / `attention_mask` [B, T] (right-padded)."""
+
+    pad_token_id: int
+
+    def __call__(self, pairs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(p["input_ids"]) for p in pairs)
+        input_ids = torch.full((len(pairs), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        for row, pair in enumerate(pairs):
+            input_ids[row, : len(pair["input_ids"])] = torch.tensor(pair["input_ids"])
+            attention_mask[row, : len(pair["input_ids"])] = 1
+        pixels = torch.stack([p["pixel_values"] for p in pairs])
+        return {"pixel_values": pixels, "input_ids": input_ids, "attention_mask": attention_mask}
 
 
 # --- samples -> model batches ---------------------------------------------------------------

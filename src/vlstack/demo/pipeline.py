@@ -30,6 +30,7 @@ from vlstack.data.clean.run import clean
 from vlstack.data.loader import caption_pairs
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_shards
+from vlstack.data.stream import StreamSource
 from vlstack.demo.apps import inspection_demo, medical_demo, pointcloud_demo
 from vlstack.demo.deployment import deployment_figures
 from vlstack.demo.recipes import DemoAppsConfig, DemoCleanConfig, DemoConfig
@@ -89,7 +90,8 @@ def _pretrain_stage(config: DemoConfig, out: Path) -> dict:
     pretrain_dir = out / "pretrain"
     (pretrain_dir / "train_log.jsonl").unlink(missing_ok=True)
     pretrain = dataclasses.replace(config.pretrain, out_dir=str(pretrain_dir), tokenizer=str(data / "tokenizer"),
-                                   data=dataclasses.replace(config.pretrain.data, train=str(train), test=str(test)))
+                                   data=dataclasses.replace(config.pretrain.data, sources=[StreamSource(str(train))],
+                                                            test=str(test)))
     results = run_pretraining(pretrain)
     history = [r for r in results["history"] if not r["skipped"]]
     _plot_losses(history, out / "loss.png")

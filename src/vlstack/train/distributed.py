@@ -69,6 +69,24 @@ def mean_over_ranks(value: float, device: torch.device) -> float:
     return tensor.item() / dist.get_world_size()
 
 
+def sum_counts_over_ranks(counts: dict[str, int | dict[str, int]]) -> dict[str, int | dict[str, int]]:
+    """A per-rank tally summed over the ranks: int values add up, and so do dicts of ints (by key)."""
+    if not dist.is_initialized():
+        return counts
+    gathered: list[dict] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, counts)
+    total: dict = {}
+    for part in gathered:
+        for key, value in part.items():
+            if isinstance(value, dict):
+                inner = total.setdefault(key, {})
+                for name, count in value.items():
+                    inner[name] = inner.get(name, 0) + count
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
+
+
 def local_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
     """Bytes of parameters (and optimizer state) held by this rank: a shard's share under FSDP2."""
     def nbytes(t: torch.Tensor) -> int:

@@ -1,15 +1,17 @@
 """`vlstack pretrain`: joint image-text pretraining with the mixed ITC + ITM + MLM + VTM loss.
 
-The run: read the image-text pairs of a shard directory (`vlstack data synth`, `data
-clean`), build (or load) the tokenizer and the model, encode the pairs, train with the
-Trainer on 1 process / DDP / FSDP2, checkpoint (resumable `dcp/` plus an inference
-`model.safetensors`), and evaluate retrieval and matching on a held-out shard directory.
-The same function runs under `torchrun --nproc_per_node=N`.
+The run: build (or load) the tokenizer and the model, stream the image-text pairs of
+one or more shard directories (`vlstack data ingest`, `data clean`, `data synth`), mixed
+by weight, through DataLoader workers (`vlstack.data.stream`), train with the Trainer on
+1 process / DDP / FSDP2, checkpoint (resumable `dcp/` with the data position, plus an
+inference `model.safetensors`), and evaluate retrieval and matching on a held-out shard
+directory. The same function runs under `torchrun --nproc_per_node=N`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,7 +19,12 @@ from typing import Literal
 import torch
 
 from vlstack.checkpoint import load_model, write_model_files
+from vlstack.data.augment import AugmentConfig
+from vlstack.data.collate import PairCollate, PairEncoder
 from vlstack.data.loader import caption_pairs, pairs_to_tensors
+from vlstack.data.schema import Sample
+from vlstack.data.shards import read_shards
+from vlstack.data.stream import StreamConfig, StreamingBatches, StreamSource
 from vlstack.errors import ConfigError
 from vlstack.eval.retrieval import evaluate_pairs
 from vlstack.files import write_json
@@ -33,12 +40,17 @@ from vlstack.train.trainer import TrainConfig, Trainer
 class PretrainDataConfig:
     """Where the image-text pairs come from: shard directories of samples with an image and a text."""
 
-    train: str | None = None
-    """The training pairs, e.g. `vlstack data synth --kind caption --n 6000 --out DIR` or a cleaned corpus."""
+    sources: list[StreamSource] = field(default_factory=list)
+    """The training pairs, `[{path: DIR, weight: W}, ...]`: a corpus after `vlstack data ingest` / `data clean`,
+    or `vlstack data synth --kind caption --n 6000 --out DIR`. Mixed by weight (see `vlstack.data.stream`)."""
     test: str | None = None
     """Held-out pairs for retrieval and matching accuracy (e.g. the same command with --split test)."""
     max_text_tokens: int = 32
-    """Longer captions are an error that names the sample, never silently cut."""
+    """A longer training caption is skipped with a reason (the epoch's line in train_log.jsonl counts it);
+    a longer held-out caption is an error that names it."""
+    augment: AugmentConfig | None = None
+    """Label-preserving augmentation of the training pairs (`vlstack.data.augment`); None: off."""
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
 
 @dataclass
@@ -63,25 +75,26 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
     dist_info = init_distributed(config.train.parallel.mode)
     out = Path(config.out_dir)
     seed = config.train.seed
-    if not config.data.train or not config.data.test:
-        raise ConfigError("pretraining needs data.train and data.test, shard directories of image-text pairs; "
-                          "e.g. vlstack data synth --kind caption --n 6000 --out data/train (and --split test "
-                          "--out data/test), or the output of vlstack data clean")
-    train_images, captions, _ = caption_pairs(config.data.train)
+    if not config.data.sources or not config.data.test:
+        raise ConfigError("pretraining needs data.sources and data.test, shard directories of image-text pairs: "
+                          "--set 'data.sources=[{path: DIR}]' --set data.test=DIR; e.g. the output of vlstack data "
+                          "ingest / data clean, or vlstack data synth --kind caption --n 6000 --out DIR")
     test_images, test_captions, _ = caption_pairs(config.data.test)
     model_config = dataclasses.replace(config.model)
     if config.tokenizer:
         tokenizer = load_tokenizer(config.tokenizer)
     else:
-        tokenizer = train_tokenizer(captions, vocab_size=model_config.language.vocab_size)
+        tokenizer = train_tokenizer(_source_texts(config.data.sources), vocab_size=model_config.language.vocab_size)
     specials = special_token_ids(tokenizer)
     model_config.image_token_id = specials.image
     torch.manual_seed(seed)
     model = QwenImageModel(model_config).to(dist_info.device)
 
     size = model_config.vision.image_size
-    train_set = pairs_to_tensors(train_images, captions, tokenizer, size, config.data.max_text_tokens,
-                                 "encode train pairs")
+    train_set = StreamingBatches(
+        config.data.sources, config.train.batch_size // config.train.grad_accum_steps,
+        PairEncoder(tokenizer, size, config.data.max_text_tokens, config.data.augment),
+        PairCollate(tokenizer.pad_token_id), seed, config.data.stream, pin_memory=dist_info.device.type == "cuda")
     test_set = pairs_to_tensors(test_images, test_captions, tokenizer, size, config.data.max_text_tokens,
                                 "encode held-out pairs")
     before = evaluate_pairs(model, test_set, test_captions) if dist_info.is_main else {}
@@ -111,3 +124,11 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
     if dist_info.is_main:
         write_json(out / "pretrain.json", results)
     return results
+
+
+def _source_texts(sources: list[StreamSource]) -> Iterator[str]:
+    """The captions of the training sources, streamed (the tokenizer's training corpus)."""
+    for source in sources:
+        for item in read_shards(source.path):
+            if isinstance(item, Sample) and item.text:
+                yield item.text

@@ -13,10 +13,13 @@ stopping on SIGTERM. Random numbers come from a generator seeded by (seed, step,
 rank) at every step, so the random state needs no saving and a resumed run draws
 exactly what the uninterrupted run drew.
 
-Batches come from a `BatchSource`: `GlobalBatches` over an in-memory dataset, or any
-object with `next(rank, world)`, `state_dict()` and `load_state_dict()` (PPO's and
-GRPO's rollouts). Its position is part of every checkpoint; a source that also has
-`tensor_state()` / `load_tensor_state()` keeps tensors there too (`data.safetensors`).
+Batches come from a `BatchSource`: `GlobalBatches` over an in-memory dataset,
+`StreamingBatches` from shard directories, or any object with `next(rank, world)`,
+`state_dict()` and `load_state_dict()` (PPO's and GRPO's rollouts). Its position is part
+of every checkpoint; a source that also has `tensor_state()` / `load_tensor_state()` keeps
+tensors there too (`data.safetensors`). An empty batch (a stream that had to skip every
+sample of it) skips the step on all ranks; a source with `finished_epochs()` gets each
+epoch's accounting (samples trained, skipped by reason, summed over ranks) logged.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from vlstack.models.parallelize import apply_activation_checkpointing, compile_b
 from vlstack.progress import progress_bar
 from vlstack.train.backends import build_backend
 from vlstack.train.config import ParallelConfig, TrainConfig
-from vlstack.train.distributed import DistInfo, all_ranks_agree, mean_over_ranks
+from vlstack.train.distributed import DistInfo, all_ranks_agree, mean_over_ranks, sum_counts_over_ranks
 from vlstack.train.flops import count_flops, matmul_peak
 from vlstack.train.signature import check_signature, sign_training_state
 
@@ -125,6 +128,8 @@ class Trainer:
                 task = progress.add_task(description, total=cfg.steps, completed=self.step, status="")
                 while self.step < cfg.steps:
                     record = self.train_step()
+                    for report in getattr(self.data, "finished_epochs", list)():
+                        self._log({"step": self.step, "event": "epoch", **sum_counts_over_ranks(report)})
                     if self.on_step is not None:
                         self.on_step(dict(record))
                     skips_in_a_row = skips_in_a_row + 1 if record["skipped"] else 0
@@ -169,7 +174,10 @@ class Trainer:
         self.backend.zero_grad()
         losses, sums, samples, tokens = [], {}, 0, 0
         for micro in range(cfg.grad_accum_steps):
-            batch = {k: v.to(self.dist.device) for k, v in self.data.next(self.dist.rank, self.dist.world).items()}
+            batch = {k: v.to(self.dist.device, non_blocking=True)
+                     for k, v in self.data.next(self.dist.rank, self.dist.world).items()}
+            if not all_ranks_agree(bool(batch), self.dist.device):
+                return self._skip(float("nan"), "empty batch (every sample of it was skipped)")
             with torch.autocast(self.dist.device.type, dtype=_autocast_dtype(cfg.precision),
                                 enabled=cfg.precision != "fp32"):
                 loss, metrics = self.module(batch)
