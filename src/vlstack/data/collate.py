@@ -182,13 +182,18 @@ class SampleCollator:
         self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
 
+    def image_tensors(self, sample: Sample) -> torch.Tensor:
+        """The sample's images, resized and normalised: [n, 3, S, S]; raises `SampleRejected` on bad bytes."""
+        size = self.cfg.image_size
+        images = [image_to_tensor(_open_image(ref.data), size, self.cfg.mean, self.cfg.std) for ref in sample.images]
+        return torch.stack(images) if images else torch.zeros((0, 3, size, size))
+
     def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
         rows, pixels, counts, ids, rejected = [], [], [], [], []
         for sample in samples:
             try:
                 input_ids, labels = self.encode(sample)
-                images = [image_to_tensor(_open_image(ref.data), self.cfg.image_size, self.cfg.mean, self.cfg.std)
-                          for ref in sample.images]  # [3, S, S] each
+                images = list(self.image_tensors(sample))  # [3, S, S] each
             except SampleRejected as error:
                 rejected.append({"id": sample.id, "reason": error.reason, "detail": str(error)})
                 logger.warning("left out of the batch: sample %r (%s): %s", sample.id, error.reason, error)

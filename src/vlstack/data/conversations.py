@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from vlstack.data.collate import IGNORE_INDEX, SampleCollator
+from vlstack.data.collate import IGNORE_INDEX, SampleCollator, SampleRejected
 from vlstack.data.schema import IMAGE_TOKEN, ROLES, Rejected, Sample
 from vlstack.data.shards import read_shards
 from vlstack.data.sources import read_conversations
+from vlstack.data.stream import Skip
 from vlstack.errors import DataError
 from vlstack.progress import progress_bar
 
@@ -97,53 +101,80 @@ def unsafe_variant(sample: Sample) -> Sample:
     return dataclasses.replace(sample, conversations=turns)
 
 
-def encode_conversations(samples: Sequence[Sample], collator: SampleCollator, unsafe: bool = False,
-                         chunk: int = 256, description: str = "encode conversations") -> tuple[Batch, list[dict]]:
-    """Conversations -> (tensors, rejected): equal-length tensors for the `Trainer`, one row per sample.
+@dataclass
+class ConversationEncoder:
+    """A conversation -> one training row: the `encode` of a `StreamingBatches` (it runs in the loader's
+    workers), and of `encode_conversations`.
 
-    `input_ids`, `attention_mask`, `labels` [N, T] (right-padded; labels only on assistant tokens);
-    `pixel_values` [N, K, 3, S, S] and `image_mask` [N, K] (K: most images in a sample); `refusal` [N]
-    (the answer is a refusal). With `unsafe`, also `unsafe_input_ids`, `unsafe_attention_mask` and
-    `unsafe_labels` [N, T']: the same prompt with the compliant answer a harmful request must not get,
-    labelled on that answer's tokens (all ignored on rows without one). Samples the collator leaves
-    out (too long, no supervised token, ...) are returned in `rejected` with their reasons; a set that
-    keeps none is a DataError.
-    """
-    rows: list[tuple[list[int], list[int]]] = []
-    images: list[torch.Tensor] = []  # [n_i, 3, S, S] per kept sample
-    kept: list[Sample] = []
-    rejected: list[dict] = []
-    by_id = {s.id: s for s in samples}
+    The row holds `input_ids` / `labels` (labels on the assistant's text only), `pixels` [n, 3, S, S],
+    `refusal` (the answer is a refusal) and, with `unsafe`, the ids and labels of the compliant answer a
+    harmful request must not get (empty without one). A malformed conversation (`conversation_problem`)
+    or one the collator leaves out (too long, no supervised token, undecodable image) raises `Skip`."""
+
+    collator: SampleCollator
+    unsafe: bool = False
+
+    def __call__(self, sample: Sample, rng: random.Random | None = None) -> dict[str, Any]:
+        problem = conversation_problem(sample)
+        if problem is not None:
+            raise Skip("bad_conversation", problem)
+        try:
+            input_ids, labels = self.collator.encode(sample)
+            pixels = self.collator.image_tensors(sample)  # [n, 3, S, S]
+        except SampleRejected as error:
+            raise Skip(error.reason, str(error)) from None
+        row = {"input_ids": input_ids, "labels": labels, "pixels": pixels, "refusal": bool(sample.meta.get(REFUSAL))}
+        if self.unsafe:
+            row["unsafe_input_ids"], row["unsafe_labels"] = _unsafe_row(sample, self.collator)
+        return row
+
+
+@dataclass
+class ConversationCollate:
+    """Rows of `ConversationEncoder` -> a batch: `input_ids`, `attention_mask`, `labels` [B, T] (right-padded),
+    `pixel_values` [B, K, 3, S, S] and `image_mask` [B, K] (K: most images in a row), `refusal` [B]; with
+    `unsafe`, also `unsafe_input_ids`, `unsafe_attention_mask`, `unsafe_labels` [B, T'] (all ignored on
+    rows without an unsafe answer)."""
+
+    pad_token_id: int
+    image_size: int
+    unsafe: bool = False
+
+    def __call__(self, rows: list[dict[str, Any]]) -> Batch:
+        data = _stack([(row["input_ids"], row["labels"]) for row in rows], self.pad_token_id)
+        data["refusal"] = torch.tensor([row["refusal"] for row in rows])
+        most = max(len(row["pixels"]) for row in rows)
+        data["pixel_values"] = torch.zeros(len(rows), most, 3, self.image_size, self.image_size)  # [B, K, 3, S, S]
+        data["image_mask"] = torch.zeros(len(rows), most, dtype=torch.bool)  # [B, K]
+        for number, row in enumerate(rows):
+            data["pixel_values"][number, : len(row["pixels"])] = row["pixels"]
+            data["image_mask"][number, : len(row["pixels"])] = True
+        if self.unsafe:
+            unsafe = _stack([(row["unsafe_input_ids"], row["unsafe_labels"]) for row in rows], self.pad_token_id)
+            data.update({f"unsafe_{k}": v for k, v in unsafe.items()})
+        return data
+
+
+def encode_conversations(samples: Sequence[Sample], collator: SampleCollator, unsafe: bool = False,
+                         description: str = "encode conversations") -> tuple[Batch, list[dict]]:
+    """Conversations -> (tensors, rejected): a small set as one in-memory batch the `Trainer` takes whole
+    (`ConversationCollate`'s tensors, one row per sample). Samples that cannot train are returned in
+    `rejected` (`{"id", "reason", "detail"}`); a set that keeps none is a DataError. Large sets stream
+    instead (`vlstack.data.stream`)."""
+    encoder = ConversationEncoder(collator, unsafe)
+    rows, rejected = [], []
     with progress_bar(transient=True) as progress:
-        for start in progress.track(range(0, len(samples), chunk), description=description):
-            batch = collator(samples[start : start + chunk])
-            rejected.extend(batch["rejected"])
-            pixels = batch["pixel_values"].split(batch["image_counts"].tolist())
-            for row, sample_id in enumerate(batch["ids"]):
-                width = int(batch["attention_mask"][row].sum())
-                rows.append((batch["input_ids"][row, :width].tolist(), batch["labels"][row, :width].tolist()))
-                images.append(pixels[row])
-                kept.append(by_id[sample_id])
-    if not rejected and not kept:
-        raise DataError("no samples to encode")
-    if not kept:
+        for sample in progress.track(samples, description=description):
+            try:
+                rows.append(encoder(sample))
+            except Skip as skip:
+                rejected.append({"id": sample.id, "reason": skip.reason, "detail": skip.detail})
+    if not rows:
         reasons = dict(Counter(r["reason"] for r in rejected))
-        first = rejected[0]
+        first = rejected[0] if rejected else {"id": None, "detail": "no samples"}
         raise DataError(f"none of the {len(samples)} sample(s) can train ({reasons}); first: {first['id']}: "
                         f"{first['detail']}")
-    pad = collator.tokenizer.pad_token_id
-    data = _stack(rows, pad)
-    data["refusal"] = torch.tensor([bool(s.meta.get(REFUSAL)) for s in kept])
-    most = max(len(x) for x in images)
-    size = images[0].shape[-1] if most else collator.cfg.image_size
-    data["pixel_values"] = torch.zeros(len(kept), most, 3, size, size)  # [N, K, 3, S, S]
-    data["image_mask"] = torch.zeros(len(kept), most, dtype=torch.bool)  # [N, K]
-    for row, pixels in enumerate(images):
-        data["pixel_values"][row, : len(pixels)] = pixels
-        data["image_mask"][row, : len(pixels)] = True
-    if unsafe:
-        data.update({f"unsafe_{k}": v for k, v in _stack([_unsafe_row(s, collator) for s in kept], pad).items()})
-    return data, rejected
+    return ConversationCollate(collator.tokenizer.pad_token_id, collator.cfg.image_size, unsafe)(rows), rejected
 
 
 def _unsafe_row(sample: Sample, collator: SampleCollator) -> tuple[list[int], list[int]]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from vlstack.data import sources
 from vlstack.data.schema import Rejected, Sample
@@ -83,6 +84,13 @@ def ingest(fmt: str, source: str | Path, output_dir: str | Path, inputs: IngestI
     non-empty folder is refused."""
     inputs = inputs or IngestInputs()
     items = read_corpus(fmt, source, inputs)
+    described = {"format": fmt, "input": str(source), **{k: v for k, v in asdict(inputs).items() if v is not None}}
+    return write_corpus(items, output_dir, described, samples_per_shard, f"ingest {fmt}")
+
+
+def write_corpus(items: Iterable[Sample | Rejected], output_dir: str | Path, described: dict[str, Any] | None = None,
+                 samples_per_shard: int = 1000, description: str = "ingest") -> dict:
+    """Samples to shards, rejections to `rejected.jsonl`, and the summary (with `described`) to `ingest.json`."""
     out = rerun_output_dir(output_dir, SUMMARY, ["shard-*.tar", MANIFEST, REJECTED, SUMMARY], "ingest")
     reasons: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
@@ -93,7 +101,7 @@ def ingest(fmt: str, source: str | Path, output_dir: str | Path, inputs: IngestI
         (out / REJECTED).open("w", encoding="utf-8") as rejected,
         progress_bar() as progress,
     ):
-        task = progress.add_task(f"ingest {fmt}", total=None)
+        task = progress.add_task(description, total=None)
         for item in items:
             if isinstance(item, Rejected):
                 rejected.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
@@ -106,8 +114,7 @@ def ingest(fmt: str, source: str | Path, output_dir: str | Path, inputs: IngestI
     seconds = time.perf_counter() - started
     kept, dropped = sum(kinds.values()), sum(reasons.values())
     summary = {
-        "format": fmt, "input": str(source), **{k: v for k, v in asdict(inputs).items() if v is not None},
-        "output": str(out), "total": kept + dropped, "kept": kept, "rejected": dropped,
+        **(described or {}), "output": str(out), "total": kept + dropped, "kept": kept, "rejected": dropped,
         "kinds": dict(kinds), "text_only": text_only, "rejected_by_reason": dict(reasons.most_common()),
         "shards": len(writer.shards), "seconds": round(seconds, 2),
         "records_per_second": round((kept + dropped) / seconds, 1) if seconds > 0 else None,

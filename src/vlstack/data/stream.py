@@ -59,6 +59,8 @@ class StreamSource:
     path: str
     weight: float = 1.0
     """Relative sampling probability: a batch slot comes from this source with probability weight / total."""
+    samples: int | None = None
+    """Use only the first `samples` samples, in manifest order (None: all)."""
 
 
 @dataclass
@@ -92,15 +94,20 @@ Collate = Callable[[list[Any]], Batch]
 class SourceIndex:
     """A shard directory as the order sees it: shard files and their sample counts, from the manifest."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, samples: int | None = None):
         self.path = Path(path)
         shards = read_manifest(self.path) if (self.path / "manifest.jsonl").is_file() else None
-        if not shards:
+        if not shards or not any(info.count for info in shards):
             raise DataError(f"{self.path} holds no shard manifest with samples; point the source at the output of "
                             "`vlstack data ingest` or `vlstack data clean`")
+        counts = np.array([info.count for info in shards], dtype=np.int64)
+        if samples is not None:  # the first `samples`: whole shards, then part of one
+            counts = np.clip(samples - np.concatenate([[0], np.cumsum(counts)[:-1]]), 0, counts)
+            shards = [info for info, count in zip(shards, counts) if count]
+            counts = counts[counts > 0]
         self.shards = [info.shard for info in shards]
         self.ids = [info.ids for info in shards]
-        self.counts = np.array([info.count for info in shards], dtype=np.int64)
+        self.counts = counts
         self.starts = np.concatenate([[0], np.cumsum(self.counts)])  # sample number where each shard begins
 
     def __len__(self) -> int:
@@ -134,7 +141,7 @@ class StreamPlan:
             raise ConfigError(f"source weights must be positive, got {weights.tolist()}")
         if shuffle_shards < 1:
             raise ConfigError(f"shuffle_shards must be at least 1, got {shuffle_shards}")
-        self.sources = [SourceIndex(s.path) for s in sources]
+        self.sources = [SourceIndex(s.path, s.samples) for s in sources]
         self.probabilities = weights / weights.sum()
         self.global_batch, self.seed, self.shuffle_shards = global_batch, seed, shuffle_shards
         self.batches = 0
@@ -324,6 +331,13 @@ class StreamingBatches:
                              "trained": counts.pop("trained", 0), "skipped": dict(counts)})
                 del self.counts[(source, epoch)]
         return done
+
+    def unreported_skips(self) -> dict[str, int]:
+        """Skip reasons counted in the epochs `finished_epochs` has not reported yet."""
+        total: Counter[str] = Counter()
+        for counts in self.counts.values():
+            total.update({reason: n for reason, n in counts.items() if reason != "trained"})
+        return dict(total)
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.plan.state_dict(),

@@ -3,8 +3,9 @@
 The article's plan (`FinetuneConfig` defaults, `configs/finetune.yaml`): general
 instructions (lr 5e-5) -> domain adaptation with the vision tower frozen (2e-5) ->
 safety alignment, all unfrozen (1e-5); the preference stage follows with
-`vlstack align`. Each stage reads its datasets (shard directories or LLaVA / OpenAI
-JSON files), starts from the previous stage's exported model, trains
+`vlstack align`. Each stage streams its datasets (shard directories, or LLaVA / OpenAI
+JSON files, which are first written as shards under OUT_DIR/data/) mixed by weight
+through `vlstack.data.stream`, starts from the previous stage's exported model, trains
 with the shared `Trainer` (a frozen module's parameters have `requires_grad=False`,
 so they are not in the optimizer), optionally through LoRA adapters on the language
 model (PEFT), and exports `OUT_DIR/<nn>-<name>/model/` (config.yaml, model.safetensors,
@@ -12,21 +13,25 @@ tokenizer/) with the adapters merged into the base weights, plus `stage.json` wi
 losses and held-out figures.
 
 Everything that can be wrong with a recipe (an unknown module in a freeze list, a
-stage with no data, a missing dataset, a malformed conversation) is an error
-before the first stage trains. A run that stops (SIGTERM, or a crash after a
-`train.save_every` checkpoint) continues with `resume=True`: finished stages are
+stage with no data, a missing dataset, a malformed conversation in a JSON file) is an
+error before the first stage trains; a conversation of a shard directory that cannot
+train is skipped with its reason (the epoch lines of the stage's train_log.jsonl). A
+run that stops (SIGTERM, or a crash after a `train.save_every` checkpoint) continues with `resume=True`: finished stages are
 skipped and the interrupted one resumes exactly through the Trainer's own resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 import json
 import logging
 import re
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,9 +43,21 @@ from vlstack import checkpoint
 from vlstack.checkpoint import load_model, save_model
 from vlstack.config import save_yaml, to_dict
 from vlstack.data.collate import CollateConfig, SampleCollator
-from vlstack.data.conversations import check_conversations, encode_conversations, load_conversations
-from vlstack.data.schema import Sample
-from vlstack.errors import ConfigError
+from vlstack.data.conversations import (
+    SHOWN_PROBLEMS,
+    ConversationCollate,
+    ConversationEncoder,
+    check_conversations,
+    conversation_problem,
+    load_conversations,
+)
+from vlstack.data.ingest import SUMMARY as INGEST_SUMMARY
+from vlstack.data.ingest import write_corpus
+from vlstack.data.schema import Rejected, Sample
+from vlstack.data.shards import read_shards
+from vlstack.data.sources import read_conversations
+from vlstack.data.stream import SourceIndex, StreamConfig, StreamingBatches, StreamSource
+from vlstack.errors import ConfigError, DataError
 from vlstack.eval.conversations import evaluate_samples
 from vlstack.files import write_json
 from vlstack.infer.engine import Engine, EngineConfig
@@ -55,6 +72,8 @@ logger = logging.getLogger(__name__)
 STAGE_FILE = "stage.json"
 MODEL_DIR = "model"
 INITIAL_DIR = "initial"
+DATA_DIR = "data"
+"""JSON datasets written as shards, under OUT_DIR."""
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -72,6 +91,9 @@ class DatasetSpec:
     """Use the first `samples` conversations (None: all)."""
     image_root: str | None = None
     """The folder a JSON file's image paths are relative to (default: the file's own folder)."""
+    weight: float | None = None
+    """Sampling weight in its stage's mix (see `vlstack.data.stream`); None: its number of samples, so the
+    stage draws as from its datasets put together."""
 
 
 @dataclass
@@ -146,6 +168,8 @@ class FinetuneConfig:
     steps and batch_size. `train.seed` also seeds a fresh model."""
     max_length: int = 256
     """Longest conversation in tokens after `<image>` expansion; longer ones are left out with a reason."""
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    """How the stages' batches stream from their shards (DataLoader workers, shuffle block)."""
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
     out_dir: str = "runs/finetune"
 
@@ -187,6 +211,60 @@ def _check_dataset(spec: DatasetSpec, where: str) -> None:
         raise ConfigError(f"{where} ({spec.name!r}): path {spec.path!r} is not a shard directory or a JSON file")
     if spec.samples is not None and spec.samples < 1:
         raise ConfigError(f"{where} ({spec.name!r}) has samples={spec.samples}; use 1 or more (null: all)")
+
+
+def stage_sources(specs: list[DatasetSpec], data_dir: Path, staging: Path, where: str) -> list[StreamSource]:
+    """The stream sources of a stage's datasets: shard directories as they are, JSON files written as shards
+    under `data_dir` (into `staging` first, the caller moves them) once their conversations are checked."""
+    sources = []
+    for spec in specs:
+        path = Path(spec.path)
+        if path.is_file():
+            path = _conversation_shards(spec, data_dir, staging, where)
+        size = len(SourceIndex(staging / path.name if not path.exists() else path, spec.samples))
+        sources.append(StreamSource(str(path), spec.weight or float(size), spec.samples))
+    return sources
+
+
+def _conversation_shards(spec: DatasetSpec, data_dir: Path, staging: Path, where: str) -> Path:
+    """Where a JSON file's conversations stream from: `data_dir/<stem>-<digest>` (written into `staging` when
+    an earlier run has not). A record that cannot be read or cannot train is a DataError listing them."""
+    image_root = Path(spec.image_root or Path(spec.path).parent)
+    digest = hashlib.sha1(f"{Path(spec.path).resolve()}|{image_root.resolve()}".encode()).hexdigest()[:8]
+    target = data_dir / f"{Path(spec.path).stem}-{digest}"
+    if (target / INGEST_SUMMARY).is_file() or (staging / target.name / INGEST_SUMMARY).is_file():
+        return target
+    problems: list[str] = []
+
+    def checked() -> Iterator[Sample]:
+        for item in read_conversations(spec.path, image_root):
+            problem = f"{item.reason}: {item.detail}" if isinstance(item, Rejected) else conversation_problem(item)
+            if problem is None:
+                yield item
+            else:
+                problems.append(f"  {item.id}: {problem}")
+
+    write_corpus(checked(), staging / target.name, {"format": "conversations", "input": spec.path},
+                 description=f"read {spec.name}")
+    if problems:
+        listed = "\n".join(problems[:SHOWN_PROBLEMS])
+        raise DataError(f"{len(problems)} record(s) of {spec.path} ({where}) cannot train:\n{listed}\nfix or remove "
+                        "them")
+    return target
+
+
+def training_samples(sources: list[StreamSource], names: list[str], wanted: set[str]) -> list[Sample]:
+    """The conversations (without image bytes) of the sources named in `wanted`: the answers a held-out
+    dataset's blind baseline counts."""
+    samples = []
+    for source, name in zip(sources, names):
+        if name in wanted:
+            for item in itertools.islice(read_shards(source.path), source.samples):
+                if isinstance(item, Sample):
+                    item.meta["dataset"] = name
+                    item.images = [dataclasses.replace(ref, data=None) for ref in item.images]
+                    samples.append(item)
+    return samples
 
 
 def dataset_samples(specs: list[DatasetSpec], where: str) -> list[Sample]:
@@ -246,11 +324,20 @@ def run_finetune(config: FinetuneConfig, resume: bool = False, trust: bool = Fal
     out = Path(config.out_dir)
     if (out / "finetune_config.yaml").is_file() and not resume:
         raise ConfigError(f"{out} holds an earlier fine-tuning run; resume it (--resume) or choose another out_dir")
-    data = {stage.name: dataset_samples(stage.datasets, f"stage {stage.name!r}") for stage in config.stages}
-    held_out = {spec.name: dataset_samples([spec], f"eval dataset {spec.name!r}") for spec in config.eval.datasets}
-    out.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.data-tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        sources = {stage.name: stage_sources(stage.datasets, out / DATA_DIR, staging, f"stage {stage.name!r}")
+                   for stage in config.stages}
+        held_out = {spec.name: dataset_samples([spec], f"eval dataset {spec.name!r}")
+                    for spec in config.eval.datasets}
+        (out / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        for converted in staging.glob("*") if staging.is_dir() else ():
+            converted.rename(out / DATA_DIR / converted.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     save_yaml(config, out / "finetune_config.yaml")
-    start = Path(config.base) if config.base else _fresh_start(config, data, out / INITIAL_DIR)
+    start = Path(config.base) if config.base else _fresh_start(config, sources, out / INITIAL_DIR)
     if not (start / checkpoint.CONFIG_NAME).is_file():
         raise ConfigError(f"base {str(start)!r} is not a checkpoint directory (no {checkpoint.CONFIG_NAME}); "
                           "pass the checkpoint/ folder of a pretraining run")
@@ -258,7 +345,8 @@ def run_finetune(config: FinetuneConfig, resume: bool = False, trust: bool = Fal
     for index, stage in enumerate(config.stages, start=1):
         last = index == len(config.stages)
         evaluation = held_out if config.eval.every_stage or last else {}
-        result = _run_stage(config, stage, out / f"{index:02d}-{stage.name}", start, data, evaluation, trust)
+        result = _run_stage(config, stage, out / f"{index:02d}-{stage.name}", start, sources[stage.name],
+                            evaluation, trust)
         results["stages"][stage.name] = result
         if result["status"] == "interrupted":
             logger.warning("stage %r stopped at step %d; continue with resume", stage.name, result["step"])
@@ -271,11 +359,13 @@ def run_finetune(config: FinetuneConfig, resume: bool = False, trust: bool = Fal
     return results
 
 
-def _fresh_start(config: FinetuneConfig, data: dict[str, list[Sample]], directory: Path) -> Path:
+def _fresh_start(config: FinetuneConfig, sources: dict[str, list[StreamSource]], directory: Path) -> Path:
     """A new model and a tokenizer trained on every stage's conversations, saved once (a resumed run reuses it)."""
     if (directory / checkpoint.CONFIG_NAME).is_file():
         return directory
-    texts = [turn["value"] for samples in data.values() for s in samples for turn in s.conversations]
+    texts = (turn["value"] for stage in sources.values() for source in stage
+             for item in itertools.islice(read_shards(source.path), source.samples) if isinstance(item, Sample)
+             for turn in item.conversations)
     tokenizer = train_tokenizer(texts, vocab_size=config.model.language.vocab_size)
     model_config = dataclasses.replace(config.model, image_token_id=special_token_ids(tokenizer).image)
     torch.manual_seed(config.train.seed)
@@ -284,7 +374,7 @@ def _fresh_start(config: FinetuneConfig, data: dict[str, list[Sample]], director
 
 
 def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, start: Path,
-               data: dict[str, list[Sample]], held_out: dict[str, list[Sample]], trust: bool = False) -> dict:
+               sources: list[StreamSource], held_out: dict[str, list[Sample]], trust: bool = False) -> dict:
     done = stage_dir / STAGE_FILE
     if done.is_file():
         saved = json.loads(done.read_text(encoding="utf-8"))
@@ -301,17 +391,24 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     collator = SampleCollator(tokenizer, CollateConfig(num_image_tokens=model.num_image_tokens(),
                                                        max_length=config.max_length,
                                                        image_size=model.config.vision.image_size))
-    tensors, rejected = encode_conversations(data[stage.name], collator, unsafe=stage.loss == "safety",
-                                             description=f"encode {stage.name}")
+    unsafe = stage.loss == "safety"
+    batches = StreamingBatches(sources, stage.batch_size // config.train.grad_accum_steps,
+                               ConversationEncoder(collator, unsafe),
+                               ConversationCollate(tokenizer.pad_token_id, model.config.vision.image_size, unsafe),
+                               config.train.seed, config.stream)
     objective = sft_objective if stage.loss == "sft" else SafetyObjective(stage.safety)
     lr_scale = {prefix: scale for module, scale in stage.lr_scale.items() for prefix in QwenImageModel.PARTS[module]}
     train = dataclasses.replace(config.train, lr=stage.lr, steps=stage.steps, batch_size=stage.batch_size,
                                 lr_scale=lr_scale)
-    trainer = Trainer(model, objective, train, tensors, out_dir=stage_dir)
+    trainer = Trainer(model, objective, train, batches, out_dir=stage_dir)
     resumable = trainer.checkpoint_dir
     resume_from(trainer, True, trust)  # an interrupted stage continues where its checkpoint left it
     resumed_at = trainer.step
-    history = [r for r in trainer.fit(f"finetune: {stage.name}") if not r.get("skipped") and "loss" in r]
+    records = trainer.fit(f"finetune: {stage.name}")
+    history = [r for r in records if not r.get("skipped") and "loss" in r]
+    skipped = Counter(batches.unreported_skips())
+    for record in records:
+        skipped.update(record.get("skipped", {}) if record.get("event") == "epoch" else {})
     if trainer.step < stage.steps:
         return {"status": "interrupted", "step": trainer.step}
     if stage.lora is not None:
@@ -323,8 +420,8 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
         "config": to_dict(stage),
         "steps": trainer.step,
         "resumed_at_step": resumed_at,
-        "samples": len(tensors["input_ids"]),
-        "rejected": dict(Counter(r["reason"] for r in rejected)),
+        "samples": sum(len(index) for index in batches.plan.sources),
+        "skipped": dict(skipped),
         "trainable_parameters": sum(p.numel() for group in trainer.optimizer.param_groups for p in group["params"]),
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
@@ -332,7 +429,8 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
         "checkpoint": str(exported),
     }
     if held_out:
-        result["eval"] = evaluate(model, tokenizer, held_out, config, data)
+        names = [spec.name for spec in stage.datasets]
+        result["eval"] = evaluate(model, tokenizer, held_out, config, training_samples(sources, names, set(held_out)))
     result["seconds"] = round(time.perf_counter() - t, 1)
     write_json(done, result)
     shutil.rmtree(resumable, ignore_errors=True)  # the exported model replaces the resumable state
@@ -340,10 +438,9 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
 
 
 def evaluate(model: QwenImageModel, tokenizer: PreTrainedTokenizerBase, held_out: dict[str, list[Sample]],
-             config: FinetuneConfig, data: dict[str, list[Sample]]) -> dict[str, dict]:
+             config: FinetuneConfig, trained: list[Sample]) -> dict[str, dict]:
     """Held-out figures per dataset; the blind baseline comes from the same dataset's training samples."""
     engine = Engine(model, tokenizer, EngineConfig(max_batch_size=config.eval.batch_size))
-    trained = [s for samples in data.values() for s in samples]
     return {name: evaluate_samples(engine, samples, config.eval.max_new_tokens,
                                    [s for s in trained if s.meta.get("dataset") == name], f"evaluate {name}")
             for name, samples in held_out.items()}
