@@ -53,3 +53,42 @@ def test_pretrain_cli_under_fsdp2_exports_a_loadable_checkpoint(tmp_path, pretra
     results = json.loads((out / "pretrain.json").read_text())
     assert results["world_size"] == 2 and {"r@1", "itm_accuracy"} <= set(results["after_training"])
     load_model(out / "checkpoint")
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_resumed_on_one_process_trains_every_sample_of_the_epoch_once(tmp_path):
+    """2 DDP ranks stop mid-epoch (the data position is saved with the checkpoint); one process resumes.
+    The epoch's line counts every sample once, with the skipped ones (a damaged shard) summed over all
+    three processes, and the resumed run's batches are the ones the uninterrupted single run drew."""
+    from vlstack.synthetic.corpus import synthesize
+
+    corpus, test = tmp_path / "corpus", tmp_path / "test"
+    synthesize("caption", 96, corpus, seed=5, samples_per_shard=16)
+    (corpus / "shard-00004.tar").write_bytes(b"\0damaged" * 64)
+    synthesize("caption", 32, test, split="test")
+    root = Path(__file__).resolve().parents[2]
+    common = ["pretrain", "--config", str(root / "configs" / "nano.yaml"), "--set", "train.batch_size=16",
+              "--set", f"data.sources=[{{path: {corpus}}}]", "--set", f"data.test={test}", "--set", "train.log_every=1",
+              "--set", "train.measure_mfu=false", "--set", "train.tensorboard=false"]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vlstack.cli"]
+    one = [sys.executable, "-m", "vlstack.cli"]
+    run = tmp_path / "run"
+    for command, extra in ((two, ["train.steps=3", "train.parallel.mode=ddp"]), (one, ["train.steps=8"])):
+        resume = ["--resume", str(run / "checkpoint")] if command is one else []
+        done = subprocess.run([*command, *common, *[a for e in extra for a in ("--set", e)], "--set", f"out_dir={run}",
+                               *resume], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    reference = tmp_path / "reference"
+    done = subprocess.run([*one, *common, "--set", "train.steps=8", "--set", f"out_dir={reference}"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def epochs(directory: Path) -> list[dict]:
+        records = [json.loads(line) for line in (directory / "train_log.jsonl").read_text().splitlines()]
+        return [{k: r[k] for k in ("epoch", "samples", "trained", "skipped_by_reason")} for r in records
+                if r.get("event") == "epoch"]
+
+    assert epochs(run)[0] == {"epoch": 0, "samples": 96, "trained": 80, "skipped_by_reason": {"unreadable_shard": 16}}
+    assert epochs(run) == epochs(reference)  # epoch 0 ends at step 6, after the change of ranks
+    state = json.loads((run / "checkpoint" / "trainer_state.json").read_text())["data"]
+    assert state == json.loads((reference / "checkpoint" / "trainer_state.json").read_text())["data"]

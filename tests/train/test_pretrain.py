@@ -103,5 +103,5 @@ def test_a_damaged_shard_mid_run_is_skipped_and_the_epoch_accounts_for_every_sam
     assert main(["pretrain", "--config", NANO, *sets(overrides)]) == 0
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     epoch = next(r for r in records if r.get("event") == "epoch")
-    assert epoch["samples"] == 64 and epoch["skipped"] == {"unreadable_shard": 16} and epoch["trained"] == 48
+    assert epoch["samples"] == 64 and epoch["skipped_by_reason"] == {"unreadable_shard": 16} and epoch["trained"] == 48
     assert sum(not r.get("skipped") for r in records if "loss" in r) == 6  # training went on

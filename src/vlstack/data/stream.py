@@ -19,8 +19,8 @@ The work: DataLoader workers read each sample's tar members (through an index
 of member offsets, built on a shard's first use), then `encode` (decode,
 augment, tokenize) and `collate` it. A sample that cannot train (a damaged
 shard, an undecodable image, too many tokens) is left out of its batch with a
-reason, and `finished_epochs` accounts for every sample of an epoch: trained,
-or skipped by reason. Memory holds the manifests' counts and one epoch order per
+reason, and `finished_epochs` accounts for every sample of an epoch: skipped
+by reason, or trained. Memory holds the manifests' counts and one epoch order per
 source (8 bytes a sample), never the samples.
 """
 
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vlstack.collectives import gather_objects
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_manifest
 from vlstack.errors import ConfigError, DataError
@@ -290,7 +291,8 @@ class StreamingBatches:
     """A `BatchSource` for the Trainer: micro-batches streamed from shard directories (see the module doc).
 
     `next(rank, world)` returns this rank's collated tensors (an empty dict when every sample of it had to
-    be skipped); `state_dict()` is the plan's position plus the accounting of unfinished epochs."""
+    be skipped). Skips are counted per rank; `state_dict()` gathers them from every rank (call it on all),
+    so a run resumed on another number of ranks still accounts for every sample."""
 
     def __init__(self, sources: list[StreamSource], micro_batch: int, encode: Encode, collate: Collate,
                  seed: int = 0, config: StreamConfig | None = None, pin_memory: bool = False):
@@ -298,7 +300,9 @@ class StreamingBatches:
         self.plan = StreamPlan(sources, micro_batch, seed, self.config.shuffle_shards)
         self.reader = SampleReader([s.path for s in self.plan.sources], encode, seed)
         self.collate, self.pin_memory = _CollateKept(collate), pin_memory
-        self.counts: dict[tuple[int, int], Counter[str]] = {}  # (source, epoch) -> trained / skip reasons
+        self.skips: dict[tuple[int, int], Counter[str]] = {}  # (source, epoch) -> reason -> samples, this rank
+        self.reported = [0] * len(sources)  # per source: the next epoch to report
+        self._carried: dict[tuple[int, int], Counter[str]] = {}  # restored skips, rank 0's to keep
         self._batches: Iterator | None = None
         self._layout: tuple[int, int] | None = None
 
@@ -311,44 +315,49 @@ class StreamingBatches:
         local = self.plan.global_batch // world
         if slots != self.plan.next_batch()[rank * local : (rank + 1) * local]:  # the consumed position, in step
             raise RuntimeError("the loader's batches and the plan disagree; this is a bug in vlstack")
-        for source, epoch, _, _ in slots:
-            self.counts.setdefault((source, epoch), Counter())["trained"] += 1
         for (source, epoch, shard, position), skip in skips:
-            counts = self.counts[(source, epoch)]
-            counts["trained"] -= 1
-            counts[skip.reason] += 1
+            self.skips.setdefault((source, epoch), Counter())[skip.reason] += 1
             logger.warning("skipped %s of %s: %s (%s)", self.plan.sources[source].ids[shard][position],
                            self.plan.sources[source].path, skip.reason, skip.detail)
         return batch
 
     def finished_epochs(self) -> list[dict[str, Any]]:
-        """This rank's accounting of each epoch all of whose samples have been drawn, once."""
+        """Each epoch all of whose samples have been drawn, once: `{source, epoch, samples, skipped_by_reason}`
+        with this rank's skips (the Trainer sums them over ranks; the rest trained)."""
         done = []
-        for (source, epoch), counts in sorted(self.counts.items()):
-            if self.plan.epoch_done(source, epoch):
-                index = self.plan.sources[source]
+        for source, index in enumerate(self.plan.sources):
+            while self.plan.epoch_done(source, self.reported[source]):
+                epoch = self.reported[source]
                 done.append({"source": str(index.path), "epoch": epoch, "samples": len(index),
-                             "trained": counts.pop("trained", 0), "skipped": dict(counts)})
-                del self.counts[(source, epoch)]
+                             "skipped_by_reason": dict(self.skips.pop((source, epoch), {}))})
+                self.reported[source] += 1
         return done
 
     def unreported_skips(self) -> dict[str, int]:
-        """Skip reasons counted in the epochs `finished_epochs` has not reported yet."""
-        total: Counter[str] = Counter()
-        for counts in self.counts.values():
-            total.update({reason: n for reason, n in counts.items() if reason != "trained"})
-        return dict(total)
+        """Skip reasons counted on this rank in the epochs `finished_epochs` has not reported yet."""
+        return dict(sum(self.skips.values(), Counter()))
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.plan.state_dict(),
-                "counts": [[s, e, dict(c)] for (s, e), c in sorted(self.counts.items())]}
+        every_rank: dict[tuple[int, int], Counter[str]] = {}
+        for part in gather_objects(self.skips):
+            for key, counts in part.items():
+                every_rank.setdefault(key, Counter()).update(counts)
+        return {**self.plan.state_dict(), "reported": list(self.reported),
+                "skips": [[s, e, dict(c)] for (s, e), c in sorted(every_rank.items())]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plan.load_state_dict(state)
-        self.counts = {(s, e): Counter(c) for s, e, c in state.get("counts", [])}
+        self.reported = list(state.get("reported", [0] * len(self.plan.sources)))
+        self.skips = {}
+        self._carried = {(s, e): Counter(c) for s, e, c in state.get("skips", [])}
         self._batches = None  # the loader restarts from the restored position
 
     def _start(self, rank: int, world: int) -> None:
+        if self._carried:  # the skips of every rank before the resume: counted once, on rank 0
+            if rank == 0:
+                for key, counts in self._carried.items():
+                    self.skips.setdefault(key, Counter()).update(counts)
+            self._carried = {}
         workers = self.config.workers
         loader = DataLoader(self.reader, batch_sampler=_LocalSlots(copy.deepcopy(self.plan), rank, world),
                             num_workers=workers, collate_fn=self.collate, pin_memory=self.pin_memory,

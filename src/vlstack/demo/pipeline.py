@@ -93,7 +93,7 @@ def _pretrain_stage(config: DemoConfig, out: Path) -> dict:
                                    data=dataclasses.replace(config.pretrain.data, sources=[StreamSource(str(train))],
                                                             test=str(test)))
     results = run_pretraining(pretrain)
-    history = [r for r in results["history"] if not r["skipped"]]
+    history = [r for r in results["history"] if "loss" in r and not r["skipped"]]
     _plot_losses(history, out / "loss.png")
     return {
         "objective": config.pretrain.objective,
@@ -102,7 +102,7 @@ def _pretrain_stage(config: DemoConfig, out: Path) -> dict:
         "first_loss": history[0]["loss"],
         "final_loss": history[-1]["loss"],
         "final_losses": {k: history[-1][k] for k in ("itc", "itm", "mlm", "vtm") if k in history[-1]},
-        "skipped_steps": sum(r["skipped"] for r in results["history"]),
+        "skipped_steps": sum(r.get("skipped") is True for r in results["history"]),
         "before_training": results["before_training"],
         "after_training": results["after_training"],
         "checkpoint": results["checkpoint"],

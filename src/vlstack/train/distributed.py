@@ -1,4 +1,5 @@
-"""Process groups: which rank this is, and the decisions every rank must take alike.
+"""Process groups: which rank this is, on which device, and what each rank holds. (The decisions every
+rank must take alike are `vlstack.collectives`.)
 
 Launch several processes with `torchrun --nproc_per_node=N`; on CPUs the gloo backend is
 used, on GPUs NCCL. How the model is then spread over them is the backend's business
@@ -50,41 +51,6 @@ def _device(local_rank: int) -> torch.device:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-def all_ranks_agree(flag: bool, device: torch.device) -> bool:
-    """True only if `flag` is True on every rank, so all ranks take the same branch (no hangs)."""
-    if not dist.is_initialized():
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
-def mean_over_ranks(value: float, device: torch.device) -> float:
-    if not dist.is_initialized():
-        return value
-    tensor = torch.tensor([value], device=device, dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return tensor.item() / dist.get_world_size()
-
-
-def sum_counts_over_ranks(counts: dict[str, int | dict[str, int]]) -> dict[str, int | dict[str, int]]:
-    """A per-rank tally summed over the ranks: int values add up, and so do dicts of ints (by key)."""
-    if not dist.is_initialized():
-        return counts
-    gathered: list[dict] = [{} for _ in range(dist.get_world_size())]
-    dist.all_gather_object(gathered, counts)
-    total: dict = {}
-    for part in gathered:
-        for key, value in part.items():
-            if isinstance(value, dict):
-                inner = total.setdefault(key, {})
-                for name, count in value.items():
-                    inner[name] = inner.get(name, 0) + count
-            else:
-                total[key] = total.get(key, 0) + value
-    return total
 
 
 def local_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:

@@ -408,7 +408,7 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     history = [r for r in records if not r.get("skipped") and "loss" in r]
     skipped = Counter(batches.unreported_skips())
     for record in records:
-        skipped.update(record.get("skipped", {}) if record.get("event") == "epoch" else {})
+        skipped.update(record.get("skipped_by_reason", {}))
     if trainer.step < stage.steps:
         return {"status": "interrupted", "step": trainer.step}
     if stage.lora is not None:

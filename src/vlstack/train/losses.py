@@ -21,10 +21,19 @@ IGNORE_INDEX = -100
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All ranks' rows of `x` concatenated (gradients flow back to each rank), and this rank's offset."""
+    """All ranks' rows of `x` concatenated (gradients flow back to each rank), and this rank's offset.
+
+    Ranks may hold different numbers of rows (a streamed batch leaves out the samples it had to skip):
+    each pads to the largest, and the padding is cut off again after the gather."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
-    return torch.cat(all_gather(x), dim=0), dist.get_rank() * x.shape[0]
+    rows = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, rows)
+    sizes = [int(size) for size in sizes]
+    padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, max(sizes) - x.shape[0]))
+    parts = [part[:size] for part, size in zip(all_gather(padded), sizes)]
+    return torch.cat(parts, dim=0), sum(sizes[: dist.get_rank()])
 
 
 def itc_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlstack.checkpoint import commit_directory, recover_directory
+from vlstack.collectives import all_ranks_agree, mean_over_ranks, sum_over_ranks
 from vlstack.config import to_dict
 from vlstack.data.loader import GlobalBatches
 from vlstack.errors import CheckpointError, VlstackError
@@ -46,7 +47,7 @@ from vlstack.models.parallelize import apply_activation_checkpointing, compile_b
 from vlstack.progress import progress_bar
 from vlstack.train.backends import build_backend
 from vlstack.train.config import ParallelConfig, TrainConfig
-from vlstack.train.distributed import DistInfo, all_ranks_agree, mean_over_ranks, sum_counts_over_ranks
+from vlstack.train.distributed import DistInfo
 from vlstack.train.flops import count_flops, matmul_peak
 from vlstack.train.signature import check_signature, sign_training_state
 
@@ -129,7 +130,9 @@ class Trainer:
                 while self.step < cfg.steps:
                     record = self.train_step()
                     for report in getattr(self.data, "finished_epochs", list)():
-                        self._log({"step": self.step, "event": "epoch", **sum_counts_over_ranks(report)})
+                        skipped = sum_over_ranks(report["skipped_by_reason"])
+                        self._log({"step": self.step, "event": "epoch", **report, "skipped_by_reason": skipped,
+                                   "trained": report["samples"] - sum(skipped.values())})
                     if self.on_step is not None:
                         self.on_step(dict(record))
                     skips_in_a_row = skips_in_a_row + 1 if record["skipped"] else 0
@@ -263,9 +266,10 @@ class Trainer:
             tmp.mkdir(parents=True)
         _barrier()
         full = self.backend.save(tmp / state_dir, full_weights=self.dist.is_main and self.export is not None)
+        data_state = self.data.state_dict()  # on every rank: a stream gathers its ranks' skip counts
         if self.dist.is_main:
             try:
-                write_json(tmp / STATE_FILE, self._trainer_state())
+                write_json(tmp / STATE_FILE, self._trainer_state(data_state))
                 tensors = getattr(self.data, "tensor_state", dict)()
                 if tensors:
                     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / DATA_TENSORS))
@@ -279,10 +283,10 @@ class Trainer:
         _barrier()
         return target
 
-    def _trainer_state(self) -> dict:
+    def _trainer_state(self, data_state: dict[str, Any]) -> dict:
         return {
             "step": self.step,
-            "data": self.data.state_dict(),
+            "data": data_state,
             **self.backend.state_dict(),
             "world_size": self.dist.world,
             "config": to_dict(self.config),

@@ -27,10 +27,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from vlstack.collectives import all_ranks_agree
 from vlstack.errors import CheckpointError
 from vlstack.models.parallelize import fully_shard_blocks
 from vlstack.train.config import TrainConfig
-from vlstack.train.distributed import DistInfo, all_ranks_agree
+from vlstack.train.distributed import DistInfo
 from vlstack.train.optim import config_groups, lr_schedule
 
 DCP_DIR = "dcp"
