@@ -14,7 +14,7 @@ not grow with the corpus. Three measurements, each against a baseline of the sam
    their crops (distinct images) with captions, through `data ingest folder` and
    `data clean` with the defaults on one worker.
 
-Run: `python benchmarks/data_throughput.py` (about 10 minutes on 2 cores, most of it
+Run: `python benchmarks/data_throughput.py` (about 5 minutes on 2 cores, most of it
 writing the 100,000-sample corpus). Prints tables and writes benchmarks/out/data_throughput.json.
 """
 
