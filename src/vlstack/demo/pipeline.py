@@ -76,14 +76,20 @@ def run_demo(config: DemoConfig) -> dict:
 
 
 def _pretrain_stage(config: DemoConfig, out: Path) -> dict:
-    """Write the scene corpus and a tokenizer (the captions and the fine-tuning texts, so that the
-    instruction data's questions, answers and refusals are words), then pretrain on the shards."""
+    """Write the scene corpus, clean it as a user's corpus is cleaned (`vlstack data clean` with its
+    defaults; no relevance model exists yet), write a tokenizer (the captions and the fine-tuning texts,
+    so that the instruction data's questions, answers and refusals are words), then pretrain streaming
+    the cleaned shards."""
     t = time.perf_counter()
     seed = config.pretrain.train.seed
     data = out / "data" / "pretrain"
     shutil.rmtree(data, ignore_errors=True)
-    train = write_scenes(data / "train", config.corpus.train_samples, seed)
-    test = write_scenes(data / "test", config.corpus.test_samples, seed + 10_000)
+    cleaned = {}
+    for split, n, split_seed in (("train", config.corpus.train_samples, seed), ("test", config.corpus.test_samples,
+                                                                                  seed + 10_000)):
+        raw = write_scenes(data / f"{split}-raw", n, split_seed)
+        cleaned[split] = clean(raw, data / split, CleanConfig(), workers=config.clean.workers)
+    train, test = data / "train", data / "test"
     captions = caption_pairs(train)[1]
     tokenizer = train_tokenizer(captions + instruction_texts(), vocab_size=config.pretrain.model.language.vocab_size)
     tokenizer.save_pretrained(str(data / "tokenizer"))
@@ -103,6 +109,8 @@ def _pretrain_stage(config: DemoConfig, out: Path) -> dict:
         "final_loss": history[-1]["loss"],
         "final_losses": {k: history[-1][k] for k in ("itc", "itm", "mlm", "vtm") if k in history[-1]},
         "skipped_steps": sum(r.get("skipped") is True for r in results["history"]),
+        "corpus": {split: {k: summary[k] for k in ("total", "kept", "by_first_reason")}
+                   for split, summary in cleaned.items()},
         "before_training": results["before_training"],
         "after_training": results["after_training"],
         "checkpoint": results["checkpoint"],

@@ -20,6 +20,9 @@ def markdown(report: dict, out_dir: Path) -> str:
         f"## Pretraining ({p['objective']})",
         "Model: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in p["parameters"].items()),
         "",
+        "- corpus: " + "; ".join(f"{split} {c['kept']} of {c['total']} scenes kept by `data clean`"
+                                 + (f" (dropped: {', '.join(f'{k} {v}' for k, v in c['by_first_reason'].items())})"
+                                    if c["by_first_reason"] else "") for split, c in p["corpus"].items()),
         f"- {p['steps']} steps in {p['seconds']} s; loss {p['first_loss']:.3f} -> {p['final_loss']:.3f} "
         f"({losses}); {p['skipped_steps']} skipped steps",
         f"- checkpoint: `{p['checkpoint']}`",
