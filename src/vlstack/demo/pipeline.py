@@ -3,8 +3,9 @@
 The demo walks the road a user's data takes, on data it generates: synthetic corpora are
 written as shards and files first (`vlstack.synthetic`), then each stage reads them through
 the same library calls as the CLI commands. Stages run in order and each adds a section to
-`report.json` / `report.md`: pretraining (the tiny model, a tokenizer, the mixed ITC + ITM +
-MLM + VTM loss, a resumable checkpoint) with held-out retrieval / matching against chance;
+`report.json` / `report.md`: pretraining (the scene corpus cleaned by `data clean` first, the
+tiny model, a tokenizer, the mixed ITC + ITM + MLM + VTM loss streamed from the cleaned shards,
+a resumable checkpoint) with held-out retrieval / matching against chance;
 cleaning of a spoiled corpus with the pretrained model as the relevance scorer; progressive
 fine-tuning and DPO; the six benchmarks on suites in their official formats; hallucination;
 deployment (int8, ONNX, the Engine's caches); and the applications. Sizes come from
