@@ -1,4 +1,4 @@
-"""Loading cleaned shards: map-style and resumable streaming datasets, and the sample collator."""
+"""The sample collator: chat turns, `<image>` expansion, labels, and the samples it leaves out."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import logging
 import pytest
 
 from vlstack.data.collate import IGNORE_INDEX, CollateConfig, SampleCollator, sample_messages
-from vlstack.data.loader import ShardDataset, ShardStream
 from vlstack.data.schema import ImageRef, Sample
-from vlstack.data.shards import write_shards
-from vlstack.errors import DataError
 from vlstack.models.tokenizer import special_token_ids
 from vlstack.synthetic.corpus import make_sample
 
@@ -20,42 +17,6 @@ KINDS = ("caption", "vqa", "interleaved", "grounding")
 @pytest.fixture(scope="module")
 def samples() -> list[Sample]:
     return [make_sample(KINDS[i % 4], 5, i) for i in range(22)]
-
-
-@pytest.fixture(scope="module")
-def shards(samples, tmp_path_factory):
-    path = tmp_path_factory.mktemp("shards")
-    write_shards(samples, path, samples_per_shard=5)
-    return path
-
-
-def test_map_style_reads_any_index(shards, samples):
-    dataset = ShardDataset(shards)
-    assert len(dataset) == len(samples)
-    assert [dataset[i] for i in (21, 0, 7)] == [samples[21], samples[0], samples[7]]
-
-
-def test_map_style_skips_an_unreadable_shard(shards, samples, tmp_path, caplog):
-    write_shards(samples, tmp_path, samples_per_shard=5)
-    (tmp_path / "shard-00001.tar").write_bytes(b"not a tar at all" * 64)
-    with caplog.at_level(logging.WARNING):
-        dataset = ShardDataset(tmp_path)
-    assert [dataset[i].id for i in range(len(dataset))] == [s.id for s in samples[:5] + samples[10:]]
-    assert "shard-00001.tar" in caplog.text
-
-
-def test_stream_resumes_exactly_where_it_stopped(shards, samples):
-    stream = ShardStream(shards, seed=3, epochs=2)
-    full = [s.id for s in stream]
-    assert sorted(full[:22]) == sorted(s.id for s in samples) and full[:22] != full[22:]  # reshuffled per epoch
-    first = ShardStream(shards, seed=3, epochs=2)
-    iterator = iter(first)
-    head = [next(iterator).id for _ in range(13)]
-    resumed = ShardStream(shards, seed=3, epochs=2)
-    resumed.load_state_dict(first.state_dict())
-    assert head + [s.id for s in resumed] == full
-    with pytest.raises(DataError, match="other shards"):
-        ShardStream(shards).load_state_dict({**first.state_dict(), "shards": ["x.tar"]})
 
 
 @pytest.fixture
