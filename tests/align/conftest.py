@@ -62,7 +62,7 @@ def sft_checkpoint(nano_checkpoint, tmp_path_factory):
     model = load_model(nano_checkpoint)
     tokenizer = load_tokenizer(nano_checkpoint / "tokenizer")
     collator = SampleCollator(tokenizer, CollateConfig(num_image_tokens=model.num_image_tokens(), max_length=128,
-                                                       image_size=model.config.vision.image_size))
+                                                       vision=model.config.vision))
     data, _ = encode_conversations(vqa_samples(2000, "train", COLOR), collator)
     train = TrainConfig(steps=400, batch_size=32, lr=1e-3, warmup_steps=10, precision="fp32", measure_mfu=False,
                         tensorboard=False)

@@ -21,6 +21,7 @@ from vlstack.data.conversations import (
 from vlstack.data.schema import ImageRef, Rejected, Sample
 from vlstack.data.sources import read_messages
 from vlstack.errors import DataError
+from vlstack.models.config import VisionConfig
 from vlstack.models.tokenizer import IM_END, IM_START, special_token_ids
 from vlstack.synthetic.instructions import instruction_samples
 from vlstack.train.objectives import sft_objective
@@ -44,7 +45,8 @@ def conversation(*values, images=1) -> Sample:
 
 @pytest.fixture
 def collator(tokenizer) -> SampleCollator:
-    return SampleCollator(tokenizer, CollateConfig(num_image_tokens=PER_IMAGE, max_length=256, image_size=16))
+    config = CollateConfig(num_image_tokens=PER_IMAGE, max_length=256, vision=VisionConfig(image_size=16))
+    return SampleCollator(tokenizer, config)
 
 
 def test_labels_are_exactly_the_assistant_tokens(collator, tokenizer):

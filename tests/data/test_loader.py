@@ -8,6 +8,7 @@ import pytest
 
 from vlstack.data.collate import IGNORE_INDEX, CollateConfig, SampleCollator, sample_messages
 from vlstack.data.schema import ImageRef, Sample
+from vlstack.models.config import VisionConfig
 from vlstack.models.tokenizer import special_token_ids
 from vlstack.synthetic.corpus import make_sample
 
@@ -21,7 +22,7 @@ def samples() -> list[Sample]:
 
 @pytest.fixture
 def collator(tokenizer) -> SampleCollator:
-    return SampleCollator(tokenizer, CollateConfig(num_image_tokens=4, max_length=128, image_size=16))
+    return SampleCollator(tokenizer, CollateConfig(num_image_tokens=4, max_length=128, vision=VisionConfig(image_size=16)))
 
 
 def test_collate_expands_images_and_supervises_only_the_answer(collator, tokenizer, samples):

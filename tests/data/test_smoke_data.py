@@ -2,6 +2,7 @@ import torch
 
 from vlstack.data.collate import image_to_tensor, tokenize_texts
 from vlstack.errors import DataError
+from vlstack.models.config import VisionConfig
 from vlstack.synthetic.scenes import COLORS, caption_for, shape_scene
 
 
@@ -17,7 +18,7 @@ def test_scenes_are_deterministic_and_captions_are_true():
 
 
 def test_image_to_tensor_normalises():
-    tensor = image_to_tensor(shape_scene(0, 0, image_size=40).image, 32)
+    tensor = image_to_tensor(shape_scene(0, 0, image_size=40).image, VisionConfig(image_size=32))
     assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.float32
     assert -2.5 < tensor.min() and tensor.max() < 2.5
 

@@ -26,7 +26,7 @@ from vlstack.infer.onnx import (
     visual_tokens,
 )
 from vlstack.infer.quantize import quantize_checkpoint
-from vlstack.models.config import ModelConfig
+from vlstack.models.config import ModelConfig, VisionConfig
 from vlstack.models.tokenizer import special_token_ids
 from vlstack.models.vlm import QwenImageModel
 from vlstack.synthetic.scenes import shape_scenes
@@ -52,7 +52,7 @@ def exported(sharpened_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pixels():
-    return torch.stack([image_to_tensor(s.image, 32) for s in shape_scenes(3, seed=7)])
+    return torch.stack([image_to_tensor(s.image, VisionConfig(image_size=32)) for s in shape_scenes(3, seed=7)])
 
 
 def test_export_writes_three_models_and_a_report(exported):
@@ -129,5 +129,5 @@ def test_bad_inputs_are_clear_errors(sharpened_checkpoint, tmp_path):
 def test_calibration_images_can_come_from_a_folder(tmp_path):
     write_scenes(tmp_path, 3, seed=9)
     (tmp_path / "notes.txt").write_text("not an image")
-    pixels = folder_pixels(tmp_path, 2, 32, "calibration_dir")
+    pixels = folder_pixels(tmp_path, 2, VisionConfig(image_size=32), "calibration_dir")
     assert pixels.shape == (2, 3, 32, 32)

@@ -13,7 +13,7 @@ from vlstack.config import load_config, save_yaml
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import encode_conversations
 from vlstack.errors import ConfigError, DataError
-from vlstack.models.config import ModelConfig
+from vlstack.models.config import ModelConfig, VisionConfig
 from vlstack.models.vlm import QwenImageModel
 from vlstack.synthetic.instructions import instruction_samples, write_instructions
 from vlstack.train import finetune
@@ -111,7 +111,7 @@ def test_a_malformed_conversation_file_fails_before_training(tmp_path, datasets)
 def test_frozen_modules_are_bit_identical_and_not_in_the_optimizer(tmp_path, nano_model, tokenizer, datasets):
     freeze(nano_model, ["vision", "projector"])
     samples = instruction_samples("shapes_vqa", 8)
-    collator = SampleCollator(tokenizer, CollateConfig(nano_model.num_image_tokens(), 128, image_size=32))
+    collator = SampleCollator(tokenizer, CollateConfig(nano_model.num_image_tokens(), 128, VisionConfig(image_size=32)))
     data, _ = encode_conversations(samples, collator)
     trainer = Trainer(nano_model, sft_objective, TrainConfig(steps=1, batch_size=8, measure_mfu=False), data)
     in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
@@ -150,7 +150,7 @@ def test_a_stage_lr_scale_reaches_the_optimizer(tmp_path, monkeypatch, datasets)
 
 
 def test_lora_merged_into_the_base_gives_the_same_outputs(nano_model, tokenizer):
-    collator = SampleCollator(tokenizer, CollateConfig(nano_model.num_image_tokens(), 128, image_size=32))
+    collator = SampleCollator(tokenizer, CollateConfig(nano_model.num_image_tokens(), 128, VisionConfig(image_size=32)))
     batch, _ = encode_conversations(instruction_samples("shapes_vqa", 4), collator)
     plain_keys = set(nano_model.state_dict())
     add_lora(nano_model, LoraSettings(r=4, alpha=8))

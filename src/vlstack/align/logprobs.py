@@ -66,8 +66,7 @@ def encode_responses(engine: Engine, requests: Sequence[Request], responses: Seq
         raise InputError(f"request {several[0]} has {len(requests[several[0]].images)} images; alignment batches "
                          "hold exactly one image per prompt")
     prompts = [engine.prompt_ids(request) for request in requests]
-    size = engine.model.config.vision.image_size
-    pixels = torch.stack([image_to_tensor(r.images[0], size) for r in requests])  # [N, 3, S, S]
+    pixels = torch.stack([image_to_tensor(r.images[0], engine.model.config.vision) for r in requests])  # [N, 3, S, S]
     return {"pixel_values": pixels, **pack_sequences(prompts, responses, engine.tokenizer.pad_token_id)}
 
 

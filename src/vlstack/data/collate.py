@@ -15,7 +15,7 @@ import io
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,27 +27,29 @@ from vlstack.data.augment import AugmentConfig, augment_image, augment_text
 from vlstack.data.schema import IMAGE_TOKEN, Sample
 from vlstack.data.stream import Skip
 from vlstack.errors import DataError
+from vlstack.models.config import VisionConfig
 from vlstack.models.tokenizer import IM_END, expand_image_placeholders
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 """Label of a token the loss skips (prompt, padding, image slots)."""
 
-IMAGE_MEAN = (0.481, 0.457, 0.408)
-IMAGE_STD = (0.268, 0.261, 0.275)
+RESAMPLE = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
 
 
-def image_to_tensor(
-    image: Image.Image,
-    size: int,
-    mean: Sequence[float] = IMAGE_MEAN,
-    std: Sequence[float] = IMAGE_STD,
-) -> torch.Tensor:
-    """PIL image -> normalised float tensor [3, size, size]."""
+def image_to_tensor(image: Image.Image, vision: VisionConfig) -> torch.Tensor:
+    """PIL image -> float tensor [3, S, S] as the tower expects it (`VisionConfig` size, resize mode,
+    mean/std): resized to the square, or for a CLIP tower its shorter side resized and centre-cropped.
+    A pretrained tower's settings reproduce its `transformers` image processor."""
+    size = vision.image_size
     tensor = TF.to_image(image.convert("RGB"))  # uint8 [3, H, W]
-    tensor = TF.resize(tensor, [size, size], antialias=True)
+    interpolation = RESAMPLE[vision.resample]
+    if vision.crop:
+        tensor = TF.center_crop(TF.resize(tensor, size, interpolation=interpolation, antialias=True), [size, size])
+    else:
+        tensor = TF.resize(tensor, [size, size], interpolation=interpolation, antialias=True)
     tensor = TF.to_dtype(tensor, torch.float32, scale=True)
-    return TF.normalize(tensor, list(mean), list(std))
+    return TF.normalize(tensor, list(vision.image_mean), list(vision.image_std))
 
 
 @dataclass
@@ -92,7 +94,7 @@ class PairEncoder:
     With `augment`, the label-preserving augmentation of `vlstack.data.augment` runs first."""
 
     tokenizer: PreTrainedTokenizerBase
-    image_size: int
+    vision: VisionConfig
     max_text_tokens: int
     augment: AugmentConfig | None = None
 
@@ -112,7 +114,7 @@ class PairEncoder:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         if len(ids) > self.max_text_tokens:
             raise Skip("too_long", f"{len(ids)} tokens, over data.max_text_tokens = {self.max_text_tokens}")
-        return {"pixel_values": image_to_tensor(image, self.image_size), "input_ids": ids}
+        return {"pixel_values": image_to_tensor(image, self.vision), "input_ids": ids}
 
 
 @dataclass
@@ -141,9 +143,8 @@ class CollateConfig:
     """`<image>` slots per image in the LM input: `QwenImageModel.num_image_tokens()`."""
     max_length: int = 2048
     """Longest token sequence after `<image>` expansion; longer samples are left out of the batch."""
-    image_size: int = 384
-    mean: tuple[float, float, float] = IMAGE_MEAN
-    std: tuple[float, float, float] = IMAGE_STD
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    """The tower's image size and preprocessing (`model.config.vision`)."""
 
 
 def sample_messages(sample: Sample) -> list[dict[str, str]]:
@@ -184,8 +185,8 @@ class SampleCollator:
 
     def image_tensors(self, sample: Sample) -> torch.Tensor:
         """The sample's images, resized and normalised: [n, 3, S, S]; raises `SampleRejected` on bad bytes."""
-        size = self.cfg.image_size
-        images = [image_to_tensor(_open_image(ref.data), size, self.cfg.mean, self.cfg.std) for ref in sample.images]
+        size = self.cfg.vision.image_size
+        images = [image_to_tensor(_open_image(ref.data), self.cfg.vision) for ref in sample.images]
         return torch.stack(images) if images else torch.zeros((0, 3, size, size))
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
@@ -210,7 +211,7 @@ class SampleCollator:
             input_ids[row, : len(seq)] = torch.tensor(seq)
             labels[row, : len(seq)] = torch.tensor(target)
             attention_mask[row, : len(seq)] = 1
-        size = self.cfg.image_size
+        size = self.cfg.vision.image_size
         return {
             "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
             "pixel_values": torch.stack(pixels) if pixels else torch.zeros((0, 3, size, size)),  # [N, 3, S, S]

@@ -174,7 +174,7 @@ def encode_conversations(samples: Sequence[Sample], collator: SampleCollator, un
         first = rejected[0] if rejected else {"id": None, "detail": "no samples"}
         raise DataError(f"none of the {len(samples)} sample(s) can train ({reasons}); first: {first['id']}: "
                         f"{first['detail']}")
-    return ConversationCollate(collator.tokenizer.pad_token_id, collator.cfg.image_size, unsafe)(rows), rejected
+    return ConversationCollate(collator.tokenizer.pad_token_id, collator.cfg.vision.image_size, unsafe)(rows), rejected
 
 
 def _unsafe_row(sample: Sample, collator: SampleCollator) -> tuple[list[int], list[int]]:

@@ -23,6 +23,7 @@ from vlstack.data.collate import image_to_tensor, tokenize_texts
 from vlstack.data.schema import Rejected
 from vlstack.data.shards import read_shards
 from vlstack.errors import ConfigError, DataError
+from vlstack.models.config import VisionConfig
 from vlstack.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -60,12 +61,12 @@ def caption_pairs(directory: str | Path) -> tuple[list[Image.Image], list[str], 
 
 
 def pairs_to_tensors(images: Sequence[Image.Image], texts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
-                     image_size: int, max_text_tokens: int, description: str = "encode pairs") -> Batch:
+                     vision: VisionConfig, max_text_tokens: int, description: str = "encode pairs") -> Batch:
     """Image-text pairs -> an in-memory dataset: pixel_values [N, 3, S, S], input_ids / attention_mask [N, T]."""
     pixels = []
     with progress_bar(transient=True) as progress:
         for image in progress.track(images, description=description):
-            pixels.append(image_to_tensor(image, image_size))
+            pixels.append(image_to_tensor(image, vision))
     text = tokenize_texts(tokenizer, texts, max_text_tokens)
     return {"pixel_values": torch.stack(pixels), "input_ids": text.input_ids, "attention_mask": text.attention_mask}
 

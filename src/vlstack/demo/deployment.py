@@ -65,7 +65,7 @@ def deployment_figures(checkpoint_dir: str | Path, out_dir: str | Path, config: 
     test_seed = split_seed(config.seed, "test")
     scenes = shape_scenes(config.heldout_pairs, seed=test_seed)
     captions = [s.caption for s in scenes]
-    pairs = pairs_to_tensors([s.image for s in scenes], captions, tokenizer, fp32.config.vision.image_size,
+    pairs = pairs_to_tensors([s.image for s in scenes], captions, tokenizer, fp32.config.vision,
                              config.max_text_tokens, "encode held-out pairs"), captions
     folders = write_suites(out / "suites", config)
     int8 = quantize_model(copy.deepcopy(fp32), "int8-dynamic", config.eval.quantize.kernel)

@@ -211,8 +211,8 @@ class Engine:
         keys = [image_key(image) for image in images]
         found, missed = _look_up(self.cache, keys, images)
         if missed:
-            size = self.model.config.vision.image_size
-            pixels = torch.stack([image_to_tensor(image, size) for image in missed.values()]).to(self.device)
+            vision = self.model.config.vision
+            pixels = torch.stack([image_to_tensor(image, vision) for image in missed.values()]).to(self.device)
             with torch.no_grad(), self._autocast():
                 encoded = self.encode_images(pixels).float()  # [B_miss, Nv, Dt]
             for key, tokens in zip(missed, encoded):

@@ -31,6 +31,7 @@ from vlstack.config import to_dict
 from vlstack.data.collate import image_to_tensor
 from vlstack.errors import CheckpointError, ConfigError, DataError, InputError
 from vlstack.files import write_json
+from vlstack.models.config import VisionConfig
 from vlstack.models.vlm import QwenImageModel
 
 VISION_ONNX = "vision.onnx"
@@ -173,14 +174,14 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, config: O
         raise CheckpointError(f"{checkpoint_dir} is an int8 checkpoint; export the fp32 checkpoint it came from "
                               "(ONNX Runtime makes the int8 versions itself)")
     model = model or load_model(checkpoint_dir)
-    size = model.config.vision.image_size
+    vision = model.config.vision
     fp32 = export_vision(model, out / VISION_ONNX, config.opset)
     paths = {"fp32": fp32, "int8-dynamic": quantize_onnx_dynamic(fp32, out / INT8_DYNAMIC_ONNX)}
     if config.calibration_dir is not None:
-        calibration = folder_pixels(config.calibration_dir, config.calibration_images, size, "calibration_dir")
+        calibration = folder_pixels(config.calibration_dir, config.calibration_images, vision, "calibration_dir")
         paths["int8-static"] = quantize_onnx_static(fp32, out / INT8_STATIC_ONNX, calibration)
 
-    held_out = check_pixels(config, size)
+    held_out = check_pixels(config, vision)
     reference = visual_tokens(model, held_out)
     parity = {}
     for batch in config.parity_batch_sizes:
@@ -215,17 +216,18 @@ def visual_tokens(model: QwenImageModel, pixels: torch.Tensor) -> torch.Tensor:
     return VisualTokens(model).eval()(pixels)
 
 
-def check_pixels(config: OnnxExportConfig, size: int) -> torch.Tensor:
+def check_pixels(config: OnnxExportConfig, vision: VisionConfig) -> torch.Tensor:
     """[N, 3, S, S] images to compare ONNX with PyTorch on: from `check_dir`, or seeded random pixels."""
     if config.check_images < 1:
         raise InputError(f"check_images must be at least 1, got {config.check_images}")
     if config.check_dir is not None:
-        return folder_pixels(config.check_dir, config.check_images, size, "check_dir")
+        return folder_pixels(config.check_dir, config.check_images, vision, "check_dir")
     generator = torch.Generator().manual_seed(config.seed)
+    size = vision.image_size
     return torch.randn(config.check_images, 3, size, size, generator=generator)
 
 
-def folder_pixels(folder: str | Path, n: int, size: int, what: str) -> torch.Tensor:
+def folder_pixels(folder: str | Path, n: int, vision: VisionConfig, what: str) -> torch.Tensor:
     """[<= n, 3, S, S]: the first `n` .png/.jpg images of `folder` (sorted by name), normalised."""
     folder = Path(folder)
     files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:n] \
@@ -236,7 +238,7 @@ def folder_pixels(folder: str | Path, n: int, size: int, what: str) -> torch.Ten
     pixels = []
     for path in files:
         with Image.open(path) as image:
-            pixels.append(image_to_tensor(image, size))
+            pixels.append(image_to_tensor(image, vision))
     return torch.stack(pixels)
 
 

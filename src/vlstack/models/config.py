@@ -12,13 +12,23 @@ transformer, its input projections, the LM projector and the four heads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from vlstack.errors import ConfigError
+
+IMAGE_MEAN = (0.481, 0.457, 0.408)
+"""The article's per-channel mean of [0, 1] pixels; a pretrained tower brings its own."""
+IMAGE_STD = (0.268, 0.261, 0.275)
 
 
 @dataclass
 class VisionConfig:
-    """ViT with dynamic position embedding, hierarchical attention and visual prompts."""
+    """ViT with dynamic position embedding, hierarchical attention and visual prompts.
+
+    With `pretrained_path`, the tower's shape, activation, norms and image preprocessing come from a
+    local SigLIP or CLIP directory (`models/state_dict_adapter.py`); `global_every`, `window_size` and
+    `num_prompts` then add the article's parts on top (1, any, 0 keep the checkpoint's tower as it is).
+    """
 
     image_size: int = 384
     """Side of the square image the position table is built for; other sizes interpolate it."""
@@ -36,6 +46,23 @@ class VisionConfig:
     num_prompts: int = 8
     """Learnable visual prompt tokens prepended to the patches; their outputs pool the image."""
     norm_eps: float = 1e-6
+    activation: str = "gelu"
+    """The MLP's activation, a `transformers` name: gelu, gelu_pytorch_tanh (SigLIP), quick_gelu (CLIP)."""
+    patch_bias: bool = True
+    """Whether the patch embedding has a bias (CLIP's has none)."""
+    pre_norm: bool = False
+    """A LayerNorm over [prompts ; patches] before the first block (CLIP's `pre_layrnorm`)."""
+    final_norm: bool = True
+    """A LayerNorm after the last block. Pretrained towers come without it: LLaVA feeds the projector the
+    last block's output, and so does vlstack with such a tower."""
+    image_mean: tuple[float, float, float] = IMAGE_MEAN
+    image_std: tuple[float, float, float] = IMAGE_STD
+    resample: Literal["bilinear", "bicubic"] = "bilinear"
+    crop: bool = False
+    """Resize the shorter side to `image_size` and centre-crop (CLIP); otherwise resize to the square."""
+    pretrained_path: str | None = None
+    """A local SigLIP or CLIP directory (`save_pretrained`); its weights and shape replace the fields above.
+    Nothing is ever downloaded."""
 
 
 @dataclass
@@ -83,6 +110,9 @@ class ModelConfig:
     temperature_init: float = 0.07
     image_token_id: int | None = None
     """Token id of `<image>`; set from the tokenizer when the model is built with one."""
+    patch_positions: bool = True
+    """A learned 2-D position table added to the projected patch tokens (`QwenImageModel.image_features`);
+    LLaVA has none, so a model exported to `transformers` is trained without it."""
 
     @classmethod
     def from_preset(cls, name: str) -> ModelConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import ACT2FN
 
 
 class SelfAttention(nn.Module):
@@ -28,26 +29,28 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Two linear layers with GELU between: dim -> hidden -> out_dim (default dim)."""
+    """Two linear layers with an activation between (a `transformers` name, GELU by default):
+    dim -> hidden -> out_dim (default dim)."""
 
-    def __init__(self, dim: int, hidden: int, out_dim: int | None = None):
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, activation: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
+        self.act = ACT2FN[activation]
         self.fc2 = nn.Linear(hidden, out_dim or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block around any attention module; kwargs go to the attention."""
 
-    def __init__(self, dim: int, mlp_ratio: float, norm_eps: float, attn: nn.Module):
+    def __init__(self, dim: int, mlp_ratio: float, norm_eps: float, attn: nn.Module, activation: str = "gelu"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = attn
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = MLP(dim, round(dim * mlp_ratio))
+        self.mlp = MLP(dim, round(dim * mlp_ratio), activation=activation)
 
     def forward(self, x: torch.Tensor, **attn_kwargs) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), **attn_kwargs)

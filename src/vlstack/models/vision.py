@@ -20,10 +20,10 @@ from vlstack.models.layers import Block, SelfAttention
 class PatchEmbed(nn.Module):
     """Non-overlapping conv patch embedding: [B, C, H, W] -> [B, gh*gw, D] and the grid (gh, gw)."""
 
-    def __init__(self, in_channels: int, width: int, patch_size: int):
+    def __init__(self, in_channels: int, width: int, patch_size: int, bias: bool = True):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.proj(pixels)  # [B, D, gh, gw]
@@ -61,6 +61,13 @@ class DynamicPositionEmbedding(PositionTable):
     def forward(self, grid_hw: tuple[int, int]) -> torch.Tensor:
         table = super().forward(grid_hw)  # [1, gh*gw, D]
         return self.conv(table.transpose(1, 2)).transpose(1, 2)
+
+    def reset_conv_to_identity(self) -> None:
+        """Make the conv pass the table through unchanged: a pretrained tower's positions stay its own."""
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:, :, 1].copy_(torch.eye(self.conv.weight.shape[0]))
+            self.conv.bias.zero_()
 
 
 class GlobalAttention(SelfAttention):
@@ -134,13 +141,14 @@ class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = PatchEmbed(cfg.in_channels, cfg.width, cfg.patch_size)
+        self.patch_embed = PatchEmbed(cfg.in_channels, cfg.width, cfg.patch_size, bias=cfg.patch_bias)
         self.pos_embed = DynamicPositionEmbedding(cfg.width, cfg.image_size // cfg.patch_size)
         self.prompts = nn.Parameter(torch.zeros(1, cfg.num_prompts, cfg.width))
         nn.init.trunc_normal_(self.prompts, std=0.02)
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.mlp_ratio, cfg.norm_eps, self._attention(i))
+        self.pre_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.mlp_ratio, cfg.norm_eps, self._attention(i), cfg.activation)
                                     for i in range(cfg.layers))
-        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
 
     def _attention(self, index: int) -> nn.Module:
         cfg = self.cfg
@@ -160,14 +168,16 @@ class VisionTransformer(nn.Module):
         x, grid = self.patch_embed(pixel_values)  # [B, gh*gw, D]
         x = x + self.pos_embed(grid)
         prompts = self.prompts.expand(x.shape[0], -1, -1)  # [B, P, D]
-        x = torch.cat([prompts, x], dim=1)  # [B, P + gh*gw, D]
+        x = self.pre_norm(torch.cat([prompts, x], dim=1))  # [B, P + gh*gw, D]
         for block in self.blocks:
             x = block(x, grid=grid)
         return self.norm(x)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The image representation: mean of the prompt outputs. [B, P + N, D] -> [B, D]."""
-        return tokens[:, : self.cfg.num_prompts].mean(dim=1)
+        """The image representation: mean of the prompt outputs (of the patches for a tower without
+        prompts). [B, P + N, D] -> [B, D]."""
+        prompts = self.cfg.num_prompts
+        return (tokens[:, :prompts] if prompts else tokens).mean(dim=1)
 
     def _check_pixels(self, pixels: torch.Tensor) -> None:
         cfg = self.cfg

@@ -25,6 +25,7 @@ from vlstack.models.fusion import FusionTransformer
 from vlstack.models.heads import ITCHead, ITMHead, MLMHead
 from vlstack.models.language import build_language_model, decoder
 from vlstack.models.layers import MLP
+from vlstack.models.state_dict_adapter import load_pretrained_tower, pretrained_vision_config
 from vlstack.models.vision import PositionTable, VisionTransformer
 
 PATCH_POSITION_STD = 1.0
@@ -60,11 +61,17 @@ class QwenImageModel(nn.Module):
     generation path does not use them, so they never change in SFT anyway)."""
 
     def __init__(self, config: ModelConfig):
+        """Build the model; `vision.pretrained_path` / `language.pretrained_path` load local checkpoints, and
+        the config kept in `self.config` then describes their shape (with the paths cleared: the weights
+        travel in vlstack's checkpoint from here on)."""
         super().__init__()
         language_model, language_cfg = build_language_model(config.language)
-        self.config = dataclasses.replace(config, language=language_cfg)
-        v, t, f = config.vision.width, language_cfg.hidden_size, config.fusion.width
-        self.vision = VisionTransformer(config.vision)
+        tower_path = config.vision.pretrained_path
+        vision_cfg = dataclasses.replace(pretrained_vision_config(config.vision) if tower_path else config.vision,
+                                         pretrained_path=None)
+        self.config = dataclasses.replace(config, vision=vision_cfg, language=language_cfg)
+        v, t, f = vision_cfg.width, language_cfg.hidden_size, config.fusion.width
+        self.vision = VisionTransformer(vision_cfg)
         self.language_model = language_model
         self.fusion = FusionTransformer(config.fusion, vision_width=v, text_width=t)
         self.itc = ITCHead(v, t, config.itc_dim, config.temperature_init)
@@ -74,8 +81,10 @@ class QwenImageModel(nn.Module):
         self.projector = MLP(v, t, out_dim=t)  # LLaVA-1.5: vision tokens -> LM embeddings
         for module in (self.vision, self.fusion, self.itc, self.itm, self.mlm, self.vtm, self.projector):
             module.apply(_init_weights)
-        self.patch_position = PositionTable(t, config.vision.image_size // config.vision.patch_size,
-                                            std=PATCH_POSITION_STD)
+        if tower_path:
+            load_pretrained_tower(self.vision, tower_path)
+        self.patch_position = (PositionTable(t, vision_cfg.image_size // vision_cfg.patch_size, std=PATCH_POSITION_STD)
+                               if config.patch_positions else None)
 
     # --- structure, for generic training code (train/, align/, models/parallelize.py) ---------
 
@@ -85,8 +94,8 @@ class QwenImageModel(nn.Module):
         return [*self.vision.blocks, *decoder(self.language_model).layers, *self.fusion.blocks]
 
     def part(self, name: str) -> list[nn.Module]:
-        """The submodules of part `name` of `PARTS`."""
-        return [getattr(self, attribute) for attribute in self.PARTS[name]]
+        """The submodules of part `name` of `PARTS` (a model without patch positions lacks that one)."""
+        return [module for attribute in self.PARTS[name] if (module := getattr(self, attribute)) is not None]
 
     # --- pretraining path ---------------------------------------------------------------
 
@@ -155,6 +164,8 @@ class QwenImageModel(nn.Module):
         interleave row by row (Qwen2-VL gives visual tokens 2-D rotary positions for the same reason).
         """
         tokens = self.projector(self.encode_image(pixel_values))
+        if self.patch_position is None:
+            return tokens
         grid = self.vision.grid_for(*pixel_values.shape[-2:])
         prompts = self.config.vision.num_prompts
         return torch.cat([tokens[:, :prompts], tokens[:, prompts:] + self.patch_position(grid)], dim=1)

@@ -390,7 +390,7 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
         add_lora(model, stage.lora)
     collator = SampleCollator(tokenizer, CollateConfig(num_image_tokens=model.num_image_tokens(),
                                                        max_length=config.max_length,
-                                                       image_size=model.config.vision.image_size))
+                                                       vision=model.config.vision))
     unsafe = stage.loss == "safety"
     batches = StreamingBatches(sources, stage.batch_size // config.train.grad_accum_steps,
                                ConversationEncoder(collator, unsafe),

@@ -90,12 +90,11 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
     torch.manual_seed(seed)
     model = QwenImageModel(model_config).to(dist_info.device)
 
-    size = model_config.vision.image_size
     train_set = StreamingBatches(
         config.data.sources, config.train.batch_size // config.train.grad_accum_steps,
-        PairEncoder(tokenizer, size, config.data.max_text_tokens, config.data.augment),
+        PairEncoder(tokenizer, model.config.vision, config.data.max_text_tokens, config.data.augment),
         PairCollate(tokenizer.pad_token_id), seed, config.data.stream, pin_memory=dist_info.device.type == "cuda")
-    test_set = pairs_to_tensors(test_images, test_captions, tokenizer, size, config.data.max_text_tokens,
+    test_set = pairs_to_tensors(test_images, test_captions, tokenizer, model.config.vision, config.data.max_text_tokens,
                                 "encode held-out pairs")
     before = evaluate_pairs(model, test_set, test_captions) if dist_info.is_main else {}
 

@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 
 from vlstack.data.clean.normalize import NormalizeConfig, normalize_image
-from vlstack.data.collate import IMAGE_MEAN, IMAGE_STD, image_to_tensor
+from vlstack.data.collate import image_to_tensor
+from vlstack.models.config import IMAGE_MEAN, IMAGE_STD, VisionConfig
 
 
 def test_seed_defaults():
@@ -18,7 +19,8 @@ def test_seed_defaults():
 def test_resizes_and_standardises(astronaut):
     tensor = normalize_image(astronaut)
     assert tensor.shape == (3, 384, 384) and tensor.dtype == torch.float32
-    assert torch.equal(tensor, image_to_tensor(astronaut, 384))  # the collator's path, not a copy of it
+    # the collator's path, not a copy of it
+    assert torch.equal(tensor, image_to_tensor(astronaut, VisionConfig(image_size=384)))
 
 
 def test_mean_colour_maps_to_zero_and_custom_stats_apply():

@@ -18,6 +18,7 @@ from vlstack.data.clean.relevance import (
     load_clip_scorer,
 )
 from vlstack.errors import ConfigError, DataError
+from vlstack.models.config import ModelConfig, VisionConfig
 from vlstack.synthetic.scenes import shape_scenes
 
 
@@ -71,6 +72,7 @@ class ColorModel:
     """An 'ITC model' whose embeddings are the mean RGB of the image and colour words of the text."""
 
     words = ("red", "green", "blue")
+    config = ModelConfig(vision=VisionConfig(image_size=8))
 
     def encode_image(self, pixels):  # [B, 3, S, S] normalised
         return pixels.mean(dim=(2, 3))
@@ -94,7 +96,7 @@ class ColorTokenizer:
 
 def test_itc_scorer_computes_cosines():
     images = [Image.new("RGB", (8, 8), color) for color in ("red", "blue")]
-    scorer = ITCScorer(ColorModel(), ColorTokenizer(), image_size=8, max_length=8)
+    scorer = ITCScorer(ColorModel(), ColorTokenizer(), max_length=8)
     scores = scorer.score(images, ["a red one", "a red one"])  # texts are truncated to fit max_length
     assert scores[0] > 0.5 > scores[1]
     with pytest.raises(DataError, match="one text per image"):
@@ -103,16 +105,15 @@ def test_itc_scorer_computes_cosines():
 
 def test_itc_scorer_with_a_vlstack_model(nano_model, tokenizer, pairs):
     images, texts = pairs
-    image_size = nano_model.config.vision.image_size
-    scores = ITCScorer(nano_model, tokenizer, image_size, batch_size=5).score(images, texts)
-    one_by_one = ITCScorer(nano_model, tokenizer, image_size, batch_size=1).score(images, texts)
+    scores = ITCScorer(nano_model, tokenizer, batch_size=5).score(images, texts)
+    one_by_one = ITCScorer(nano_model, tokenizer, batch_size=1).score(images, texts)
     assert scores == pytest.approx(one_by_one, abs=1e-5)  # padding in a batch does not change a score
     assert all(-1.0 <= s <= 1.0 for s in scores)
     # the same cosine the model's own ITC path gives
     from vlstack.data.collate import image_to_tensor, tokenize_texts
 
     batch = tokenize_texts(tokenizer, texts, 64)
-    pixels = torch.stack([image_to_tensor(im, image_size) for im in images])
+    pixels = torch.stack([image_to_tensor(im, nano_model.config.vision) for im in images])
     with torch.no_grad():
         out = nano_model(pixels, batch.input_ids, batch.attention_mask, fuse=False)
     assert scores == pytest.approx((out.image_embeds * out.text_embeds).sum(-1).tolist(), abs=1e-5)

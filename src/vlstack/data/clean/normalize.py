@@ -2,7 +2,7 @@
 
 Shards keep the encoded images; this runs when a sample is loaded, so changing
 the input size or statistics never means rewriting the data. The article's values
-live beside the collator that uses them (`vlstack.data.collate`).
+live in the vision config (`vlstack.models.config`); a pretrained tower brings its own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from vlstack.data.collate import IMAGE_MEAN, IMAGE_STD, image_to_tensor
+from vlstack.data.collate import image_to_tensor
+from vlstack.models.config import IMAGE_MEAN, IMAGE_STD, VisionConfig
 
 
 @dataclass
@@ -28,4 +29,4 @@ class NormalizeConfig:
 def normalize_image(image: Image.Image, cfg: NormalizeConfig | None = None) -> torch.Tensor:
     """PIL image -> float tensor [3, image_size, image_size], standardised per channel."""
     cfg = cfg or NormalizeConfig()
-    return image_to_tensor(image, cfg.image_size, cfg.mean, cfg.std)
+    return image_to_tensor(image, VisionConfig(image_size=cfg.image_size, image_mean=cfg.mean, image_std=cfg.std))

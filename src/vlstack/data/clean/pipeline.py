@@ -399,7 +399,7 @@ def load_scorer(cfg: RelevanceStage) -> RelevanceScorer:
 
         model = load_model(path).to(cfg.device)
         tokenizer = load_tokenizer(path / "tokenizer")
-        return ITCScorer(model, tokenizer, model.config.vision.image_size, cfg.max_text_tokens, cfg.batch_size,
+        return ITCScorer(model, tokenizer, cfg.max_text_tokens, cfg.batch_size,
                          cfg.device)
     return load_clip_scorer(path, cfg.batch_size, cfg.device)
 

@@ -180,18 +180,18 @@ class OpenClipScorer(EmbeddingScorer):
 
 
 class ITCScorer(EmbeddingScorer):
-    """Any model with ITC embedding methods, e.g. a vlstack `QwenImageModel`:
+    """A vlstack `QwenImageModel` (or any model with its ITC methods and `config.vision`):
     `image_embedding(encode_image(pixels))` and `text_embedding(encode_text(ids, mask), mask)`.
     Texts longer than `max_length` tokens are scored on their first tokens."""
 
-    def __init__(self, model: Any, tokenizer: Any, image_size: int, max_length: int = 64,
-                 batch_size: int = 32, device: str = "cpu"):
+    def __init__(self, model: Any, tokenizer: Any, max_length: int = 64, batch_size: int = 32, device: str = "cpu"):
         self.model, self.tokenizer = model, tokenizer
-        self.image_size, self.max_length = image_size, max_length
+        self.max_length = max_length
         self.batch_size, self.device = batch_size, device
 
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        pixels = torch.stack([image_to_tensor(im, self.image_size) for im in images]).to(self.device)  # [B, 3, S, S]
+        vision = self.model.config.vision
+        pixels = torch.stack([image_to_tensor(im, vision) for im in images]).to(self.device)  # [B, 3, S, S]
         return self.model.image_embedding(self.model.encode_image(pixels))
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:

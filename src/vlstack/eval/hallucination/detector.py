@@ -169,7 +169,7 @@ class HallucinationDetector:
     @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Normalised ITC embeddings [N, E] of PIL images."""
-        pixels = torch.stack([image_to_tensor(image, self.model.config.vision.image_size) for image in images])
+        pixels = torch.stack([image_to_tensor(image, self.model.config.vision) for image in images])
         return self.model.image_embedding(self.model.encode_image(pixels.to(self.device))).float()
 
     @torch.no_grad()

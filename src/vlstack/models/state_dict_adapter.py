@@ -1,0 +1,220 @@
+"""Pretrained vision towers in and out: SigLIP and CLIP weights <-> vlstack's ViT.
+
+A `SiglipVisionModel` or `CLIPVisionModel` is a plain ViT, which vlstack's tower contains: global
+attention in every block, the checkpoint's position table behind a position conv that starts as the
+identity, its norms and activation. CLIP's class token is an input-independent vector (class embedding
++ position 0), so it becomes vlstack's first prompt token. The features are those LLaVA feeds its
+projector: the last block's output, without the tower's final norm (`post_layernorm`) or pooling head.
+The article's parts start neutral on top: a hierarchical block's window stage is a residual branch whose
+output projection starts at zero. Extra prompt tokens cannot be neutral (attention sees them).
+
+`tower_to_hf` is the way back, for the LLaVA export (`vlstack.infer.export_hf`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from vlstack.errors import CheckpointError, ConfigError
+from vlstack.models.config import VisionConfig
+from vlstack.models.vision import HierarchicalAttention, VisionTransformer
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["siglip", "clip"]
+TOWER_TYPES: dict[str, Kind] = {
+    "siglip_vision_model": "siglip", "siglip": "siglip", "clip_vision_model": "clip", "clip": "clip",
+}
+"""config.json `model_type` -> tower kind; a full SigLIP / CLIP model directory uses its vision tower."""
+RESAMPLE = {2: "bilinear", 3: "bicubic"}
+"""PIL resampling codes in a preprocessor_config.json -> vlstack's `VisionConfig.resample`."""
+
+
+# --- the config ---------------------------------------------------------------------------------
+
+
+def tower_kind(path: Path) -> tuple[Kind, dict]:
+    """The kind of a local tower directory and its vision config (the `vision_config` of a full model)."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"vision.pretrained_path {str(path)!r} has no config.json; point it at a folder "
+                              "written by SiglipVisionModel / CLIPVisionModel save_pretrained()")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    model_type = config.get("model_type")
+    if model_type not in TOWER_TYPES:
+        raise ConfigError(f"{config_file}: model_type {model_type!r} is not a supported vision tower; vlstack "
+                          f"loads {', '.join(sorted(TOWER_TYPES))}")
+    return TOWER_TYPES[model_type], config.get("vision_config", config)
+
+
+def pretrained_vision_config(cfg: VisionConfig) -> VisionConfig:
+    """`cfg` with the shape, norms, activation and image preprocessing of the tower at `cfg.pretrained_path`.
+
+    `global_every`, `window_size` and `num_prompts` stay the user's (the article's parts on top); a CLIP
+    tower adds its class token to the prompts. The result has `pretrained_path` still set: the weights are
+    loaded by `load_pretrained_tower` once the tower is built."""
+    path = Path(cfg.pretrained_path or "")
+    kind, hf = tower_kind(path)
+    width, intermediate = hf["hidden_size"], hf["intermediate_size"]
+    shaped = dataclasses.replace(
+        cfg,
+        image_size=hf["image_size"], patch_size=hf["patch_size"], in_channels=hf.get("num_channels", 3),
+        width=width, layers=hf["num_hidden_layers"], heads=hf["num_attention_heads"],
+        mlp_ratio=intermediate / width, norm_eps=hf["layer_norm_eps"], activation=hf["hidden_act"],
+        patch_bias=kind == "siglip", pre_norm=kind == "clip", final_norm=False,
+        num_prompts=cfg.num_prompts + (kind == "clip"),
+    )
+    if round(width * shaped.mlp_ratio) != intermediate:
+        raise ConfigError(f"{path / 'config.json'}: intermediate_size {intermediate} is not a whole multiple of "
+                          f"hidden_size {width} that vlstack can rebuild")
+    return _with_preprocessing(shaped, path, kind)
+
+
+def _with_preprocessing(cfg: VisionConfig, path: Path, kind: Kind) -> VisionConfig:
+    """Image size, mean/std and resize mode from the tower's preprocessor_config.json (a CLIP one resizes
+    the shorter side and centre-crops); without that file, the architecture's published defaults."""
+    from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    file = path / "preprocessor_config.json"
+    if not file.is_file():
+        logger.warning("%s has no preprocessor_config.json; using the %s defaults", path, kind)
+        mean, std = ((OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) if kind == "clip"
+                     else (IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD))
+        return dataclasses.replace(cfg, image_mean=tuple(mean), image_std=tuple(std), resample="bicubic",
+                                   crop=kind == "clip")
+    pre = json.loads(file.read_text(encoding="utf-8"))
+    size = pre.get("size") or {}
+    side = size.get("shortest_edge") or size.get("height")
+    if size.get("height") is not None and size.get("width") != size["height"]:
+        raise ConfigError(f"{file}: size {size} is not square; vlstack's towers take square images")
+    crop = bool(pre.get("do_center_crop", False))
+    if crop:
+        crop_size = pre.get("crop_size") or {}
+        side = crop_size.get("height", crop_size) if isinstance(crop_size, dict) else crop_size
+    if side != cfg.image_size:
+        raise ConfigError(f"{file}: the image size {side} ('{'crop_size' if crop else 'size'}') disagrees with "
+                          f"image_size {cfg.image_size} in {path / 'config.json'}")
+    resample = RESAMPLE.get(pre.get("resample", 3))
+    if resample is None:
+        raise ConfigError(f"{file}: resample {pre.get('resample')!r} is not supported; vlstack resizes with "
+                          "2 (bilinear) or 3 (bicubic)")
+    return dataclasses.replace(cfg, image_mean=tuple(pre["image_mean"]), image_std=tuple(pre["image_std"]),
+                               resample=resample, crop=crop)
+
+
+# --- the weights --------------------------------------------------------------------------------
+
+
+def load_pretrained_tower(tower: VisionTransformer, path: str | Path) -> None:
+    """Fill `tower` (built from `pretrained_vision_config`) with the weights of the local tower at `path`."""
+    from transformers import CLIPVisionModel, SiglipVisionModel
+
+    path = Path(path)
+    kind, _ = tower_kind(path)
+    model_class = CLIPVisionModel if kind == "clip" else SiglipVisionModel
+    try:
+        hf = model_class.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the {kind} vision tower from {path}: {exc}") from exc
+    load_hf_tower_weights(tower, hf.state_dict(), kind)
+
+
+def load_hf_tower_weights(tower: VisionTransformer, hf: dict[str, torch.Tensor], kind: Kind) -> None:
+    """`hf`: a SiglipVisionModel / CLIPVisionModel state dict. The article's parts are set neutral (the position
+    conv to the identity, window stages to zero); any prompts beyond CLIP's class token keep their init."""
+    mapped = {ours: hf[theirs] for ours, theirs in _one_to_one(tower, kind)}
+    for i in range(tower.cfg.layers):
+        ours, theirs = _attention_prefix(tower, i), f"encoder.layers.{i}.self_attn."
+        for part in ("weight", "bias"):
+            mapped[f"{ours}qkv.{part}"] = torch.cat([hf[f"{theirs}{p}_proj.{part}"] for p in "qkv"])
+    positions = hf["embeddings.position_embedding.weight"]  # [(1 +) gh*gw, D]
+    if kind == "clip":
+        prompts = tower.prompts.detach().clone()
+        prompts[0, 0] = hf["embeddings.class_embedding"] + positions[0]
+        mapped["prompts"], positions = prompts, positions[1:]
+    mapped["pos_embed.table"] = positions[None]
+    missing, unexpected = tower.load_state_dict(mapped, strict=False)
+    kept = [k for k in missing if not k.startswith("pos_embed.conv.") and ".window_attn." not in k and k != "prompts"]
+    if kept or unexpected:
+        raise CheckpointError(f"the {kind} weights do not fit the tower: missing {kept}, unexpected {unexpected}")
+    tower.pos_embed.reset_conv_to_identity()
+    with torch.no_grad():
+        for block in tower.blocks:
+            if isinstance(block.attn, HierarchicalAttention):
+                nn.init.zeros_(block.attn.window_attn.proj.weight)
+                nn.init.zeros_(block.attn.window_attn.proj.bias)
+
+
+def tower_to_hf(tower: VisionTransformer) -> tuple[Kind, dict, dict[str, torch.Tensor]]:
+    """The tower as a SigLIP (no prompts, patch bias) or CLIP (one prompt: the class token; pre-norm) vision
+    model: its kind, `transformers` vision config and state dict. A tower with a part LLaVA's
+    towers lack is a `ConfigError` naming the field."""
+    cfg = tower.cfg
+    kind: Kind = "clip" if cfg.pre_norm else "siglip"
+    problems = []
+    if any(not tower.is_global(i) for i in range(cfg.layers)):
+        problems.append(f"vision.global_every = {cfg.global_every} (hierarchical window attention)")
+    if cfg.num_prompts != (kind == "clip"):
+        problems.append(f"vision.num_prompts = {cfg.num_prompts} (visual prompt tokens; a CLIP-style tower with "
+                        "pre_norm may have one, its class token)")
+    if cfg.final_norm:
+        problems.append("vision.final_norm = true (LLaVA takes the last block's output without a final norm)")
+    if cfg.patch_bias != (kind == "siglip"):
+        problems.append(f"vision.patch_bias = {cfg.patch_bias} with pre_norm = {cfg.pre_norm}")
+    if problems:
+        raise ConfigError("this tower has no transformers counterpart: " + "; ".join(problems))
+    grid = cfg.image_size // cfg.patch_size
+    with torch.no_grad():
+        positions = tower.pos_embed((grid, grid))[0]  # the conv folded in: [gh*gw, D]
+        state = {theirs: tower.state_dict()[ours] for ours, theirs in _one_to_one(tower, kind)}
+        for i in range(cfg.layers):
+            qkv = {part: tower.state_dict()[f"{_attention_prefix(tower, i)}qkv.{part}"].chunk(3)
+                   for part in ("weight", "bias")}
+            for j, p in enumerate("qkv"):
+                for part in ("weight", "bias"):
+                    state[f"encoder.layers.{i}.self_attn.{p}_proj.{part}"] = qkv[part][j]
+        if kind == "clip":
+            state["embeddings.class_embedding"] = tower.prompts[0, 0].clone()
+            positions = torch.cat([torch.zeros_like(positions[:1]), positions])
+        state["embeddings.position_embedding.weight"] = positions.clone()
+        state["post_layernorm.weight"] = torch.ones(cfg.width)  # unused by LLaVA; the HF class requires it
+        state["post_layernorm.bias"] = torch.zeros(cfg.width)
+    config = {
+        "model_type": f"{kind}_vision_model", "hidden_size": cfg.width,
+        "intermediate_size": round(cfg.width * cfg.mlp_ratio),
+        "num_hidden_layers": cfg.layers, "num_attention_heads": cfg.heads, "num_channels": cfg.in_channels,
+        "image_size": cfg.image_size, "patch_size": cfg.patch_size, "hidden_act": cfg.activation,
+        "layer_norm_eps": cfg.norm_eps,
+    }
+    if kind == "siglip":
+        config["vision_use_head"] = False
+    return kind, config, state
+
+
+def _attention_prefix(tower: VisionTransformer, index: int) -> str:
+    """Where block `index` keeps the attention a pretrained tower fills (a hierarchical block's global stage)."""
+    return f"blocks.{index}.attn." + ("" if tower.is_global(index) else "global_attn.")
+
+
+def _one_to_one(tower: VisionTransformer, kind: Kind) -> list[tuple[str, str]]:
+    """(vlstack key, transformers key) for the tensors that map unchanged."""
+    pairs = [("patch_embed.proj.weight", "embeddings.patch_embedding.weight")]
+    if kind == "siglip":
+        pairs.append(("patch_embed.proj.bias", "embeddings.patch_embedding.bias"))
+    else:
+        pairs += [(f"pre_norm.{p}", f"pre_layrnorm.{p}") for p in ("weight", "bias")]
+    for i in range(tower.cfg.layers):
+        ours, theirs = f"blocks.{i}.", f"encoder.layers.{i}."
+        attention = _attention_prefix(tower, i)
+        for p in ("weight", "bias"):
+            pairs += [(f"{ours}norm1.{p}", f"{theirs}layer_norm1.{p}"), (f"{ours}norm2.{p}", f"{theirs}layer_norm2.{p}"),
+                      (f"{attention}proj.{p}", f"{theirs}self_attn.out_proj.{p}"),
+                      (f"{ours}mlp.fc1.{p}", f"{theirs}mlp.fc1.{p}"), (f"{ours}mlp.fc2.{p}", f"{theirs}mlp.fc2.{p}")]
+    return pairs

@@ -1,0 +1,139 @@
+"""Pretrained SigLIP / CLIP towers: the features of the `transformers` model, its preprocessing, and back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from vlstack.data.collate import image_to_tensor
+from vlstack.errors import ConfigError
+from vlstack.models.config import ModelConfig, VisionConfig
+from vlstack.models.state_dict_adapter import tower_to_hf
+from vlstack.models.vlm import QwenImageModel
+from vlstack.synthetic.scenes import shape_scenes
+
+TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+             patch_size=8)
+
+
+def save_siglip(path, image_mean=(0.5, 0.5, 0.5)):
+    torch.manual_seed(0)
+    model = SiglipVisionModel(SiglipVisionConfig(**TOWER)).eval()
+    model.save_pretrained(path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=list(image_mean),
+                         image_std=[0.5, 0.5, 0.5]).save_pretrained(path)
+    return model
+
+
+def save_clip(path):
+    torch.manual_seed(0)
+    model = CLIPVisionModel(CLIPVisionConfig(**TOWER)).eval()
+    model.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return model
+
+
+def with_tower(path, **vision) -> ModelConfig:
+    config = ModelConfig.from_preset("nano")
+    return dataclasses.replace(config, vision=dataclasses.replace(config.vision, pretrained_path=str(path),
+                                                                   **{"global_every": 1, "num_prompts": 0, **vision}))
+
+
+def llava_features(hf, pixels: torch.Tensor) -> torch.Tensor:
+    """What LLaVA feeds its projector: the last encoder layer's hidden states."""
+    with torch.no_grad():
+        return hf(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
+
+
+@pytest.mark.parametrize("save", [save_siglip, save_clip], ids=["siglip", "clip"])
+def test_pretrained_tower_features_equal_the_transformers_model(tmp_path, save):
+    hf = save(tmp_path / "tower")
+    model = QwenImageModel(with_tower(tmp_path / "tower")).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = model.encode_image(pixels)  # [B, (1 CLS +) 16 patches, 32]
+    theirs = llava_features(hf, pixels)
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    # the shape comes from the checkpoint, and the saved config no longer points at the directory
+    vision = model.config.vision
+    assert (vision.width, vision.layers, vision.pretrained_path, vision.final_norm) == (32, 2, None, False)
+
+
+def test_the_articles_parts_start_neutral_on_a_pretrained_tower(tmp_path):
+    hf = save_siglip(tmp_path / "tower")
+    model = QwenImageModel(with_tower(tmp_path / "tower", global_every=2, window_size=2)).eval()
+    assert not model.vision.is_global(0)  # block 0 is hierarchical: window stage, then the checkpoint's attention
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(pixels), llava_features(hf, pixels), atol=1e-5)
+    # and the window stage is trainable: its output projection receives gradients
+    model.train()
+    model.encode_image(pixels).sum().backward()
+    assert model.vision.blocks[0].attn.window_attn.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("save, processor_class", [(save_siglip, SiglipImageProcessor),
+                                                   (save_clip, CLIPImageProcessor)], ids=["siglip", "clip"])
+def test_preprocessing_follows_the_towers_image_processor(tmp_path, save, processor_class):
+    save(tmp_path / "tower")
+    model = QwenImageModel(with_tower(tmp_path / "tower"))
+    processor = processor_class.from_pretrained(tmp_path / "tower")
+    image = shape_scenes(1, seed=3, image_size=53)[0].image.resize((53, 41))  # not square: CLIP crops
+    theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
+    assert torch.allclose(image_to_tensor(image, model.config.vision), theirs, atol=1e-5)
+
+
+def test_bad_tower_directories_are_clear_errors(tmp_path):
+    (tmp_path / "vit").mkdir()
+    (tmp_path / "vit" / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(ConfigError, match=r"config.json: model_type 'vit' is not a supported vision tower"):
+        QwenImageModel(with_tower(tmp_path / "vit"))
+    save_siglip(tmp_path / "tower")
+    processor = tmp_path / "tower" / "preprocessor_config.json"
+    processor.write_text(processor.read_text().replace('"height": 32', '"height": 48').replace('"width": 32',
+                                                                                                '"width": 48'))
+    with pytest.raises(ConfigError, match=r"preprocessor_config.json: the image size 48 .* disagrees with image_size 32"):
+        QwenImageModel(with_tower(tmp_path / "tower"))
+
+
+@pytest.mark.parametrize("save", [save_siglip, save_clip], ids=["siglip", "clip"])
+def test_a_plain_tower_goes_back_to_transformers(tmp_path, save):
+    save(tmp_path / "tower")
+    model = QwenImageModel(with_tower(tmp_path / "tower")).eval()
+    with torch.no_grad():  # move the position conv off the identity: the export folds it into the table
+        model.vision.pos_embed.conv.weight.add_(0.01 * torch.randn_like(model.vision.pos_embed.conv.weight))
+    kind, config, state = tower_to_hf(model.vision)
+    model_class, config_class = ((SiglipVisionModel, SiglipVisionConfig) if kind == "siglip"
+                                 else (CLIPVisionModel, CLIPVisionConfig))
+    hf = model_class(config_class(**{k: v for k, v in config.items() if k != "model_type"})).eval()
+    hf.load_state_dict(state)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(pixels), llava_features(hf, pixels), atol=1e-5)
+
+
+def test_a_tower_with_the_articles_parts_has_no_transformers_counterpart():
+    with pytest.raises(ConfigError, match=r"global_every = 2 .*num_prompts = 2 .*final_norm = true"):
+        tower_to_hf(QwenImageModel(ModelConfig.from_preset("nano")).vision)
+    plain = dataclasses.replace(ModelConfig.from_preset("nano").vision, global_every=1, num_prompts=0, final_norm=False)
+    assert tower_to_hf(QwenImageModel(ModelConfig(vision=plain, language=ModelConfig.from_preset("nano").language,
+                                                  fusion=ModelConfig.from_preset("nano").fusion)).vision)[0] == "siglip"
+
+
+def test_image_to_tensor_crops_when_asked():
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    vision = VisionConfig(image_size=16, crop=True, image_mean=(0, 0, 0), image_std=(1, 1, 1))
+    assert image_to_tensor(image, vision).shape == (3, 16, 16)
