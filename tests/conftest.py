@@ -58,3 +58,86 @@ def pretrain_data(tmp_path_factory):
         return [f"data.sources=[{{path: {folders['train']}}}]", f"data.test={folders['test']}"]
 
     return overrides
+
+
+# --- tiny Hugging Face checkpoints, as a user would bring them (written by the tests, never downloaded) --
+
+
+TINY_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+LM_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _save_tiny_tower(path, kind: str):
+    """A random SiglipVisionModel or CLIPVisionModel of 2 layers on 32 px, with its image processor."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    torch.manual_seed(0)
+    if kind == "siglip":
+        model = SiglipVisionModel(SiglipVisionConfig(**TINY_TOWER))
+        processor = SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    else:
+        model = CLIPVisionModel(CLIPVisionConfig(**TINY_TOWER))
+        processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model.eval().save_pretrained(path)
+    processor.save_pretrained(path)
+
+
+def _save_tiny_language_model(path, model_type: str):
+    """A random Qwen2 / Qwen3 causal LM with a byte-level BPE tokenizer of its own: Qwen's special tokens
+    (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`) and chat template, none of vlstack's additions."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    texts = [s.caption for s in shape_scenes(200, seed=1)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = LM_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, intermediate_size=128, vocab_size=len(tokenizer),
+                                  max_position_embeddings=256, tie_word_embeddings=True, head_dim=16)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_tower(tmp_path_factory):
+    """`tiny_tower("siglip" | "clip")`: the directory of a random 2-layer tower on 32 px with its image
+    processor (written once per session; tests copy it before changing it)."""
+    root = tmp_path_factory.mktemp("towers")
+
+    def path(kind: str = "siglip"):
+        if not (root / kind).is_dir():
+            _save_tiny_tower(root / kind, kind)
+        return root / kind
+
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_language_model(tmp_path_factory):
+    """`tiny_language_model("qwen2" | "qwen3")`: the directory of a random 2-layer causal LM with a byte-level
+    BPE tokenizer of its own: Qwen's special tokens (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`) and chat
+    template, none of vlstack's additions."""
+    root = tmp_path_factory.mktemp("language-models")
+
+    def path(model_type: str = "qwen2"):
+        if not (root / model_type).is_dir():
+            _save_tiny_language_model(root / model_type, model_type)
+        return root / model_type
+
+    return path

@@ -90,7 +90,14 @@ def load_model(directory: str | Path) -> QwenImageModel:
 
 
 def load_checkpoint_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
-    return load_tokenizer(Path(directory) / TOKENIZER_DIR)
+    """The tokenizer of a checkpoint; one with more tokens than the model's vocabulary is a CheckpointError."""
+    tokenizer = load_tokenizer(Path(directory) / TOKENIZER_DIR)
+    vocab = model_config(directory).language.vocab_size
+    if len(tokenizer) > vocab:
+        raise CheckpointError(f"{Path(directory) / TOKENIZER_DIR} has {len(tokenizer)} tokens, more than the "
+                              f"language.vocab_size = {vocab} of {Path(directory) / CONFIG_NAME}; the tokenizer is "
+                              "not the one this model was trained with")
+    return tokenizer
 
 
 # --- int8 checkpoints ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -24,25 +25,8 @@ from vlstack.models.state_dict_adapter import tower_to_hf
 from vlstack.models.vlm import QwenImageModel
 from vlstack.synthetic.scenes import shape_scenes
 
-TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-             patch_size=8)
-
-
-def save_siglip(path, image_mean=(0.5, 0.5, 0.5)):
-    torch.manual_seed(0)
-    model = SiglipVisionModel(SiglipVisionConfig(**TOWER)).eval()
-    model.save_pretrained(path)
-    SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=list(image_mean),
-                         image_std=[0.5, 0.5, 0.5]).save_pretrained(path)
-    return model
-
-
-def save_clip(path):
-    torch.manual_seed(0)
-    model = CLIPVisionModel(CLIPVisionConfig(**TOWER)).eval()
-    model.save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return model
+HF_TOWERS = {"siglip": SiglipVisionModel, "clip": CLIPVisionModel}
+PROCESSORS = {"siglip": SiglipImageProcessor, "clip": CLIPImageProcessor}
 
 
 def with_tower(path, **vision) -> ModelConfig:
@@ -57,10 +41,10 @@ def llava_features(hf, pixels: torch.Tensor) -> torch.Tensor:
         return hf(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
 
 
-@pytest.mark.parametrize("save", [save_siglip, save_clip], ids=["siglip", "clip"])
-def test_pretrained_tower_features_equal_the_transformers_model(tmp_path, save):
-    hf = save(tmp_path / "tower")
-    model = QwenImageModel(with_tower(tmp_path / "tower")).eval()
+@pytest.mark.parametrize("kind", ["siglip", "clip"])
+def test_pretrained_tower_features_equal_the_transformers_model(tiny_tower, kind):
+    hf = HF_TOWERS[kind].from_pretrained(tiny_tower(kind)).eval()
+    model = QwenImageModel(with_tower(tiny_tower(kind))).eval()
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ours = model.encode_image(pixels)  # [B, (1 CLS +) 16 patches, 32]
@@ -72,9 +56,9 @@ def test_pretrained_tower_features_equal_the_transformers_model(tmp_path, save):
     assert (vision.width, vision.layers, vision.pretrained_path, vision.final_norm) == (32, 2, None, False)
 
 
-def test_the_articles_parts_start_neutral_on_a_pretrained_tower(tmp_path):
-    hf = save_siglip(tmp_path / "tower")
-    model = QwenImageModel(with_tower(tmp_path / "tower", global_every=2, window_size=2)).eval()
+def test_the_articles_parts_start_neutral_on_a_pretrained_tower(tiny_tower):
+    hf = SiglipVisionModel.from_pretrained(tiny_tower()).eval()
+    model = QwenImageModel(with_tower(tiny_tower(), global_every=2, window_size=2)).eval()
     assert not model.vision.is_global(0)  # block 0 is hierarchical: window stage, then the checkpoint's attention
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -85,23 +69,21 @@ def test_the_articles_parts_start_neutral_on_a_pretrained_tower(tmp_path):
     assert model.vision.blocks[0].attn.window_attn.proj.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("save, processor_class", [(save_siglip, SiglipImageProcessor),
-                                                   (save_clip, CLIPImageProcessor)], ids=["siglip", "clip"])
-def test_preprocessing_follows_the_towers_image_processor(tmp_path, save, processor_class):
-    save(tmp_path / "tower")
-    model = QwenImageModel(with_tower(tmp_path / "tower"))
-    processor = processor_class.from_pretrained(tmp_path / "tower")
+@pytest.mark.parametrize("kind", ["siglip", "clip"])
+def test_preprocessing_follows_the_towers_image_processor(tiny_tower, kind):
+    model = QwenImageModel(with_tower(tiny_tower(kind)))
+    processor = PROCESSORS[kind].from_pretrained(tiny_tower(kind))
     image = shape_scenes(1, seed=3, image_size=53)[0].image.resize((53, 41))  # not square: CLIP crops
     theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
     assert torch.allclose(image_to_tensor(image, model.config.vision), theirs, atol=1e-5)
 
 
-def test_bad_tower_directories_are_clear_errors(tmp_path):
+def test_bad_tower_directories_are_clear_errors(tmp_path, tiny_tower):
     (tmp_path / "vit").mkdir()
     (tmp_path / "vit" / "config.json").write_text(json.dumps({"model_type": "vit"}))
     with pytest.raises(ConfigError, match=r"config.json: model_type 'vit' is not a supported vision tower"):
         QwenImageModel(with_tower(tmp_path / "vit"))
-    save_siglip(tmp_path / "tower")
+    shutil.copytree(tiny_tower(), tmp_path / "tower")
     processor = tmp_path / "tower" / "preprocessor_config.json"
     processor.write_text(processor.read_text().replace('"height": 32', '"height": 48').replace('"width": 32',
                                                                                                 '"width": 48'))
@@ -109,10 +91,9 @@ def test_bad_tower_directories_are_clear_errors(tmp_path):
         QwenImageModel(with_tower(tmp_path / "tower"))
 
 
-@pytest.mark.parametrize("save", [save_siglip, save_clip], ids=["siglip", "clip"])
-def test_a_plain_tower_goes_back_to_transformers(tmp_path, save):
-    save(tmp_path / "tower")
-    model = QwenImageModel(with_tower(tmp_path / "tower")).eval()
+@pytest.mark.parametrize("kind", ["siglip", "clip"])
+def test_a_plain_tower_goes_back_to_transformers(tiny_tower, kind):
+    model = QwenImageModel(with_tower(tiny_tower(kind))).eval()
     with torch.no_grad():  # move the position conv off the identity: the export folds it into the table
         model.vision.pos_embed.conv.weight.add_(0.01 * torch.randn_like(model.vision.pos_embed.conv.weight))
     kind, config, state = tower_to_hf(model.vision)

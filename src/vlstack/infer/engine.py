@@ -39,7 +39,7 @@ from vlstack.errors import InputError
 from vlstack.infer.cache import FeatureCache, image_key
 from vlstack.infer.quantize import load_for_inference
 from vlstack.models.language import decoder
-from vlstack.models.tokenizer import IM_END, IMAGE, expand_image_placeholders, load_tokenizer, special_token_ids
+from vlstack.models.tokenizer import IM_END, IMAGE, expand_image_placeholders, special_token_ids
 from vlstack.models.vlm import QwenImageModel
 
 T = TypeVar("T")
@@ -140,7 +140,7 @@ class Engine:
         """Load a checkpoint directory (config.yaml, model.safetensors, tokenizer/), fp32 or int8."""
         directory = Path(directory)
         model = load_for_inference(directory)
-        return cls(model, load_tokenizer(directory / checkpoint.TOKENIZER_DIR), config)
+        return cls(model, checkpoint.load_checkpoint_tokenizer(directory), config)
 
     # --- public API ----------------------------------------------------------------------
 

@@ -7,14 +7,15 @@ special tokens and a Qwen-style chat template (`<|im_start|>role ... <|im_end|>`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from vlstack.errors import CheckpointError
+from vlstack.errors import CheckpointError, ConfigError
+from vlstack.models.config import LanguageConfig
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -23,6 +24,7 @@ IMAGE = "<image>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = [EOS, PAD, MASK, IMAGE, IM_START, IM_END]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -61,14 +63,47 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local directory (never a hub) and add any missing special tokens."""
-    path = Path(path)
+    return _with_vlstack_tokens(_load_plain(Path(path)))
+
+
+def _load_plain(path: Path) -> PreTrainedTokenizerBase:
     if not path.is_dir():
         raise CheckpointError(f"tokenizer directory not found: {path}")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+                              "tokenizer there with save_pretrained(), or name another directory with `tokenizer:`")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load a tokenizer from {path}: {exc}") from exc
-    return _with_vlstack_tokens(tokenizer)
+
+
+def choose_tokenizer(path: str | None, language: LanguageConfig, texts: Callable[[], Iterable[str]]
+                     ) -> PreTrainedTokenizerBase:
+    """The tokenizer a new model starts with: the directory `path`; else a pretrained LM's own (and its chat
+    template); else a byte-level BPE trained on `texts()` with the preset's vocabulary size."""
+    if path:
+        return load_tokenizer(path)
+    if language.pretrained_path:
+        return load_tokenizer(language.pretrained_path)
+    return train_tokenizer(texts(), vocab_size=language.vocab_size)
+
+
+def new_token_ids(tokenizer: PreTrainedTokenizerBase, language_dir: str | Path) -> list[int]:
+    """The ids of `tokenizer` that the pretrained LM at `language_dir` never learned: those past its own
+    tokenizer (vlstack's special tokens). A tokenizer whose ids disagree with the LM's own is a ConfigError;
+    an LM saved without a tokenizer cannot tell, so nothing is new."""
+    language_dir = Path(language_dir)
+    if not any((language_dir / name).is_file() for name in TOKENIZER_FILES):
+        return []
+    own = _load_plain(language_dir)
+    vocab = tokenizer.get_vocab()
+    moved = [token for token, index in own.get_vocab().items() if vocab.get(token) != index]
+    if moved:
+        raise ConfigError(
+            f"the tokenizer does not match the language model at {language_dir}: {len(moved)} of {len(own)} of its "
+            f"tokens have other ids (e.g. {moved[0]!r}); use the LM's own tokenizer (leave `tokenizer` unset)")
+    return list(range(len(own), len(tokenizer)))
 
 
 def _with_vlstack_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

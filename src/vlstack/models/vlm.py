@@ -17,15 +17,16 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from vlstack.errors import InputError
+from vlstack.errors import ConfigError, InputError
 from vlstack.models.config import ModelConfig
 from vlstack.models.fusion import FusionTransformer
 from vlstack.models.heads import ITCHead, ITMHead, MLMHead
 from vlstack.models.language import build_language_model, decoder
 from vlstack.models.layers import MLP
 from vlstack.models.state_dict_adapter import load_pretrained_tower, pretrained_vision_config
+from vlstack.models.tokenizer import IMAGE, new_token_ids
 from vlstack.models.vision import PositionTable, VisionTransformer
 
 PATCH_POSITION_STD = 1.0
@@ -92,6 +93,23 @@ class QwenImageModel(nn.Module):
         """The repeated blocks of the vision tower, the language model and the fusion encoder: the units
         FSDP2 shards, activation checkpointing recomputes and torch.compile compiles."""
         return [*self.vision.blocks, *decoder(self.language_model).layers, *self.fusion.blocks]
+
+    def fit_vocabulary(self, size: int, new_ids: list[int]) -> None:
+        """Grow the LM's embeddings (and the MLM bias) to `size` tokens when they are fewer; the rows of
+        `new_ids`, tokens the LM never learned, start at the mean of its learned rows."""
+        lm = self.language_model
+        if size > self.config.language.vocab_size:
+            lm.resize_token_embeddings(size, mean_resizing=False)
+            with torch.no_grad():
+                self.mlm.bias = nn.Parameter(torch.cat([self.mlm.bias, self.mlm.bias.new_zeros(size - len(self.mlm.bias))]))
+            self.config = dataclasses.replace(
+                self.config, language=dataclasses.replace(self.config.language, vocab_size=size))
+        if not new_ids:
+            return
+        learned = min(new_ids)
+        with torch.no_grad():
+            for matrix in {lm.get_input_embeddings().weight, lm.get_output_embeddings().weight}:
+                matrix[new_ids] = matrix[:learned].mean(dim=0)
 
     def part(self, name: str) -> list[nn.Module]:
         """The submodules of part `name` of `PARTS` (a model without patch positions lacks that one)."""
@@ -232,6 +250,22 @@ class QwenImageModel(nn.Module):
                 f"text of {input_ids.shape[1]} tokens{f' + {extra} new' if extra else ''} exceeds the language "
                 f"model's {limit} positions; truncate it or raise language.max_positions"
             )
+
+
+def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> QwenImageModel:
+    """A new model for `tokenizer`, with its `<image>` id. A pretrained LM (`language.pretrained_path`) must
+    share the tokenizer's ids (`new_token_ids`); its embeddings grow to the tokenizer, vlstack's added tokens
+    starting at the mean embedding. A tokenizer larger than a fresh LM's `vocab_size` is a ConfigError."""
+    config = dataclasses.replace(config, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE))
+    language_dir = config.language.pretrained_path
+    if language_dir is None and len(tokenizer) > config.language.vocab_size:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, more than language.vocab_size = "
+                          f"{config.language.vocab_size}; raise language.vocab_size or use a smaller tokenizer")
+    model = QwenImageModel(config)
+    vocab = model.config.language.vocab_size
+    new_ids = (new_token_ids(tokenizer, language_dir) or list(range(vocab, len(tokenizer)))) if language_dir else []
+    model.fit_vocabulary(len(tokenizer), new_ids)
+    return model
 
 
 def splice_features(embeds: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, placeholder: str,

@@ -40,7 +40,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from vlstack import checkpoint
-from vlstack.checkpoint import load_model, save_model
+from vlstack.checkpoint import load_checkpoint_tokenizer, load_model, save_model
 from vlstack.config import save_yaml, to_dict
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import (
@@ -62,8 +62,8 @@ from vlstack.eval.conversations import evaluate_samples
 from vlstack.files import write_json
 from vlstack.infer.engine import Engine, EngineConfig
 from vlstack.models.config import ModelConfig
-from vlstack.models.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
-from vlstack.models.vlm import QwenImageModel
+from vlstack.models.tokenizer import choose_tokenizer
+from vlstack.models.vlm import QwenImageModel, build_model
 from vlstack.train.objectives import SafetyLossConfig, SafetyObjective, sft_objective
 from vlstack.train.trainer import TrainConfig, Trainer, resume_from
 
@@ -366,10 +366,9 @@ def _fresh_start(config: FinetuneConfig, sources: dict[str, list[StreamSource]],
     texts = (turn["value"] for stage in sources.values() for source in stage
              for item in itertools.islice(read_shards(source.path), source.samples) if isinstance(item, Sample)
              for turn in item.conversations)
-    tokenizer = train_tokenizer(texts, vocab_size=config.model.language.vocab_size)
-    model_config = dataclasses.replace(config.model, image_token_id=special_token_ids(tokenizer).image)
+    tokenizer = choose_tokenizer(None, config.model.language, lambda: texts)
     torch.manual_seed(config.train.seed)
-    save_model(QwenImageModel(model_config), directory, tokenizer)
+    save_model(build_model(config.model, tokenizer), directory, tokenizer)
     return directory
 
 
@@ -384,7 +383,7 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
         return {**saved, "status": "skipped (done)"}
     t = time.perf_counter()
     model = load_model(start)
-    tokenizer = load_tokenizer(start / checkpoint.TOKENIZER_DIR)
+    tokenizer = load_checkpoint_tokenizer(start)
     freeze(model, stage.freeze)
     if stage.lora is not None:
         add_lora(model, stage.lora)

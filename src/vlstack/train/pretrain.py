@@ -10,7 +10,6 @@ directory. The same function runs under `torchrun --nproc_per_node=N`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,8 @@ from vlstack.errors import ConfigError
 from vlstack.eval.retrieval import evaluate_pairs
 from vlstack.files import write_json
 from vlstack.models.config import ModelConfig
-from vlstack.models.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
-from vlstack.models.vlm import QwenImageModel, count_parameters
+from vlstack.models.tokenizer import choose_tokenizer, special_token_ids
+from vlstack.models.vlm import build_model, count_parameters
 from vlstack.train.distributed import init_distributed
 from vlstack.train.objectives import PretrainLossConfig, PretrainObjective, itc_objective
 from vlstack.train.trainer import TrainConfig, Trainer
@@ -65,7 +64,8 @@ class PretrainConfig:
     objective: Literal["mixed", "itc"] = "mixed"
     """mixed: 0.4 ITC + 0.3 ITM + 0.2 MLM + 0.1 VTM (weights in `loss`); itc: contrastive only."""
     tokenizer: str | None = None
-    """A local tokenizer directory; by default a byte-level BPE is trained on the training captions."""
+    """A local tokenizer directory; by default the pretrained LM's own (`model.language.pretrained_path`), or
+    without one a byte-level BPE trained on the training captions."""
     out_dir: str = "runs/pretrain"
 
 
@@ -80,15 +80,11 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
                           "--set 'data.sources=[{path: DIR}]' --set data.test=DIR; e.g. the output of vlstack data "
                           "ingest / data clean, or vlstack data synth --kind caption --n 6000 --out DIR")
     test_images, test_captions, _ = caption_pairs(config.data.test)
-    model_config = dataclasses.replace(config.model)
-    if config.tokenizer:
-        tokenizer = load_tokenizer(config.tokenizer)
-    else:
-        tokenizer = train_tokenizer(_source_texts(config.data.sources), vocab_size=model_config.language.vocab_size)
+    tokenizer = choose_tokenizer(config.tokenizer, config.model.language, lambda: _source_texts(config.data.sources))
     specials = special_token_ids(tokenizer)
-    model_config.image_token_id = specials.image
     torch.manual_seed(seed)
-    model = QwenImageModel(model_config).to(dist_info.device)
+    model = build_model(config.model, tokenizer).to(dist_info.device)
+    model_config = model.config
 
     train_set = StreamingBatches(
         config.data.sources, config.train.batch_size // config.train.grad_accum_steps,

@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlstack.checkpoint import load_model
+from vlstack.checkpoint import load_checkpoint_tokenizer, load_model
 from vlstack.data.clean.dedup import DedupConfig, Fingerprint, fingerprint
 from vlstack.data.clean.perplexity import (
     PerplexityConfig,
@@ -395,12 +395,8 @@ def load_scorer(cfg: RelevanceStage) -> RelevanceScorer:
     """The scorer of `cfg.model`: a vlstack checkpoint (its ITC heads) or a CLIP checkpoint directory."""
     path = Path(cfg.model)
     if (path / "config.yaml").is_file():
-        from vlstack.models.tokenizer import load_tokenizer
-
         model = load_model(path).to(cfg.device)
-        tokenizer = load_tokenizer(path / "tokenizer")
-        return ITCScorer(model, tokenizer, cfg.max_text_tokens, cfg.batch_size,
-                         cfg.device)
+        return ITCScorer(model, load_checkpoint_tokenizer(path), cfg.max_text_tokens, cfg.batch_size, cfg.device)
     return load_clip_scorer(path, cfg.batch_size, cfg.device)
 
 
