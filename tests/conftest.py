@@ -109,7 +109,8 @@ def _save_tiny_language_model(path, model_type: str):
     torch.manual_seed(0)
     config = AutoConfig.for_model(model_type, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                   num_key_value_heads=2, intermediate_size=128, vocab_size=len(tokenizer),
-                                  max_position_embeddings=256, tie_word_embeddings=True, head_dim=16)
+                                  max_position_embeddings=256, tie_word_embeddings=True, head_dim=16,
+                                  initializer_range=0.2)  # wide enough that the answer depends on the input
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
 

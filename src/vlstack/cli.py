@@ -1,6 +1,6 @@
 """The `vlstack` command. Each subcommand parses its arguments and calls the library.
 
-Every subcommand takes `--set key.sub=value` (repeatable) to override any config
+Every subcommand with a config takes `--set key.sub=value` (repeatable) to override any config
 field; an unknown key or a wrong type stops with a message listing the valid keys.
 """
 
@@ -28,6 +28,8 @@ commands:
             results.json + report.md/html; --hallucination adds the detector's AUROC, POPE and CHAIR
   quantize  int8 checkpoint (torchao; int8-dynamic | int8-weight-only) + accuracy/speed report vs fp32
   export-onnx  vision tower + projector to ONNX (dynamic batch), ORT int8 dynamic/static, parity report
+  export    a checkpoint as a transformers LlavaForConditionalGeneration directory (vLLM, lmms-eval load it)
+  import    a LLaVA directory (SigLIP / CLIP tower) as a vlstack checkpoint
   medical   a DICOM study folder -> de-identified findings per series (report.json/html, thumbnails)
   inspect   defect inspection of an image folder or a video: detector, model analysis per defect
             (report.jsonl streamed per frame, summary.json, report.html)
@@ -50,6 +52,7 @@ examples:
   vlstack eval --model runs/demo/checkpoint --benchmarks none --hallucination --set hallucination.pope_scenes=20
   vlstack quantize --model runs/demo/checkpoint --method int8-dynamic --out runs/demo/int8
   vlstack export-onnx --model runs/demo/checkpoint --out runs/demo/onnx
+  vlstack export --format hf runs/llava/02-instruct/model runs/llava/hf && vllm serve runs/llava/hf
   vlstack medical STUDY_DIR --model runs/demo/checkpoint --out runs/medical --lang en
   vlstack inspect line.mp4 --model runs/demo/checkpoint --out runs/inspect --reference good_part.png
   vlstack embodied --env MiniGrid-Empty-5x5-v0 --model runs/demo/checkpoint --out runs/embodied --episodes 5
@@ -156,6 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
     export_onnx.add_argument("--model", required=True, metavar="CKPT", help="fp32 checkpoint directory")
     export_onnx.add_argument("--out", required=True, metavar="DIR", help="output directory")
     export_onnx.set_defaults(handler=_export_onnx)
+
+    export = _command(commands, "export", "Write a checkpoint in a format other tools load.",
+                      "--format hf writes a transformers LlavaForConditionalGeneration directory: config.json, "
+                      "safetensors, a LlavaProcessor (tokenizer, chat template, an image processor with the "
+                      "model's preprocessing) and generation_config.json. Load it with "
+                      "LlavaForConditionalGeneration.from_pretrained, serve it with `vllm serve OUT`, evaluate it "
+                      "with lmms-eval. Only models LLaVA can express export: a plain ViT tower (global attention, "
+                      "no prompt tokens but a CLIP class token, no final norm) and patch_positions: false, as the "
+                      "LLaVA recipes train (configs/llava_stage1.yaml); anything else is an error naming the field. "
+                      "The fusion encoder and pretraining heads stay behind. For ONNX see export-onnx.", settable=False)
+    export.add_argument("--format", required=True, choices=["hf"], help="hf: transformers LLaVA")
+    export.add_argument("checkpoint", metavar="CKPT", help="a vlstack checkpoint directory (fp32)")
+    export.add_argument("out", metavar="OUT", help="the directory to write")
+    export.set_defaults(handler=_export)
+
+    import_ = _command(commands, "import", "Read a model another tool wrote into a vlstack checkpoint.",
+                       "--format hf reads a LlavaForConditionalGeneration directory whose tower is SigLIP or CLIP "
+                       "and whose projector takes the tower's last layer, whole (vision_feature_layer -1, "
+                       "vision_feature_select_strategy full: what `vlstack export --format hf` writes). The fusion "
+                       "encoder and pretraining heads, which LLaVA lacks, start fresh.", settable=False)
+    import_.add_argument("--format", required=True, choices=["hf"], help="hf: transformers LLaVA")
+    import_.add_argument("source", metavar="DIR", help="the LLaVA directory")
+    import_.add_argument("out", metavar="OUT", help="the vlstack checkpoint directory to write")
+    import_.set_defaults(handler=_import)
 
     finetune = _command(commands, "finetune", "Fine-tune a checkpoint in progressive stages (SFT, safety).",
                         "Runs the recipe's stages in order, each with its datasets, lr, frozen modules, optional "
@@ -282,10 +309,12 @@ def _data_commands(commands) -> None:
     clean.set_defaults(handler=_data_clean)
 
 
-def _command(commands, name: str, summary: str, details: str) -> argparse.ArgumentParser:
+def _command(commands, name: str, summary: str, details: str, settable: bool = True) -> argparse.ArgumentParser:
+    """A subcommand; `settable` ones take `--set` overrides of their config."""
     sub = commands.add_parser(name, help=summary, description=f"{summary} {details}")
-    sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config field, e.g. --set train.steps=200 (repeatable)")
+    if settable:
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config field, e.g. --set train.steps=200 (repeatable)")
     return sub
 
 
@@ -405,6 +434,22 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
     config = apply_overrides(OnnxExportConfig(), args.overrides)
     print(export_summary(export_checkpoint(args.model, args.out, config)))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from vlstack.infer.llava import export_llava
+
+    report = export_llava(args.checkpoint, args.out)
+    print(f"wrote {args.out}: {report['architecture']} ({report['vision_tower']} + {report['language_model']}, "
+          f"{report['image_tokens']} tokens per image); left behind: {report['left_behind']}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from vlstack.infer.llava import import_llava
+
+    print(f"wrote {import_llava(args.source, args.out)}")
     return 0
 
 

@@ -41,7 +41,7 @@ def test_int8_keeps_held_out_retrieval_of_a_trained_model(trained, tmp_path, met
     fp32, tokenizer = load_model(trained), load_tokenizer(trained / "tokenizer")
     scenes = shape_scenes(1000, seed=split_seed(0, "test"))
     captions = [s.caption for s in scenes]
-    pairs = pairs_to_tensors([s.image for s in scenes], captions, tokenizer, fp32.config.vision.image_size, 32), captions
+    pairs = pairs_to_tensors([s.image for s in scenes], captions, tokenizer, fp32.config.vision, 32), captions
     config = DeploymentEvalConfig(quantize=QuantizeConfig(speed_repeats=1))
     report = compare_quantized(fp32, quantize_model(copy.deepcopy(fp32), method, kernel), tokenizer, config, tmp_path,
                                pairs=pairs)

@@ -31,7 +31,7 @@ def test_batched_and_one_by_one_greedy_outputs_are_identical(engine, scenes):
 def test_engine_matches_the_models_own_generate(engine, scenes):
     request = _requests(scenes)[0]
     ids = torch.tensor([engine.prompt_ids(request)])
-    pixels = image_to_tensor(scenes[0].image, 32)[None]
+    pixels = image_to_tensor(scenes[0].image, engine.model.config.vision)[None]
     reference = engine.model.generate(ids, pixel_values=pixels, max_new_tokens=10,
                                       eos_token_id=engine.tokenizer.eos_token_id)
     got = engine.generate([request])[0].token_ids

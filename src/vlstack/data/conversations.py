@@ -108,14 +108,15 @@ class ConversationEncoder:
 
     The row holds `input_ids` / `labels` (labels on the assistant's text only), `pixels` [n, 3, S, S],
     `refusal` (the answer is a refusal) and, with `unsafe`, the ids and labels of the compliant answer a
-    harmful request must not get (empty without one). A malformed conversation (`conversation_problem`)
-    or one the collator leaves out (too long, no supervised token, undecodable image) raises `Skip`."""
+    harmful request must not get (empty without one). A caption or a VQA sample is one turn. A malformed
+    conversation (`conversation_problem`) or one the collator leaves out (too long, no supervised token,
+    undecodable image) raises `Skip`."""
 
     collator: SampleCollator
     unsafe: bool = False
 
     def __call__(self, sample: Sample, rng: random.Random | None = None) -> dict[str, Any]:
-        problem = conversation_problem(sample)
+        problem = None if _single_turn(sample) else conversation_problem(sample)
         if problem is not None:
             raise Skip("bad_conversation", problem)
         try:
@@ -127,6 +128,12 @@ class ConversationEncoder:
         if self.unsafe:
             row["unsafe_input_ids"], row["unsafe_labels"] = _unsafe_row(sample, self.collator)
         return row
+
+
+def _single_turn(sample: Sample) -> bool:
+    """A captioned image or an answered question trains as one turn (`collate.sample_messages`): LLaVA's
+    stage 1 trains the projector on captions."""
+    return not sample.conversations and bool(sample.images) and bool(sample.text or sample.answers)
 
 
 @dataclass

@@ -12,7 +12,7 @@ transformer, its input projections, the LM projector and the four heads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from vlstack.errors import ConfigError
 
@@ -83,6 +83,9 @@ class LanguageConfig:
     pretrained_path: str | None = None
     """A local directory with a saved `transformers` causal LM; its weights replace the random
     init and its shape overrides the fields above. Nothing is ever downloaded."""
+    hf_config: dict[str, Any] | None = None
+    """The whole `transformers` config of an LM that came from a checkpoint (head_dim, norm eps, rope
+    scaling, ...: more than the fields above say); when set, the LM is built from it."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from vlstack.errors import CheckpointError, ConfigError
 from vlstack.models.config import LanguageConfig
@@ -24,7 +24,11 @@ def build_language_model(cfg: LanguageConfig) -> tuple[PreTrainedModel, Language
     """
     if cfg.pretrained_path:
         model = _load_local(Path(cfg.pretrained_path))
-        return model, _config_from_hf(model)
+        return model, language_config_from_hf(model.config)
+    if cfg.hf_config:
+        hf_config = AutoConfig.for_model(**cfg.hf_config)
+        hf_config._attn_implementation = "sdpa"
+        return AutoModelForCausalLM.from_config(hf_config), cfg
     try:
         hf_config = AutoConfig.for_model(
             cfg.model_type,
@@ -56,8 +60,8 @@ def _load_local(path: Path) -> PreTrainedModel:
         raise CheckpointError(f"cannot load the language model from {path}: {exc}") from exc
 
 
-def _config_from_hf(model: PreTrainedModel) -> LanguageConfig:
-    c = model.config
+def language_config_from_hf(c: PretrainedConfig) -> LanguageConfig:
+    """The LanguageConfig describing a `transformers` causal LM config (for a model already loaded)."""
     rope = getattr(c, "rope_parameters", None) or {}
     return LanguageConfig(
         model_type=c.model_type,
@@ -71,7 +75,12 @@ def _config_from_hf(model: PreTrainedModel) -> LanguageConfig:
         rope_theta=float(rope.get("rope_theta", LanguageConfig.rope_theta)),
         tie_embeddings=bool(c.tie_word_embeddings),
         pretrained_path=None,
+        hf_config={k: v for k, v in c.to_diff_dict().items() if k not in _NOT_SHAPE},
     )
+
+
+_NOT_SHAPE = ("transformers_version", "architectures", "_name_or_path", "_attn_implementation_autoset")
+"""Fields of a saved `transformers` config that describe where it came from, not the model."""
 
 
 def decoder(model: PreTrainedModel) -> nn.Module:
@@ -79,4 +88,4 @@ def decoder(model: PreTrainedModel) -> nn.Module:
     return model.get_decoder()
 
 
-__all__ = ["build_language_model", "decoder"]
+__all__ = ["build_language_model", "decoder", "language_config_from_hf"]

@@ -35,6 +35,7 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, out_dim: int | None = None, activation: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
+        self.activation = activation
         self.act = ACT2FN[activation]
         self.fc2 = nn.Linear(hidden, out_dim or dim)
 

@@ -47,11 +47,15 @@ def tower_kind(path: Path) -> tuple[Kind, dict]:
         raise CheckpointError(f"vision.pretrained_path {str(path)!r} has no config.json; point it at a folder "
                               "written by SiglipVisionModel / CLIPVisionModel save_pretrained()")
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    model_type = config.get("model_type")
+    return kind_of(config.get("model_type"), f"{config_file}: model_type"), config.get("vision_config", config)
+
+
+def kind_of(model_type: str | None, where: str) -> Kind:
+    """The tower kind of a `transformers` model type; `where` names the field for the error."""
     if model_type not in TOWER_TYPES:
-        raise ConfigError(f"{config_file}: model_type {model_type!r} is not a supported vision tower; vlstack "
-                          f"loads {', '.join(sorted(TOWER_TYPES))}")
-    return TOWER_TYPES[model_type], config.get("vision_config", config)
+        raise ConfigError(f"{where} {model_type!r} is not a supported vision tower; vlstack loads "
+                          f"{', '.join(sorted(TOWER_TYPES))}")
+    return TOWER_TYPES[model_type]
 
 
 def pretrained_vision_config(cfg: VisionConfig) -> VisionConfig:
@@ -62,6 +66,11 @@ def pretrained_vision_config(cfg: VisionConfig) -> VisionConfig:
     loaded by `load_pretrained_tower` once the tower is built."""
     path = Path(cfg.pretrained_path or "")
     kind, hf = tower_kind(path)
+    return with_preprocessing(shaped_like(cfg, hf, kind, path / "config.json"), path, kind)
+
+
+def shaped_like(cfg: VisionConfig, hf: dict, kind: Kind, where: Path) -> VisionConfig:
+    """`cfg` with the shape, norms and activation of the `transformers` vision config `hf` (read from `where`)."""
     width, intermediate = hf["hidden_size"], hf["intermediate_size"]
     shaped = dataclasses.replace(
         cfg,
@@ -72,24 +81,29 @@ def pretrained_vision_config(cfg: VisionConfig) -> VisionConfig:
         num_prompts=cfg.num_prompts + (kind == "clip"),
     )
     if round(width * shaped.mlp_ratio) != intermediate:
-        raise ConfigError(f"{path / 'config.json'}: intermediate_size {intermediate} is not a whole multiple of "
-                          f"hidden_size {width} that vlstack can rebuild")
-    return _with_preprocessing(shaped, path, kind)
+        raise ConfigError(f"{where}: intermediate_size {intermediate} is not a multiple of hidden_size {width} "
+                          "that vlstack can rebuild")
+    return shaped
 
 
-def _with_preprocessing(cfg: VisionConfig, path: Path, kind: Kind) -> VisionConfig:
-    """Image size, mean/std and resize mode from the tower's preprocessor_config.json (a CLIP one resizes
-    the shorter side and centre-crops); without that file, the architecture's published defaults."""
+def with_preprocessing(cfg: VisionConfig, path: Path, kind: Kind) -> VisionConfig:
+    """Image size, mean/std and resize mode from the image processor saved in `path` (preprocessor_config.json,
+    or the `image_processor` of a processor_config.json); a CLIP one resizes the shorter side and centre-crops.
+    Without either file, the architecture's published defaults."""
     from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     file = path / "preprocessor_config.json"
-    if not file.is_file():
+    if file.is_file():
+        pre = json.loads(file.read_text(encoding="utf-8"))
+    elif (path / "processor_config.json").is_file():
+        file = path / "processor_config.json"
+        pre = json.loads(file.read_text(encoding="utf-8")).get("image_processor", {})
+    else:
         logger.warning("%s has no preprocessor_config.json; using the %s defaults", path, kind)
         mean, std = ((OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) if kind == "clip"
                      else (IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD))
         return dataclasses.replace(cfg, image_mean=tuple(mean), image_std=tuple(std), resample="bicubic",
                                    crop=kind == "clip")
-    pre = json.loads(file.read_text(encoding="utf-8"))
     size = pre.get("size") or {}
     side = size.get("shortest_edge") or size.get("height")
     if size.get("height") is not None and size.get("width") != size["height"]:

@@ -23,7 +23,7 @@ from vlstack.errors import ConfigError, InputError
 from vlstack.models.config import ModelConfig
 from vlstack.models.fusion import FusionTransformer
 from vlstack.models.heads import ITCHead, ITMHead, MLMHead
-from vlstack.models.language import build_language_model, decoder
+from vlstack.models.language import build_language_model, decoder, language_config_from_hf
 from vlstack.models.layers import MLP
 from vlstack.models.state_dict_adapter import load_pretrained_tower, pretrained_vision_config
 from vlstack.models.tokenizer import IMAGE, new_token_ids
@@ -102,8 +102,9 @@ class QwenImageModel(nn.Module):
             lm.resize_token_embeddings(size, mean_resizing=False)
             with torch.no_grad():
                 self.mlm.bias = nn.Parameter(torch.cat([self.mlm.bias, self.mlm.bias.new_zeros(size - len(self.mlm.bias))]))
-            self.config = dataclasses.replace(
-                self.config, language=dataclasses.replace(self.config.language, vocab_size=size))
+            language = language_config_from_hf(lm.config) if self.config.language.hf_config else \
+                dataclasses.replace(self.config.language, vocab_size=size)
+            self.config = dataclasses.replace(self.config, language=language)
         if not new_ids:
             return
         learned = min(new_ids)
