@@ -24,7 +24,7 @@ def test_info_table_and_overrides(capsys):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["info", "--preset", "giant"], "unknown preset 'giant'; choose one of: nano"),
-    (["info", "--preset", "nano", "--set", "vision.layerz=3"], "valid keys: global_every, heads"),
+    (["info", "--preset", "nano", "--set", "vision.layerz=3"], "valid keys: activation, crop, final_norm, global_every"),
     (["demo", "--set", "pretrain.train.steps=many"], "'pretrain.train.steps' must be int"),
 ])
 def test_bad_input_is_a_one_line_error_with_exit_code_2(argv, fragment, capsys):

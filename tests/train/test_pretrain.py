@@ -105,3 +105,21 @@ def test_a_damaged_shard_mid_run_is_skipped_and_the_epoch_accounts_for_every_sam
     epoch = next(r for r in records if r.get("event") == "epoch")
     assert epoch["samples"] == 64 and epoch["skipped_by_reason"] == {"unreadable_shard": 16} and epoch["trained"] == 48
     assert sum(not r.get("skipped") for r in records if "loss" in r) == 6  # training went on
+
+
+def test_pretraining_on_a_pretrained_tower_and_lm_keeps_the_lms_tokenizer(tmp_path, pretrain_data, tiny_tower,
+                                                                        tiny_language_model):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", NANO, "--set", f"out_dir={out}", "--set", "train.steps=2",
+                 "--set", f"model.vision.pretrained_path={tiny_tower('clip')}",
+                 "--set", f"model.language.pretrained_path={tiny_language_model('qwen3')}",
+                 *sets(pretrain_data())]) == 0
+    model = load_model(out / "checkpoint")
+    assert (model.config.vision.width, model.config.vision.crop) == (32, True)  # the tower's shape and preprocessing
+    assert model.config.language.model_type == "qwen3" and model.config.language.hf_config["head_dim"] == 16
+    saved = AutoTokenizer.from_pretrained(out / "checkpoint" / "tokenizer")
+    own = AutoTokenizer.from_pretrained(tiny_language_model("qwen3"))
+    text = "a red circle left of a blue square"
+    assert saved(text)["input_ids"] == own(text)["input_ids"]
