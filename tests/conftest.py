@@ -142,3 +142,26 @@ def tiny_language_model(tmp_path_factory):
         return root / model_type
 
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory):
+    """The directory of a random open_clip CLIP (2-layer ViT on 32 px) as open_clip's hub folders hold one:
+    open_clip_config.json (model_cfg, preprocess_cfg) and open_clip_model.safetensors."""
+    open_clip = pytest.importorskip("open_clip")
+    import json
+
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("open-clip")
+    model_cfg = {"embed_dim": 16, "quick_gelu": True,
+                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8,
+                                "mlp_ratio": 2.0},
+                 "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    preprocess_cfg = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "interpolation": "bicubic",
+                      "resize_mode": "shortest", "size": 32}
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**model_cfg)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "open_clip_model.safetensors")
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}))
+    return path

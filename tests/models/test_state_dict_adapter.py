@@ -118,3 +118,20 @@ def test_image_to_tensor_crops_when_asked():
     image = Image.new("RGB", (40, 20), (255, 0, 0))
     vision = VisionConfig(image_size=16, crop=True, image_mean=(0, 0, 0), image_std=(1, 1, 1))
     assert image_to_tensor(image, vision).shape == (3, 16, 16)
+
+
+def test_an_open_clip_tower_gives_its_tokens_and_preprocessing(tiny_open_clip):
+    import open_clip
+
+    reference, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_open_clip}")
+    visual = reference.visual.eval()
+    model = QwenImageModel(with_tower(tiny_open_clip)).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        theirs = visual.transformer(visual._embeds(pixels))  # [B, 1 + 16, 32]: the tokens before ln_post
+        assert torch.allclose(model.encode_image(pixels), theirs, atol=1e-5)
+    vision = model.config.vision
+    assert (vision.activation, vision.crop, vision.image_mean) == ("quick_gelu", True, (0.5, 0.4, 0.3))
+    image = shape_scenes(1, seed=3, image_size=53)[0].image.resize((53, 41))
+    # open_clip resizes PIL images, vlstack uint8 tensors: the same filter, rounded apart by at most a level
+    assert (image_to_tensor(image, vision) - preprocess(image)).abs().max() < 0.05

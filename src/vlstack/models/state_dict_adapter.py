@@ -8,7 +8,10 @@ projector: the last block's output, without the tower's final norm (`post_layern
 The article's parts start neutral on top: a hierarchical block's window stage is a residual branch whose
 output projection starts at zero. Extra prompt tokens cannot be neutral (attention sees them).
 
-`tower_to_hf` is the way back, for the LLaVA export (`vlstack.infer.export_hf`).
+An open_clip ViT (a directory with `open_clip_config.json`, read where `open_clip_torch` is installed) is
+CLIP's layout under other names: its config and weights are renamed to CLIP's and load the same way.
+
+`tower_to_hf` is the way back, for the LLaVA export (`vlstack.infer.llava`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ TOWER_TYPES: dict[str, Kind] = {
 """config.json `model_type` -> tower kind; a full SigLIP / CLIP model directory uses its vision tower."""
 RESAMPLE = {2: "bilinear", 3: "bicubic"}
 """PIL resampling codes in a preprocessor_config.json -> vlstack's `VisionConfig.resample`."""
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_PLAIN = {"ls_init_value": None, "attentional_pool": False, "no_ln_pre": False, "pos_embed_type": "learnable",
+                   "block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+                   "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "timm_model_name": None}
+"""open_clip `vision_cfg` options and the values of a plain CLIP ViT, the only one vlstack rebuilds."""
 
 
 # --- the config ---------------------------------------------------------------------------------
@@ -42,10 +50,13 @@ RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 def tower_kind(path: Path) -> tuple[Kind, dict]:
     """The kind of a local tower directory and its vision config (the `vision_config` of a full model)."""
+    if (path / OPEN_CLIP_CONFIG).is_file():
+        return "clip", _open_clip_config(path)[0]
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise CheckpointError(f"vision.pretrained_path {str(path)!r} has no config.json; point it at a folder "
-                              "written by SiglipVisionModel / CLIPVisionModel save_pretrained()")
+        raise CheckpointError(f"vision.pretrained_path {str(path)!r} has no config.json (nor {OPEN_CLIP_CONFIG}); "
+                              "point it at a folder written by SiglipVisionModel / CLIPVisionModel save_pretrained() "
+                              "or an open_clip model folder")
     config = json.loads(config_file.read_text(encoding="utf-8"))
     return kind_of(config.get("model_type"), f"{config_file}: model_type"), config.get("vision_config", config)
 
@@ -66,6 +77,8 @@ def pretrained_vision_config(cfg: VisionConfig) -> VisionConfig:
     loaded by `load_pretrained_tower` once the tower is built."""
     path = Path(cfg.pretrained_path or "")
     kind, hf = tower_kind(path)
+    if (path / OPEN_CLIP_CONFIG).is_file():
+        return _open_clip_preprocessing(shaped_like(cfg, hf, kind, path / OPEN_CLIP_CONFIG), path)
     return with_preprocessing(shaped_like(cfg, hf, kind, path / "config.json"), path, kind)
 
 
@@ -123,6 +136,72 @@ def with_preprocessing(cfg: VisionConfig, path: Path, kind: Kind) -> VisionConfi
                                resample=resample, crop=crop)
 
 
+def _open_clip_config(path: Path) -> tuple[dict, dict]:
+    """An open_clip model's vision config in CLIP's `transformers` names, and its `preprocess_cfg`."""
+    file = path / OPEN_CLIP_CONFIG
+    config = json.loads(file.read_text(encoding="utf-8"))
+    model = config.get("model_cfg", {})
+    vision = model.get("vision_cfg", {})
+    for key, plain in OPEN_CLIP_PLAIN.items():
+        if vision.get(key, plain) != plain:
+            raise ConfigError(f"{file}: model_cfg.vision_cfg.{key} = {vision[key]!r}; vlstack rebuilds the plain CLIP "
+                              f"ViT of open_clip ({key} = {plain!r})")
+    width, head_width = vision["width"], vision.get("head_width", 64)
+    hf = {"hidden_size": width, "intermediate_size": round(width * vision.get("mlp_ratio", 4.0)),
+          "num_hidden_layers": vision["layers"], "num_attention_heads": width // head_width,
+          "image_size": vision["image_size"], "patch_size": vision["patch_size"], "layer_norm_eps": 1e-5,
+          "hidden_act": "quick_gelu" if model.get("quick_gelu") else "gelu"}
+    return hf, config.get("preprocess_cfg", {})
+
+
+def _open_clip_preprocessing(cfg: VisionConfig, path: Path) -> VisionConfig:
+    """open_clip's `preprocess_cfg` (its defaults where a key is missing): mean/std, interpolation, and
+    `resize_mode` shortest (resize the shorter side, centre-crop) or squash."""
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    file = path / OPEN_CLIP_CONFIG
+    pre = _open_clip_config(path)[1]
+    size = pre.get("size", cfg.image_size)
+    mode, interpolation = pre.get("resize_mode", "shortest"), pre.get("interpolation", "bicubic")
+    if size not in (cfg.image_size, [cfg.image_size] * 2):
+        raise ConfigError(f"{file}: preprocess_cfg.size {size} disagrees with vision_cfg.image_size {cfg.image_size}")
+    if mode not in ("shortest", "squash") or interpolation not in ("bilinear", "bicubic"):
+        raise ConfigError(f"{file}: preprocess_cfg resize_mode {mode!r} / interpolation {interpolation!r}; vlstack "
+                          "resizes with shortest or squash, bilinear or bicubic")
+    return dataclasses.replace(cfg, image_mean=tuple(pre.get("mean", OPENAI_CLIP_MEAN)),
+                               image_std=tuple(pre.get("std", OPENAI_CLIP_STD)), resample=interpolation,
+                               crop=mode == "shortest")
+
+
+def _open_clip_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The open_clip model's vision tower, renamed to CLIPVisionModel's keys."""
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise ConfigError(f"{path} is an open_clip model; install the [clip] extra (pip install -e '.[clip]')") from exc
+    try:
+        visual = open_clip.create_model(f"local-dir:{path}").visual.state_dict()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot load the open_clip model from {path}: {exc}") from exc
+    state = {"embeddings.patch_embedding.weight": visual["conv1.weight"],
+             "embeddings.class_embedding": visual["class_embedding"],
+             "embeddings.position_embedding.weight": visual["positional_embedding"],
+             "pre_layrnorm.weight": visual["ln_pre.weight"], "pre_layrnorm.bias": visual["ln_pre.bias"]}
+    layers = 1 + max(int(key.split(".")[2]) for key in visual if key.startswith("transformer.resblocks."))
+    for i in range(layers):
+        source, target = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for part in ("weight", "bias"):
+            q, k, v = visual[f"{source}attn.in_proj_{part}"].chunk(3)
+            state |= {f"{target}self_attn.q_proj.{part}": q, f"{target}self_attn.k_proj.{part}": k,
+                      f"{target}self_attn.v_proj.{part}": v,
+                      f"{target}self_attn.out_proj.{part}": visual[f"{source}attn.out_proj.{part}"],
+                      f"{target}layer_norm1.{part}": visual[f"{source}ln_1.{part}"],
+                      f"{target}layer_norm2.{part}": visual[f"{source}ln_2.{part}"],
+                      f"{target}mlp.fc1.{part}": visual[f"{source}mlp.c_fc.{part}"],
+                      f"{target}mlp.fc2.{part}": visual[f"{source}mlp.c_proj.{part}"]}
+    return state
+
+
 # --- the weights --------------------------------------------------------------------------------
 
 
@@ -132,6 +211,9 @@ def load_pretrained_tower(tower: VisionTransformer, path: str | Path) -> None:
 
     path = Path(path)
     kind, _ = tower_kind(path)
+    if (path / OPEN_CLIP_CONFIG).is_file():
+        load_hf_tower_weights(tower, _open_clip_weights(path), kind)
+        return
     model_class = CLIPVisionModel if kind == "clip" else SiglipVisionModel
     try:
         hf = model_class.from_pretrained(path, local_files_only=True)
