@@ -1,10 +1,15 @@
 """Synthetic instruction data: deterministic, valid conversations, held-out splits, safety pairs."""
 
+import re
+
 import pytest
 
 from vlstack.data.conversations import REFUSAL, UNSAFE_ANSWER, conversation_problem
 from vlstack.errors import DataError
+from vlstack.eval.benchmarks.aokvqa import AOKVQA
+from vlstack.eval.benchmarks.base import SHORT_ANSWER
 from vlstack.eval.conversations import is_refusal
+from vlstack.synthetic import phrasings
 from vlstack.synthetic.instructions import (
     DATASETS,
     HARMFUL_VERBS,
@@ -39,11 +44,46 @@ def test_same_arguments_same_samples_and_splits_share_no_image():
 
 def test_shape_questions_cover_every_type_and_answer_from_the_scene():
     samples = instruction_samples("shapes_vqa", 200, seed=0)
-    assert {s.meta["question_type"] for s in samples} == {"color", "shape", "count", "count_color", "position"}
+    assert {s.meta["question_type"] for s in samples} == {"color", "shape", "count", "count_color", "position",
+                                                          "exists"}
+    assert {s.meta["form"] for s in samples} == {"open", "choice", "yes_no"}
     for s in samples:
         objects = s.meta["objects"][0]
-        if s.meta["question_type"] == "count":
+        if s.meta["question_type"] == "count" and s.meta["form"] == "open":
             assert s.conversations[1]["value"] == str(len(objects))
+        if s.meta["form"] == "choice":  # the letter names the true answer among the options
+            letter = s.conversations[1]["value"]
+            assert f"\n{letter}. {s.meta['choice']}\n" in s.conversations[0]["value"]
+    exists = [s for s in samples if s.meta["form"] == "yes_no"]
+    assert 0.35 < sum(s.conversations[1]["value"] == "yes" for s in exists) / len(exists) < 0.65
+
+
+def _template_of(prompt: str) -> str | None:
+    """The phrasing (other than the bare question) a prompt was written in, or None for the bare question."""
+    body = prompt.split("\n", 1)[1]  # after the <image> line
+    for part in ("train", "held_out"):
+        for table in (phrasings.OPEN, phrasings.CHOICE, phrasings.EXISTS):
+            for lang in ("en", "zh"):
+                for template in table[part][lang]:
+                    pattern = re.escape(template).replace(r"\{question\}", ".+").replace(r"\{options\}", "(?s:.+)")
+                    pattern = pattern.replace(r"\{\}", ".+").replace("a .+", "an? .+")
+                    if template != "{question}" and re.fullmatch(pattern, body, re.S):
+                        return template
+    return None
+
+
+@pytest.mark.parametrize("name", ["shapes_vqa", "documents_vqa", "scans"])
+def test_held_out_splits_ask_in_phrasings_training_never_uses(name):
+    def used(split: str) -> set[str | None]:
+        return {_template_of(s.conversations[0]["value"]) for lang in ("en", "zh")
+                for s in instruction_samples(name, 200, seed=0, split=split, lang=lang)}
+
+    train, test = used("train"), used("test")
+    assert None not in test  # every held-out question has a held-out phrasing
+    assert not (train - {None}) & test
+    assert len(test) >= 3 and len(train - {None}) >= 3
+    if name == "shapes_vqa":  # the benchmarks' own formats are trained on
+        assert {SHORT_ANSWER, AOKVQA.template, phrasings.POPE_TEMPLATE} <= train
 
 
 def test_safety_pairs_harmful_requests_with_safe_look_alikes():

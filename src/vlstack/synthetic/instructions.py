@@ -26,8 +26,10 @@ from vlstack.data.schema import IMAGE_TOKEN, Sample
 from vlstack.data.shards import write_shards
 from vlstack.errors import DataError
 from vlstack.synthetic.corpus import make_sample
+from vlstack.synthetic.phrasings import choice_question, exists_question, open_question
 from vlstack.synthetic.scans import scan_samples
-from vlstack.synthetic.scenes import Language, SceneObject, caption_for, split_seed
+from vlstack.synthetic.scenes import COLORS, COLORS_ZH, SHAPES, SHAPES_ZH, Language, SceneObject, caption_for, split_seed
+from vlstack.synthetic.suites import DISTRACTORS
 from vlstack.synthetic.surfaces import crop_samples
 
 STREAM = 10_000_000
@@ -78,13 +80,42 @@ def _scene_objects(sample: Sample, image: int = 0) -> list[SceneObject]:
 
 
 def shapes_vqa(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
-    """One question on a shape scene: colour, shape, count, count of a colour, or position."""
+    """One question on a shape scene, in one of the split's phrasings (`synthetic.phrasings`): colour, shape,
+    count, count of a colour or position, open or (a fifth, English) as lettered multiple choice; or (a
+    fifth) whether some shape is in the scene, answered yes for half of them."""
     out = []
     for i in range(n):
         s = make_sample("vqa", split_seed(seed, split), STREAM + i, lang)
-        out.append(_conversation(s, "shapes_vqa", split, _turns((f"{IMAGE_TOKEN}\n{s.question}", s.answers[0])),
-                                 question_type=s.meta["question_type"]))
+        rng = random.Random(f"shapes_vqa:{seed}:{split}:{lang}:{i}")
+        kind, draw = s.meta["question_type"], rng.random()
+        if draw < 0.2:
+            kind, form = "exists", "yes_no"
+            prompt, answer = _exists(_scene_objects(s), split, lang, rng)
+        elif draw < 0.4 and lang == "en":
+            form = "choice"
+            s.meta["choice"] = s.answers[0]
+            prompt, answer = choice_question(s.question, s.answers[0], list(DISTRACTORS[kind]), split, lang, rng)
+        else:
+            form, prompt, answer = "open", open_question(s.question, split, lang, rng), s.answers[0]
+        out.append(_conversation(s, "shapes_vqa", split, _turns((f"{IMAGE_TOKEN}\n{prompt}", answer)),
+                                 question_type=kind, form=form))
     return out
+
+
+def _exists(objects: list[SceneObject], split: str, lang: Language, rng: random.Random) -> tuple[str, str]:
+    """A yes/no question on a shape ("circle") or a coloured shape ("red circle") in the scene or not in it."""
+    def name(color: str | None, shape: str) -> str:
+        if lang == "zh":
+            return f"{COLORS_ZH[color]}的{SHAPES_ZH[shape]}" if color else SHAPES_ZH[shape]
+        return f"{color} {shape}" if color else shape
+
+    with_color = rng.random() < 0.5
+    seen = {(o.color if with_color else None, o.shape) for o in objects}
+    unseen = [(c if with_color else None, s) for c in COLORS for s in SHAPES] if with_color else \
+        [(None, s) for s in SHAPES]
+    unseen = [pair for pair in dict.fromkeys(unseen) if pair not in seen]
+    present = rng.random() < 0.5 or not unseen
+    return exists_question(name(*rng.choice(sorted(seen, key=str) if present else unseen)), present, split, lang, rng)
 
 
 def shapes_chat(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
@@ -128,11 +159,13 @@ def _page_qa(kind: str, dataset: str, stream: int) -> Generator:
         for i in range(n):
             s = make_sample(kind, split_seed(seed, split), stream * STREAM + i, lang)
             qtype = s.meta.get("question_type", s.meta.get("asked", "field").split(":")[0])
-            out.append(_conversation(s, dataset, split, _turns((f"{IMAGE_TOKEN}\n{s.question}", s.answers[0])),
+            prompt = open_question(s.question, split, lang, random.Random(f"{dataset}:{seed}:{split}:{lang}:{i}"))
+            out.append(_conversation(s, dataset, split, _turns((f"{IMAGE_TOKEN}\n{prompt}", s.answers[0])),
                                      question_type=qtype))
         return out
 
-    generate.__doc__ = f"One question on a synthetic {kind} ({dataset}), answered by its drawn values."
+    generate.__doc__ = (f"One question on a synthetic {kind} ({dataset}) in one of the split's phrasings, answered "
+                        "by its drawn values.")
     return generate
 
 

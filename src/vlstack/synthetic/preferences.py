@@ -35,7 +35,8 @@ Rejection = Literal["wrong", "absent"]
 
 
 def vqa_samples(n: int, split: str, question_types: Sequence[str] = QUESTION_TYPES, seed: int = 0) -> list[Sample]:
-    """The first `n` `shapes_vqa` conversations of `split` whose question type is in `question_types`."""
+    """The first `n` open `shapes_vqa` questions of `split` whose question type is in `question_types` (the
+    multiple-choice and yes/no ones have other answers than their type's `CANDIDATES`)."""
     unknown = sorted(set(question_types) - set(QUESTION_TYPES))
     if unknown or not question_types:
         raise DataError(f"question types {list(question_types)!r} must be a non-empty subset of "
@@ -43,7 +44,7 @@ def vqa_samples(n: int, split: str, question_types: Sequence[str] = QUESTION_TYP
     drawn = n
     while True:
         samples = [s for s in instruction_samples(DATASET, drawn, seed, split)
-                   if s.meta["question_type"] in question_types]
+                   if s.meta["question_type"] in question_types and s.meta["form"] == "open"]
         if len(samples) >= n:
             return samples[:n]
         drawn *= 2

@@ -25,6 +25,7 @@ from PIL import Image
 from vlstack.apps.medical import REPORT_PROMPTS
 from vlstack.data.schema import IMAGE_TOKEN, ImageRef, Sample
 from vlstack.errors import DataError
+from vlstack.synthetic.phrasings import open_question
 from vlstack.synthetic.scenes import Language, encode_image, split_seed
 
 QUESTION_TYPES = ("presence", "side", "report")
@@ -127,7 +128,8 @@ def scan_sample(seed: int, index: int, split: str = "train", lang: Language = "e
     meta = {"source": "synthetic-scans", "dataset": "scans", "split": split, "seed": seed, "index": index,
             "lang": lang, "question_type": kind,
             "lesion": None if item.lesion is None else {"side": item.lesion.side, "box": item.lesion.box}}
-    turns = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"}, {"from": "gpt", "value": answer}]
+    prompt = open_question(question, split, lang, rng)  # in one of the split's phrasings
+    turns = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}, {"from": "gpt", "value": answer}]
     return Sample(f"scan-{seed}-{index:06d}", "vqa", [ImageRef("png", encode_image(item.image))],
                   question=question, answers=[answer], conversations=turns, meta=meta).validate()
 
