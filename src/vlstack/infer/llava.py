@@ -36,6 +36,9 @@ from vlstack.models.vlm import QwenImageModel
 
 EXPORT_JSON = "vlstack_export.json"
 """Written beside the export: where it came from and what was left behind."""
+PROJECTOR = {f"{ours}.{p}": f"{theirs}.{p}" for ours, theirs in (("fc1", "linear_1"), ("fc2", "linear_2"))
+             for p in ("weight", "bias")}
+"""vlstack's projector (`layers.MLP`) -> `LlavaMultiModalProjector`: the same two layers under other names."""
 
 
 def export_llava(checkpoint_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -61,10 +64,8 @@ def export_llava(checkpoint_dir: str | Path, out_dir: str | Path) -> dict[str, A
     )
     llava = LlavaForConditionalGeneration(config).eval()
     llava.model.vision_tower.load_state_dict(vision_state)
-    projector = model.projector
-    llava.model.multi_modal_projector.load_state_dict({
-        "linear_1.weight": projector.fc1.weight, "linear_1.bias": projector.fc1.bias,
-        "linear_2.weight": projector.fc2.weight, "linear_2.bias": projector.fc2.bias})
+    projector = model.projector.state_dict()
+    llava.model.multi_modal_projector.load_state_dict({theirs: projector[ours] for ours, theirs in PROJECTOR.items()})
     llava.model.language_model.load_state_dict(decoder(model.language_model).state_dict())
     llava.lm_head.load_state_dict(model.language_model.get_output_embeddings().state_dict())
     stops = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
@@ -122,9 +123,8 @@ def import_llava(llava_dir: str | Path, out_dir: str | Path) -> Path:
     kind = kind_of(llava.config.vision_config.model_type, f"{config_file}: vision_config.model_type")
     model = QwenImageModel(_model_config(llava, kind, llava_dir))
     load_hf_tower_weights(model.vision, llava.model.vision_tower.state_dict(), kind)
-    projector = llava.model.multi_modal_projector
-    model.projector.load_state_dict({"fc1.weight": projector.linear_1.weight, "fc1.bias": projector.linear_1.bias,
-                                     "fc2.weight": projector.linear_2.weight, "fc2.bias": projector.linear_2.bias})
+    projector = llava.model.multi_modal_projector.state_dict()
+    model.projector.load_state_dict({ours: projector[theirs] for ours, theirs in PROJECTOR.items()})
     decoder(model.language_model).load_state_dict(llava.model.language_model.state_dict())
     model.language_model.get_output_embeddings().load_state_dict(llava.lm_head.state_dict())
     return save_model(model, out_dir, load_tokenizer(llava_dir))
