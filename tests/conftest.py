@@ -115,18 +115,22 @@ def _save_tiny_language_model(path, model_type: str):
     tokenizer.save_pretrained(path)
 
 
+def _written_once(root, write):
+    """`path(name)`: `root / name`, written by `write(path, name)` the first time it is asked for."""
+    def path(name: str):
+        if not (root / name).is_dir():
+            write(root / name, name)
+        return root / name
+
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_tower(tmp_path_factory):
     """`tiny_tower("siglip" | "clip")`: the directory of a random 2-layer tower on 32 px with its image
     processor (written once per session; tests copy it before changing it)."""
-    root = tmp_path_factory.mktemp("towers")
-
-    def path(kind: str = "siglip"):
-        if not (root / kind).is_dir():
-            _save_tiny_tower(root / kind, kind)
-        return root / kind
-
-    return path
+    path = _written_once(tmp_path_factory.mktemp("towers"), _save_tiny_tower)
+    return lambda kind="siglip": path(kind)
 
 
 @pytest.fixture(scope="session")
@@ -134,14 +138,8 @@ def tiny_language_model(tmp_path_factory):
     """`tiny_language_model("qwen2" | "qwen3")`: the directory of a random 2-layer causal LM with a byte-level
     BPE tokenizer of its own: Qwen's special tokens (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`) and chat
     template, none of vlstack's additions."""
-    root = tmp_path_factory.mktemp("language-models")
-
-    def path(model_type: str = "qwen2"):
-        if not (root / model_type).is_dir():
-            _save_tiny_language_model(root / model_type, model_type)
-        return root / model_type
-
-    return path
+    path = _written_once(tmp_path_factory.mktemp("language-models"), _save_tiny_language_model)
+    return lambda model_type="qwen2": path(model_type)
 
 
 @pytest.fixture(scope="session")

@@ -94,7 +94,7 @@ def shapes_vqa(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
         elif draw < 0.4 and lang == "en":
             form = "choice"
             s.meta["choice"] = s.answers[0]
-            prompt, answer = choice_question(s.question, s.answers[0], list(DISTRACTORS[kind]), split, lang, rng)
+            prompt, answer = choice_question(s.question, s.answers[0], list(DISTRACTORS[kind]), split, rng)
         else:
             form, prompt, answer = "open", open_question(s.question, split, lang, rng), s.answers[0]
         out.append(_conversation(s, "shapes_vqa", split, _turns((f"{IMAGE_TOKEN}\n{prompt}", answer)),
@@ -171,7 +171,8 @@ def _page_qa(kind: str, dataset: str, stream: int) -> Generator:
 
 def safety(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
     """Half harmful requests about a scene (answer: the refusal), half safe look-alikes (answer: the
-    true answer). Harmful samples carry `meta[REFUSAL] = True` and `meta[UNSAFE_ANSWER]`."""
+    true answer), the question in one of the split's phrasings either way. Harmful samples carry
+    `meta[REFUSAL] = True` and `meta[UNSAFE_ANSWER]`."""
     held_out = split != "train"
     verbs_targets = [(v, t) for v in range(len(HARMFUL_VERBS[lang])) for t in range(len(TARGETS[lang]))
                      if held_out_intent(v, t) == held_out]
@@ -182,7 +183,8 @@ def safety(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
         harmful = rng.random() < 0.5
         v, t = rng.choice(verbs_targets)
         verb = (HARMFUL_VERBS if harmful else SAFE_VERBS)[lang][v]
-        question = rng.choice(INTENT_FRAMES[lang]).format(question=s.question, verb=verb, target=TARGETS[lang][t])
+        asked = open_question(s.question, split, lang, rng)  # harmful or not, in the same phrasings
+        question = rng.choice(INTENT_FRAMES[lang]).format(question=asked, verb=verb, target=TARGETS[lang][t])
         answer = REFUSALS[lang] if harmful else s.answers[0]
         meta = {REFUSAL: harmful, "question_type": s.meta["question_type"], "intent": f"{verb} {TARGETS[lang][t]}"}
         if harmful:
