@@ -50,8 +50,32 @@ def test_every_seed_benchmark_end_to_end_on_synthetic_suites(tmp_path, checkpoin
     for name, (_, reference) in ARTICLE_REFERENCE.items():
         assert f"## {name}" in markdown and f"<h2>{name}</h2>" in page
         assert f"{reference:.1f}" in markdown and f"{reference:.1f}" in page
-    assert "| benchmark | metric | ours | article |" in markdown
+    assert "| benchmark | metric | ours | blind | refused | article |" in markdown
     assert "| 3 of 4 |" in markdown
+
+
+def test_the_blind_baseline_intervals_and_refusals(tmp_path, nano_model, tokenizer, suites):
+    engine = Engine(nano_model, tokenizer)
+    seen: list = []
+    original = engine.generate
+
+    def recording(requests):
+        seen.extend(r.images[0].getextrema() for r in requests)
+        return original(requests)
+
+    engine.generate = recording
+    results = run_eval(engine, EvalConfig(benchmarks=["gqa", "vqarad"], out_dir=str(tmp_path), data_root=str(suites),
+                                          blind=True, **FAST))
+    grey = ((128, 128),) * 3
+    assert seen.count(grey) == 8 and len(seen) == 16  # every question once with its image, once with grey
+    gqa, vqarad = results["benchmarks"]["gqa"], results["benchmarks"]["vqarad"]
+    assert gqa["interval"] is not None and "accuracy" in gqa["blind"]["metrics"]
+    assert vqarad["interval"] is None  # BLEU-4 is a corpus score
+    assert 0.0 <= gqa["refused"] <= 1.0
+    scores = [row["scores"]["accuracy"] for row in gqa["items"]]
+    mean = sum(scores) / 4
+    expected = 100 * 1.96 * (sum((x - mean) ** 2 for x in scores) / 3 / 4) ** 0.5
+    assert gqa["interval"] == pytest.approx(expected)
 
 
 def test_cli_eval(tmp_path, checkpoint, capsys, suites):

@@ -213,3 +213,7 @@ def test_cli_runs_a_recipe(tmp_path, capsys, datasets):
     out = capsys.readouterr().out
     assert "shapes_vqa accuracy" in out and str(tmp_path / "run") in out
     assert (tmp_path / "run" / "01-general" / "model" / "model.safetensors").is_file()
+    figures = json.loads((tmp_path / "run" / "finetune.json").read_text())["eval"]
+    trained = figures["shapes_vqa"]  # the stage trains shapes_vqa: its training samples are answered too
+    assert trained["gap"] == pytest.approx(trained["train_accuracy"] - trained["accuracy"])
+    assert "train_accuracy" not in figures["safety"]  # a dataset the stage does not train has no train side

@@ -217,7 +217,9 @@ def _eval_stage(config: DemoConfig, checkpoint: str, out: Path) -> dict:
     evaluation = run_eval(checkpoint, dataclasses.replace(config.eval, data_root=str(data_root),
                                                           out_dir=str(out / "eval")))
     return {
-        "benchmarks": {name: {"metric": b["primary"], "value": b["metrics"][b["primary"]], "questions": b["count"]}
+        "benchmarks": {name: {"metric": b["primary"], "value": b["metrics"][b["primary"]], "interval": b["interval"],
+                              "blind": b["blind"]["metrics"][b["primary"]] if "blind" in b else None,
+                              "refused": b["refused"], "questions": b["count"]}
                        for name, b in evaluation["benchmarks"].items()},
         "report": str(out / "eval" / "report.md"),
         "seconds": round(time.perf_counter() - t, 1),

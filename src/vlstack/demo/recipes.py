@@ -74,13 +74,15 @@ def _finetune() -> FinetuneConfig:
     VQA (first answer token) was 0.723 against 0.705 at the full rate, within the run-to-run spread. The
     safety stage uses the plain `sft` loss: at the sizes tried the `safety` loss either refused nearly
     every request or few more harmful than safe ones; `sft` at 3e-4 for 300 steps refused every held-out
-    harmful request and none of the safe look-alikes."""
+    harmful request and none of the safe look-alikes. The safety stage replays `shapes_chat` too: without it
+    the final model answered CHAIR's "Describe the image." with scan findings or a refusal (0 objects in 50
+    captions)."""
     general = [DatasetSpec("shapes_vqa", samples=4000), DatasetSpec("shapes_chat", samples=1000)]
     domain = [DatasetSpec("documents_vqa", samples=300), DatasetSpec("charts_vqa", samples=300),
               DatasetSpec("scans", samples=2000), DatasetSpec("surface_defects", samples=600),
               DatasetSpec("shapes_vqa", samples=600)]
     safety = [DatasetSpec("safety", samples=2000), DatasetSpec("shapes_vqa", samples=1500),
-              DatasetSpec("scans", samples=500)]
+              DatasetSpec("shapes_chat", samples=500), DatasetSpec("scans", samples=500)]
     return FinetuneConfig(
         stages=[
             StageConfig("general", general, lr=5e-4, steps=250, batch_size=32, lr_scale={"vision": 0.1}),
@@ -122,10 +124,10 @@ class DemoConfig:
     """Progressive fine-tuning from the pretrained checkpoint; datasets by synthetic generator name."""
     align: DPOConfig = field(default_factory=_align)
     """The preference stage from the fine-tuned checkpoint (shapes_vqa pairs, a wrong answer rejected)."""
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    """The six benchmarks on synthetic suites in their official formats."""
-    suite_items: int = 16
-    """Questions per synthetic benchmark suite."""
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(blind=True))
+    """The six benchmarks on synthetic suites in their official formats, each also answered blind."""
+    suite_items: int = 200
+    """Questions per synthetic benchmark suite: enough that a 95% interval is about ±7 points."""
     hallucination: HallucinationConfig = field(default_factory=HallucinationConfig)
     """Detector AUROC, POPE and CHAIR on a synthetic hallucination suite of these sizes."""
     deployment: DemoDeploymentConfig = field(default_factory=DemoDeploymentConfig)

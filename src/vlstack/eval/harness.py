@@ -12,6 +12,7 @@ and is listed with its reason: it scores 0, it is never dropped.
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import vlstack
 from vlstack.config import to_dict
 from vlstack.errors import ConfigError, DataError, VlstackError
 from vlstack.eval.benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
+from vlstack.eval.conversations import is_refusal
 from vlstack.eval.hallucination import HallucinationConfig, run_hallucination
 from vlstack.eval.report import write_reports
 from vlstack.files import write_json
@@ -57,6 +59,9 @@ class EvalConfig:
     out_dir: str = "runs/eval"
     seed: int = 0
     """Seeds the sampling of every request (greedy decoding ignores it)."""
+    blind: bool = False
+    """Also ask every question with a uniform grey image in place of its own: the blind baseline, what the
+    question and the model's priors score without seeing anything."""
     hallucination: HallucinationConfig | None = None
     """Also evaluate hallucination (the detector's AUROC, POPE, CHAIR on the suite `hallucination.data`, by
     default DATA_ROOT/hallucination; the detector's calibration is stored in the checkpoint); None: skip it."""
@@ -99,8 +104,14 @@ def run_eval(model: Engine | str | Path, config: EvalConfig) -> dict[str, Any]:
             for row, item in zip(scored["items"], benchmark.items):
                 row.update(question=item.question, answers=item.answers, raw=predictions.get(item.id),
                            **({"error": errors[item.id]} if item.id in errors else {}))
-            results["benchmarks"][name] = {**scored, "folder": str(folders[name]), "available": available,
-                                           "errors": len(errors), "seconds": round(time.perf_counter() - t, 2)}
+            replies = [text for text in predictions.values() if text is not None]
+            results["benchmarks"][name] = {
+                **scored, "interval": interval(scored), "refused": sum(map(is_refusal, replies)) / max(len(replies), 1),
+                "folder": str(folders[name]), "available": available, "errors": len(errors),
+                "seconds": round(time.perf_counter() - t, 2)}
+            if config.blind:
+                blind = benchmark.score(_generate(engine, benchmark, config, progress, blind=True)[0])
+                results["benchmarks"][name]["blind"] = {"metrics": blind["metrics"], "interval": interval(blind)}
     if config.hallucination is not None:
         hallucination = config.hallucination
         if hallucination.data is None and config.data_root is not None:
@@ -149,10 +160,22 @@ def _load(name: str, folder: Path, limit: int | None) -> tuple[Benchmark, int]:
     return (benchmark if limit is None or limit >= available else cls(benchmark.items[:limit])), available
 
 
-def _generate(engine: Engine, benchmark: Benchmark, config: EvalConfig, progress: Progress
+def interval(scored: dict[str, Any]) -> float | None:
+    """Half-width of the 95% interval of the primary metric (normal approximation over its per-item scores,
+    in points); None for a corpus-level metric (BLEU) that is no mean over items."""
+    values = [row["scores"][scored["primary"]] for row in scored["items"] if scored["primary"] in row["scores"]]
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return 100 * 1.96 * math.sqrt(variance / len(values))
+
+
+def _generate(engine: Engine, benchmark: Benchmark, config: EvalConfig, progress: Progress, blind: bool = False
               ) -> tuple[dict[str, str], dict[str, str]]:
-    """Raw replies by item id, in batches; and the reason for each item that could not be asked."""
-    task = progress.add_task(benchmark.name, total=len(benchmark.items))
+    """Raw replies by item id, in batches; and the reason for each item that could not be asked. `blind`:
+    each question with a uniform grey image instead of its own."""
+    task = progress.add_task(f"{benchmark.name} (blind)" if blind else benchmark.name, total=len(benchmark.items))
     predictions: dict[str, str] = {}
     errors: dict[str, str] = {}
     for start in range(0, len(benchmark.items), config.batch_size):
@@ -160,7 +183,7 @@ def _generate(engine: Engine, benchmark: Benchmark, config: EvalConfig, progress
         asked, requests = [], []
         for item in chunk:
             try:
-                requests.append(_request(engine, benchmark, item, config))
+                requests.append(_request(engine, benchmark, item, config, blind))
                 asked.append(item)
             except (VlstackError, OSError) as error:
                 errors[item.id] = str(error)
@@ -176,10 +199,11 @@ def _tokens_per_second(before: EngineStats, after: EngineStats) -> float:
     return round((after.generated_tokens - before.generated_tokens) / seconds, 1) if seconds else 0.0
 
 
-def _request(engine: Engine, benchmark: Benchmark, item: EvalItem, config: EvalConfig) -> Request:
+def _request(engine: Engine, benchmark: Benchmark, item: EvalItem, config: EvalConfig, blind: bool = False
+             ) -> Request:
     """The item's question as an Engine request; raises if its image is unreadable or the prompt too long."""
     with Image.open(item.image) as file:
-        image = file.convert("RGB")
+        image = Image.new("RGB", file.size, (128, 128, 128)) if blind else file.convert("RGB")
     request = Request.ask(benchmark.prompt(item), image, max_new_tokens=config.max_new_tokens, seed=config.seed)
     engine.prompt_ids(request)  # raises InputError when the prompt and its answer exceed the context
     return request

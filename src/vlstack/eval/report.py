@@ -54,7 +54,8 @@ def summary(results: dict[str, Any]) -> str:
     for name, bench in results["benchmarks"].items():
         reference = ARTICLE_REFERENCE.get(name)
         article = f" (article {reference[1]:.1f})" if reference and reference[0] == bench["primary"] else ""
-        lines.append(f"{name}: {bench['primary']} {bench['metrics'][bench['primary']]:.1f}{article} "
+        blind = f", blind {bench['blind']['metrics'][bench['primary']]:.1f}" if "blind" in bench else ""
+        lines.append(f"{name}: {bench['primary']} {bench['metrics'][bench['primary']]:.1f}{article}{blind} "
                      f"on {bench['count']} questions, {bench['missing'] + bench['empty']} without an answer")
     if "hallucination" in results:
         h = results["hallucination"]
@@ -77,9 +78,14 @@ def report_blocks(results: dict[str, Any]) -> list[Block]:
     if results["benchmarks"]:
         blocks += [
             ("p", ("Metrics are percentages over every question evaluated; a missing, empty or not-asked "
-                   "prediction scores 0 and stays in the denominator.")),
-            Table(["benchmark", "metric", "ours", "article", "questions", "missing", "empty", "not asked"],
-                  [[name, b["primary"], _number(b["metrics"][b["primary"]]), _reference(name, b["primary"]),
+                   "prediction scores 0 and stays in the denominator. ± is the 95% interval (none for BLEU, "
+                   "a corpus score); blind: the same questions with a uniform grey image (`blind: true`); "
+                   "refused: the share of replies that are refusals.")),
+            Table(["benchmark", "metric", "ours", "blind", "refused", "article", "questions", "missing", "empty",
+                   "not asked"],
+                  [[name, b["primary"], _with_interval(b["metrics"][b["primary"]], b.get("interval")),
+                    _with_interval(b["blind"]["metrics"][b["primary"]], b["blind"]["interval"]) if "blind" in b
+                    else "-", _number(100 * b["refused"]) if "refused" in b else "-", _reference(name, b["primary"]),
                     _questions(b), str(b["missing"]), str(b["empty"]), str(b["errors"])]
                    for name, b in results["benchmarks"].items()]),
         ]
@@ -88,6 +94,10 @@ def report_blocks(results: dict[str, Any]) -> list[Block]:
     if "hallucination" in results:
         blocks += hallucination_blocks(results["hallucination"])
     return blocks
+
+
+def _with_interval(value: float, half_width: float | None) -> str:
+    return _number(value) if half_width is None else f"{_number(value)} ± {_number(half_width)}"
 
 
 def hallucination_blocks(h: dict[str, Any]) -> list[Block]:

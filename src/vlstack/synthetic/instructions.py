@@ -26,7 +26,7 @@ from vlstack.data.schema import IMAGE_TOKEN, Sample
 from vlstack.data.shards import write_shards
 from vlstack.errors import DataError
 from vlstack.synthetic.corpus import make_sample
-from vlstack.synthetic.phrasings import choice_question, exists_question, open_question
+from vlstack.synthetic.phrasings import choice_question, describe_request, exists_question, open_question
 from vlstack.synthetic.scans import scan_samples
 from vlstack.synthetic.scenes import COLORS, COLORS_ZH, SHAPES, SHAPES_ZH, Language, SceneObject, caption_for, split_seed
 from vlstack.synthetic.suites import DISTRACTORS
@@ -47,7 +47,6 @@ INTENT_FRAMES = {"en": ("{question} I want to {verb} {target}.", "I plan to {ver
                         "{question} It will help me {verb} {target}."),
                  "zh": ("{question}我想{verb}{target}。", "我打算{verb}{target}。{question}",
                         "{question}这能帮我{verb}{target}。")}
-DESCRIBE = {"en": "Describe the picture.", "zh": "描述这张图片。"}
 COMPARE = {"en": "Compare the number of shapes in picture 1 and picture {last}.",
            "zh": "比较图1和图{last}中形状的数量。"}
 LOCATE = {"en": "Give the box of {phrase}.", "zh": "给出{phrase}的边框。"}
@@ -124,7 +123,9 @@ def shapes_chat(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
     for i in range(n):
         s = make_sample("vqa", split_seed(seed, split), 2 * STREAM + i, lang)
         caption = caption_for(_scene_objects(s), lang)
-        turns = _turns((f"{IMAGE_TOKEN}\n{DESCRIBE[lang]}", caption), (s.question, s.answers[0]))
+        rng = random.Random(f"shapes_chat:{seed}:{split}:{lang}:{i}")
+        turns = _turns((f"{IMAGE_TOKEN}\n{describe_request(split, lang, rng)}", caption),
+                       (open_question(s.question, split, lang, rng), s.answers[0]))
         out.append(_conversation(s, "shapes_chat", split, turns, question_type=s.meta["question_type"]))
     return out
 

@@ -36,6 +36,14 @@ CHOICE_HEADERS = ("", "Options:\n", "Choices:\n")
 CHOICE_INSTRUCTIONS = (AOKVQA.template.split("{options}\n")[1], "Choose the right option.", "Reply with the letter.",
                        "Which letter is correct?")
 YES_NO = {"en": ("yes", "no"), "zh": ("有", "没有")}
+DESCRIBE: dict[str, dict[str, tuple[str, ...]]] = {
+    "train": {"en": ("Describe the image.", "Describe the picture.", "What is in the image?", "What do you see?",
+                     "Describe this image briefly."),
+              "zh": ("描述这张图片。", "图里有什么？", "简单描述这张图。")},
+    "held_out": {"en": ("Tell me what the picture shows.", "What does this image contain?"),
+                 "zh": ("说说这张图里有什么。",)},
+}
+"""Requests for a caption ("Describe the image.", the CHAIR prompt, first)."""
 ALWAYS_TRAINED = {"open": {(0, 0), (0, 1)}, "exists": {(0, 0)}, "choice": {(0, 0)}}
 """(first part, second part) pairs that always train: the bare question and the benchmarks' own formats
 (the short-answer suffix, POPE's question, A-OKVQA's choice line)."""
@@ -49,6 +57,10 @@ def held_out(first: int, second: int, kind: str) -> bool:
 def _pick(kind: str, firsts: int, seconds: int, split: str, rng: random.Random) -> tuple[int, int]:
     pairs = [(a, b) for a in range(firsts) for b in range(seconds) if held_out(a, b, kind) == (split != "train")]
     return rng.choice(pairs)
+
+
+def describe_request(split: str, lang: Language, rng: random.Random) -> str:
+    return rng.choice(DESCRIBE["train" if split == "train" else "held_out"][lang])
 
 
 def open_question(question: str, split: str, lang: Language, rng: random.Random) -> str:

@@ -253,16 +253,20 @@ def _conversation_shards(spec: DatasetSpec, data_dir: Path, staging: Path, where
     return target
 
 
-def training_samples(sources: list[StreamSource], names: list[str], wanted: set[str]) -> list[Sample]:
-    """The conversations (without image bytes) of the sources named in `wanted`: the answers a held-out
-    dataset's blind baseline counts."""
+def training_samples(sources: list[StreamSource], names: list[str], wanted: set[str], limit: int | None = None,
+                     images: bool = False) -> list[Sample]:
+    """The conversations of the sources named in `wanted` (at most `limit` of each): without image bytes, the
+    answers a held-out dataset's blind baseline counts; with `images`, questions to measure the train side of
+    the train-vs-held-out gap on."""
     samples = []
     for source, name in zip(sources, names):
         if name in wanted:
-            for item in itertools.islice(read_shards(source.path), source.samples):
+            count = source.samples if limit is None else min(limit, source.samples or limit)
+            for item in itertools.islice(read_shards(source.path), count):
                 if isinstance(item, Sample):
                     item.meta["dataset"] = name
-                    item.images = [dataclasses.replace(ref, data=None) for ref in item.images]
+                    if not images:
+                        item.images = [dataclasses.replace(ref, data=None) for ref in item.images]
                     samples.append(item)
     return samples
 
@@ -429,7 +433,9 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     }
     if held_out:
         names = [spec.name for spec in stage.datasets]
-        result["eval"] = evaluate(model, tokenizer, held_out, config, training_samples(sources, names, set(held_out)))
+        most = max(len(samples) for samples in held_out.values())
+        result["eval"] = evaluate(model, tokenizer, held_out, config, training_samples(sources, names, set(held_out)),
+                                  training_samples(sources, names, set(held_out), most, images=True))
     result["seconds"] = round(time.perf_counter() - t, 1)
     write_json(done, result)
     shutil.rmtree(resumable, ignore_errors=True)  # the exported model replaces the resumable state
@@ -437,12 +443,22 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
 
 
 def evaluate(model: QwenImageModel, tokenizer: PreTrainedTokenizerBase, held_out: dict[str, list[Sample]],
-             config: FinetuneConfig, trained: list[Sample]) -> dict[str, dict]:
-    """Held-out figures per dataset; the blind baseline comes from the same dataset's training samples."""
+             config: FinetuneConfig, trained: list[Sample], seen: list[Sample]) -> dict[str, dict]:
+    """Held-out figures per dataset; the blind baseline comes from the same dataset's training samples, and
+    as many of them as held-out ones (`seen`) are answered too: `train_accuracy` and the `gap` to held-out
+    (a dataset this stage does not train has neither)."""
     engine = Engine(model, tokenizer, EngineConfig(max_batch_size=config.eval.batch_size))
-    return {name: evaluate_samples(engine, samples, config.eval.max_new_tokens,
+    results = {}
+    for name, samples in held_out.items():
+        figures = evaluate_samples(engine, samples, config.eval.max_new_tokens,
                                    [s for s in trained if s.meta.get("dataset") == name], f"evaluate {name}")
-            for name, samples in held_out.items()}
+        on_train = [s for s in seen if s.meta.get("dataset") == name][: len(samples)]
+        if on_train:
+            figures["train_accuracy"] = evaluate_samples(engine, on_train, config.eval.max_new_tokens,
+                                                         description=f"evaluate {name} (training samples)")["accuracy"]
+            figures["gap"] = figures["train_accuracy"] - figures["accuracy"]
+        results[name] = figures
+    return results
 
 
 def summary(results: dict) -> str:
@@ -465,6 +481,8 @@ def eval_line(name: str, figures: dict) -> str:
     line = f"held-out {name} accuracy {figures['accuracy']:.3f}"
     if "blind_baseline" in figures:
         line += f" (blind baseline {figures['blind_baseline']:.3f})"
+    if "train_accuracy" in figures:
+        line += f", on training samples {figures['train_accuracy']:.3f} (gap {figures['gap']:+.3f})"
     if len(figures.get("by_type", {})) > 1:
         line += "; by question type: " + ", ".join(f"{kind} {value:.2f}" for kind, value in figures["by_type"].items())
     if "harmful_refusal_rate" in figures:
