@@ -74,15 +74,17 @@ def _finetune() -> FinetuneConfig:
     VQA (first answer token) was 0.723 against 0.705 at the full rate, within the run-to-run spread. The
     safety stage uses the plain `sft` loss: at the sizes tried the `safety` loss either refused nearly
     every request or few more harmful than safe ones; `sft` at 3e-4 for 300 steps refused every held-out
-    harmful request and none of the safe look-alikes. The safety stage replays `shapes_chat` too: without it
-    the final model answered CHAIR's "Describe the image." with scan findings or a refusal (0 objects in 50
-    captions)."""
+    harmful request and none of the safe look-alikes. The safety stage replays every kind of benign request:
+    without `shapes_chat` the final model answered CHAIR's "Describe the image." with scan findings or a
+    refusal (0 objects in 50 captions); without documents and charts it refused 36% of the DocVQA suite's
+    questions and 57% of ChartQA's."""
     general = [DatasetSpec("shapes_vqa", samples=4000), DatasetSpec("shapes_chat", samples=1000)]
     domain = [DatasetSpec("documents_vqa", samples=300), DatasetSpec("charts_vqa", samples=300),
               DatasetSpec("scans", samples=2000), DatasetSpec("surface_defects", samples=600),
               DatasetSpec("shapes_vqa", samples=600)]
     safety = [DatasetSpec("safety", samples=2000), DatasetSpec("shapes_vqa", samples=1500),
-              DatasetSpec("shapes_chat", samples=500), DatasetSpec("scans", samples=500)]
+              DatasetSpec("shapes_chat", samples=500), DatasetSpec("scans", samples=500),
+              DatasetSpec("documents_vqa", samples=200), DatasetSpec("charts_vqa", samples=200)]
     return FinetuneConfig(
         stages=[
             StageConfig("general", general, lr=5e-4, steps=250, batch_size=32, lr_scale={"vision": 0.1}),
