@@ -125,11 +125,13 @@ def test_reward_can_come_from_a_reward_model(nano_checkpoint, tmp_path, alignmen
 def test_ppo_raises_the_reward_with_a_bounded_kl(sft_checkpoint, tmp_path, reward_before_after, alignment_data):
     """Four colour questions, 64 rollouts per iteration, from the SFT warm-up: after 10 iterations the policy's
     reward on them, measured on 64 fresh samples per prompt, is up by at least 0.1 and the KL to the reference
-    stays under 1 nat per answer (see the GRPO test for why a handful of prompts)."""
+    stays under 1 nat per answer (see the GRPO test for why a handful of prompts). lr 2e-4: since the questions
+    come in many phrasings, 1e-4 raised the reward by 0.09 in 10 iterations (0.27 -> 0.36) and 14 did no
+    better."""
     data = alignment_data(4, 16, ["color"])
     config = PPOConfig(checkpoint=str(sft_checkpoint), out_dir=str(tmp_path / "ppo"), iterations=10,
                        rollout=RolloutConfig(prompts=64, max_new_tokens=4), data=data,
-                       train=TrainConfig(batch_size=16, lr=1e-4, warmup_steps=0, precision="fp32", measure_mfu=False,
+                       train=TrainConfig(batch_size=16, lr=2e-4, warmup_steps=0, precision="fp32", measure_mfu=False,
                                          tensorboard=False))
     summary = run_ppo(config)
     before, after = reward_before_after(sft_checkpoint, summary["checkpoint"], data)
