@@ -4,10 +4,30 @@ the Trainer's skip decisions and logs, and a data stream's counts of skipped sam
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op without a process group)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_rank_first() -> Iterator[None]:
+    """Run the body on rank 0 first, then on the other ranks together: rank 0 writes what a step prepares
+    (converted datasets, a fresh model), the others find it written and only read it."""
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    if not main:
+        barrier()
+    yield
+    if main:
+        barrier()
 
 
 def all_ranks_agree(flag: bool, device: torch.device) -> bool:
@@ -17,6 +37,18 @@ def all_ranks_agree(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
+
+
+def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """This rank's share of the mean over every rank's items (tokens, say, whose number differs per rank):
+    `total` (with its gradient) over the count summed over ranks, times the number of ranks, since DDP and
+    FSDP2 average the ranks' gradients. The ranks' values then average to the one-process mean of the global
+    batch. Called by every rank alike (it all-reduces the count)."""
+    if not dist.is_initialized():
+        return total / count
+    count = count.detach().clone().to(total.dtype)
+    dist.all_reduce(count)
+    return total * dist.get_world_size() / count
 
 
 def mean_over_ranks(value: float, device: torch.device) -> float:

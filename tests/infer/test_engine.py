@@ -139,3 +139,9 @@ def test_stream_returns_the_final_result(engine, scenes):
             break
     assert final.text == "".join(pieces) and final.finish_reason in ("stop", "length")
     assert final.token_ids == engine.generate([request])[0].token_ids
+
+
+def test_from_checkpoint_places_the_model_on_the_configured_device(sharpened_checkpoint):
+    engine = Engine.from_checkpoint(sharpened_checkpoint, EngineConfig(device="cpu"))
+    assert engine.device == torch.device("cpu")
+    assert all(p.device.type == "cpu" for p in engine.model.parameters())

@@ -33,7 +33,7 @@ from PIL import Image
 
 from vlstack.errors import InputError, VlstackError
 from vlstack.files import write_json
-from vlstack.infer.engine import Engine, Request, SamplingParams
+from vlstack.infer.engine import Engine, EngineConfig, Request, SamplingParams
 from vlstack.models.tokenizer import IMAGE
 from vlstack.progress import progress_bar
 
@@ -460,6 +460,8 @@ class EmbodiedConfig:
     """A set of MiniGrid episodes planned by a checkpoint (`vlstack embodied`; every field can be --set)."""
 
     episodes: int = 1
+    device: str = "auto"
+    """Where the model runs: auto (CUDA when a GPU is present, else cpu), cpu, cuda or cuda:N."""
     seed: int = 0
     """Episode i runs on environment seed `seed + i`."""
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
@@ -477,7 +479,7 @@ def run_minigrid_episodes(checkpoint: str | Path, env_id: str, out_dir: str | Pa
         raise InputError(f"episodes must be at least 1; got {config.episodes}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    planner = EnginePlanner(Engine.from_checkpoint(checkpoint), config.planner)
+    planner = EnginePlanner(Engine.from_checkpoint(checkpoint, EngineConfig(device=config.device)), config.planner)
     results = []
     with progress_bar() as progress:
         task = progress.add_task(f"{env_id} episodes", total=config.episodes)

@@ -29,7 +29,7 @@ from vlstack.apps.report import Figure, Gallery, write_page
 from vlstack.config import to_dict
 from vlstack.errors import ConfigError, InputError
 from vlstack.files import write_json
-from vlstack.infer.engine import Engine, Request
+from vlstack.infer.engine import Engine, EngineConfig, Request
 from vlstack.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ INSPECTION_PROMPTS: dict[str, str] = {
 class InspectionConfig:
     """Detector, prompt and report settings of an inspection run."""
 
+    device: str = "auto"
+    """Where the model runs: auto (CUDA when a GPU is present, else cpu), cpu, cuda or cuda:N."""
     language: Literal["zh", "en"] = "zh"
     """Language of the default prompt: the article's Chinese inspection prompt, or its English alternative."""
     prompt: str = ""
@@ -131,7 +133,9 @@ def run_inspection(source: FrameSource, model: Engine | str | Path | None, out_d
     out = Path(out_dir)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     detector = detector or build_detector(config)
-    engine = Engine.from_checkpoint(model) if isinstance(model, (str, Path)) else model
+    engine = model
+    if isinstance(model, (str, Path)):
+        engine = Engine.from_checkpoint(model, EngineConfig(device=config.device))
     summary: dict[str, Any] = {
         "tool": "vlstack inspect", "vlstack": __version__, "status": "running",
         "source": str(source) if isinstance(source, (str, Path)) else "a Python iterable",

@@ -29,7 +29,7 @@ from vlstack.config import to_dict
 from vlstack.errors import ConfigError
 from vlstack.eval.report import Table
 from vlstack.files import write_json
-from vlstack.infer.engine import Engine, Request
+from vlstack.infer.engine import Engine, EngineConfig, Request
 from vlstack.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ REPORT_PROMPTS: dict[str, str] = {
 class MedicalConfig:
     """What the assistant asks about each series and how it renders and reports it."""
 
+    device: str = "auto"
+    """Where the model runs: auto (CUDA when a GPU is present, else cpu), cpu, cuda or cuda:N."""
     language: Literal["zh", "en"] = "zh"
     """Language of the default prompt: the article's Chinese findings prompt, or its English alternative."""
     prompt: str = ""
@@ -156,7 +158,7 @@ def _answer(model: Engine | str | Path, pending: list[tuple[dict[str, Any], Imag
     """Ask the model about every rendered series, a batch at a time, rewriting the report after each."""
     if not pending:
         return
-    engine = model if isinstance(model, Engine) else Engine.from_checkpoint(model)
+    engine = model if isinstance(model, Engine) else Engine.from_checkpoint(model, EngineConfig(device=config.device))
     size = engine.config.max_batch_size
     with progress_bar() as progress:
         task = progress.add_task("series", total=len(pending))

@@ -54,6 +54,8 @@ class EvalConfig:
     limit: int | None = None
     """Evaluate only the first `limit` questions of each benchmark (file order); None: all."""
     batch_size: int = 8
+    device: str = "auto"
+    """Where the model runs: auto (CUDA when a GPU is present, else cpu), cpu, cuda or cuda:N."""
     max_new_tokens: int = 16
     """Answers are a word or a phrase; the Engine's fast path may lower this for short questions."""
     out_dir: str = "runs/eval"
@@ -90,7 +92,7 @@ def run_eval(model: Engine | str | Path, config: EvalConfig) -> dict[str, Any]:
     folders = benchmark_folders(config)
     benchmarks = {name: _load(name, folder, config.limit) for name, folder in folders.items()}
     engine = model if isinstance(model, Engine) else Engine.from_checkpoint(
-        model, EngineConfig(max_batch_size=config.batch_size))
+        model, EngineConfig(max_batch_size=config.batch_size, device=config.device))
     before = dataclasses.replace(engine.stats)
     results: dict[str, Any] = {
         "model": str(model) if not isinstance(model, Engine) else None,

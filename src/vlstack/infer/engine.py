@@ -35,6 +35,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 from vlstack import checkpoint
 from vlstack.data.collate import image_to_tensor
+from vlstack.devices import resolve_device
 from vlstack.errors import InputError
 from vlstack.infer.cache import FeatureCache, image_key
 from vlstack.infer.quantize import load_for_inference
@@ -101,6 +102,9 @@ class EngineConfig:
     fast_path_max_new_tokens: int = 32
     """The token budget on the fast path (the article uses max_length=32); 0 disables the fast path."""
     precision: Literal["fp32", "bf16"] = "fp32"
+    device: str = "auto"
+    """Where `from_checkpoint` puts the model: auto (CUDA when a GPU is present, else cpu), cpu, cuda or
+    cuda:N. An Engine built around a model object runs where that model's weights are."""
     vision_onnx: str | None = None
     """An ONNX file of the image path (`vlstack export-onnx`: vision tower + projector, fp32 or int8);
     images are then encoded by ONNX Runtime instead of PyTorch. Needs the [onnx] extra."""
@@ -138,8 +142,8 @@ class Engine:
     @classmethod
     def from_checkpoint(cls, directory: str | Path, config: EngineConfig | None = None) -> Engine:
         """Load a checkpoint directory (config.yaml, model.safetensors, tokenizer/), fp32 or int8."""
-        directory = Path(directory)
-        model = load_for_inference(directory)
+        directory, config = Path(directory), config or EngineConfig()
+        model = load_for_inference(directory, device=resolve_device(config.device))
         return cls(model, checkpoint.load_checkpoint_tokenizer(directory), config)
 
     # --- public API ----------------------------------------------------------------------

@@ -79,11 +79,15 @@ def quantize_checkpoint(source: str | Path, out: str | Path, method: str) -> Pat
     return out
 
 
-def load_for_inference(directory: str | Path, kernel: Kernel = "auto") -> QwenImageModel:
-    """`checkpoint.load_model`, with an int8 checkpoint moved onto the chosen kernel."""
+def load_for_inference(directory: str | Path, kernel: Kernel = "auto",
+                       device: torch.device | str = "cpu") -> QwenImageModel:
+    """`checkpoint.load_model` on `device`, with an int8 checkpoint moved onto the chosen kernel."""
     check_kernel(kernel)
-    model = load_model(directory)
     quantization = quantization_of(directory)
+    if quantization is not None and torch.device(device).type != "cpu" and kernel == "fbgemm":
+        raise ConfigError(f"{directory} is int8 and kernel=fbgemm runs on the CPU only (torch.ao's x86 kernel); "
+                          "use device=cpu, or kernel=torchao on the GPU")
+    model = load_model(directory).to(device)
     if quantization is not None:
         select_kernel(model, quantization.method, kernel)
     return model

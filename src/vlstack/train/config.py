@@ -28,6 +28,9 @@ class TrainConfig:
     """Optimisation settings (the article's defaults: AdamW lr 1e-4, betas 0.9/0.98, weight decay 0.01)."""
 
     steps: int = 1000
+    device: str = "auto"
+    """Where the model trains: auto (CUDA when a GPU is present, else cpu), cpu, cuda or cuda:N; under torchrun
+    each rank takes its LOCAL_RANK GPU."""
     batch_size: int = 64
     """Global batch per optimizer step, over all ranks and accumulation steps."""
     grad_accum_steps: int = 1

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vlstack.devices import resolve_device
 from vlstack.errors import ConfigError
 
 
@@ -29,28 +30,21 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(mode: str) -> DistInfo:
-    """Join the process group that torchrun describes in the environment (or none for `single`)."""
+def init_distributed(mode: str, device: str = "auto") -> DistInfo:
+    """Join the process group that torchrun describes in the environment (or none for `single`), on
+    `device` (`vlstack.devices`: under torchrun a bare `cuda` or `auto` is the rank's LOCAL_RANK GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if mode == "single":
         if world > 1:
             raise ConfigError(f"{world} processes were launched but parallel.mode is 'single'; "
                               "set --set train.parallel.mode=ddp, fsdp2 or deepspeed")
-        return DistInfo(0, 1, _device(0))
+        return DistInfo(0, 1, resolve_device(device))
     if "RANK" not in os.environ:
         raise ConfigError(f"parallel.mode={mode} needs a launcher: run under torchrun --nproc_per_node=N")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _device(local_rank)
+    placed = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), device)
-
-
-def _device(local_rank: int) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+        dist.init_process_group("nccl" if placed.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), placed)
 
 
 def local_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:

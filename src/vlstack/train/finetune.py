@@ -41,6 +41,7 @@ from transformers import PreTrainedTokenizerBase
 
 from vlstack import checkpoint
 from vlstack.checkpoint import load_checkpoint_tokenizer, load_model, save_model
+from vlstack.collectives import barrier, main_rank_first
 from vlstack.config import save_yaml, to_dict
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import (
@@ -64,8 +65,9 @@ from vlstack.infer.engine import Engine, EngineConfig
 from vlstack.models.config import ModelConfig
 from vlstack.models.tokenizer import choose_tokenizer
 from vlstack.models.vlm import QwenImageModel, build_model
+from vlstack.train.distributed import DistInfo, init_distributed
 from vlstack.train.objectives import SafetyLossConfig, SafetyObjective, sft_objective
-from vlstack.train.trainer import TrainConfig, Trainer, resume_from
+from vlstack.train.trainer import Export, TrainConfig, Trainer, resume_from
 
 logger = logging.getLogger(__name__)
 
@@ -325,9 +327,42 @@ def run_finetune(config: FinetuneConfig, resume: bool = False, trust: bool = Fal
     """
     started = time.perf_counter()
     check_config(config)
+    dist_info = init_distributed(config.train.parallel.mode, config.train.device)
     out = Path(config.out_dir)
     if (out / "finetune_config.yaml").is_file() and not resume:
         raise ConfigError(f"{out} holds an earlier fine-tuning run; resume it (--resume) or choose another out_dir")
+    barrier()  # every rank has checked before rank 0 writes the run's config
+    with main_rank_first():  # rank 0 converts the JSON datasets and saves a fresh model; the others read them
+        sources, held_out = _prepare_data(config, out)
+        if dist_info.is_main:
+            save_yaml(config, out / "finetune_config.yaml")
+        start = Path(config.base) if config.base else _fresh_start(config, sources, out / INITIAL_DIR)
+    if not (start / checkpoint.CONFIG_NAME).is_file():
+        raise ConfigError(f"base {str(start)!r} is not a checkpoint directory (no {checkpoint.CONFIG_NAME}); "
+                          "pass the checkpoint/ folder of a pretraining run")
+    results: dict = {"base": str(start), "stages": {}}
+    for index, stage in enumerate(config.stages, start=1):
+        last = index == len(config.stages)
+        evaluation = held_out if config.eval.every_stage or last else {}
+        result = _run_stage(config, stage, out / f"{index:02d}-{stage.name}", start, sources[stage.name],
+                            evaluation, dist_info, trust)
+        results["stages"][stage.name] = result
+        if result["status"] == "interrupted":
+            logger.warning("stage %r stopped at step %d; continue with resume", stage.name, result["step"])
+            break
+        start = Path(result["checkpoint"])
+    results["checkpoint"] = str(start)
+    results["eval"] = results["stages"].get(config.stages[-1].name, {}).get("eval", {})
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["world_size"] = dist_info.world
+    if dist_info.is_main:
+        write_json(out / "finetune.json", results)
+    return results
+
+
+def _prepare_data(config: FinetuneConfig, out: Path) -> tuple[dict[str, list[StreamSource]], dict[str, list[Sample]]]:
+    """Each stage's stream sources (JSON datasets written as shards under OUT/data once) and the held-out
+    conversations."""
     staging = out.with_name(f".{out.name}.data-tmp")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -340,27 +375,7 @@ def run_finetune(config: FinetuneConfig, resume: bool = False, trust: bool = Fal
             converted.rename(out / DATA_DIR / converted.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    save_yaml(config, out / "finetune_config.yaml")
-    start = Path(config.base) if config.base else _fresh_start(config, sources, out / INITIAL_DIR)
-    if not (start / checkpoint.CONFIG_NAME).is_file():
-        raise ConfigError(f"base {str(start)!r} is not a checkpoint directory (no {checkpoint.CONFIG_NAME}); "
-                          "pass the checkpoint/ folder of a pretraining run")
-    results: dict = {"base": str(start), "stages": {}}
-    for index, stage in enumerate(config.stages, start=1):
-        last = index == len(config.stages)
-        evaluation = held_out if config.eval.every_stage or last else {}
-        result = _run_stage(config, stage, out / f"{index:02d}-{stage.name}", start, sources[stage.name],
-                            evaluation, trust)
-        results["stages"][stage.name] = result
-        if result["status"] == "interrupted":
-            logger.warning("stage %r stopped at step %d; continue with resume", stage.name, result["step"])
-            break
-        start = Path(result["checkpoint"])
-    results["checkpoint"] = str(start)
-    results["eval"] = results["stages"].get(config.stages[-1].name, {}).get("eval", {})
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(out / "finetune.json", results)
-    return results
+    return sources, held_out
 
 
 def _fresh_start(config: FinetuneConfig, sources: dict[str, list[StreamSource]], directory: Path) -> Path:
@@ -377,7 +392,10 @@ def _fresh_start(config: FinetuneConfig, sources: dict[str, list[StreamSource]],
 
 
 def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, start: Path,
-               sources: list[StreamSource], held_out: dict[str, list[Sample]], trust: bool = False) -> dict:
+               sources: list[StreamSource], held_out: dict[str, list[Sample]], dist_info: DistInfo,
+               trust: bool = False) -> dict:
+    """Train one stage on every rank; rank 0 exports its model (from the checkpoint's consolidated weights, the
+    same under 1 process, DDP and FSDP2) and evaluates it while the others wait for its `stage.json`."""
     done = stage_dir / STAGE_FILE
     if done.is_file():
         saved = json.loads(done.read_text(encoding="utf-8"))
@@ -386,7 +404,7 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
                               "a new run in another out_dir")
         return {**saved, "status": "skipped (done)"}
     t = time.perf_counter()
-    model = load_model(start)
+    model = load_model(start).to(dist_info.device)
     tokenizer = load_checkpoint_tokenizer(start)
     freeze(model, stage.freeze)
     if stage.lora is not None:
@@ -398,12 +416,13 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     batches = StreamingBatches(sources, stage.batch_size // config.train.grad_accum_steps,
                                ConversationEncoder(collator, unsafe),
                                ConversationCollate(tokenizer.pad_token_id, model.config.vision.image_size, unsafe),
-                               config.train.seed, config.stream)
+                               config.train.seed, config.stream, pin_memory=dist_info.device.type == "cuda")
     objective = sft_objective if stage.loss == "sft" else SafetyObjective(stage.safety)
     lr_scale = {prefix: scale for module, scale in stage.lr_scale.items() for prefix in QwenImageModel.PARTS[module]}
     train = dataclasses.replace(config.train, lr=stage.lr, steps=stage.steps, batch_size=stage.batch_size,
                                 lr_scale=lr_scale)
-    trainer = Trainer(model, objective, train, batches, out_dir=stage_dir)
+    trainer = Trainer(model, objective, train, batches, out_dir=stage_dir, dist_info=dist_info,
+                      export=_merged_export(model, tokenizer, stage.lora))
     resumable = trainer.checkpoint_dir
     resume_from(trainer, True, trust)  # an interrupted stage continues where its checkpoint left it
     resumed_at = trainer.step
@@ -414,18 +433,22 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
         skipped.update(record.get("skipped_by_reason", {}))
     if trainer.step < stage.steps:
         return {"status": "interrupted", "step": trainer.step}
-    if stage.lora is not None:
-        merge_lora(model)
     exported = stage_dir / MODEL_DIR
+    trainable = sum(p.numel() for group in trainer.optimizer.param_groups for p in group["params"])
+    del model, trainer  # under FSDP2 this rank's shards; the checkpoint holds the whole model
+    if not dist_info.is_main:
+        barrier()  # rank 0 exports and evaluates
+        return json.loads(done.read_text(encoding="utf-8"))
+    model = load_model(resumable).to(dist_info.device)
     save_model(model, exported, tokenizer)
     result = {
         "status": "done",
         "config": to_dict(stage),
-        "steps": trainer.step,
+        "steps": stage.steps,
         "resumed_at_step": resumed_at,
         "samples": sum(len(index) for index in batches.plan.sources),
         "skipped": dict(skipped),
-        "trainable_parameters": sum(p.numel() for group in trainer.optimizer.param_groups for p in group["params"]),
+        "trainable_parameters": trainable,
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
         "train_seconds": round(time.perf_counter() - t, 1),
@@ -439,7 +462,25 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     result["seconds"] = round(time.perf_counter() - t, 1)
     write_json(done, result)
     shutil.rmtree(resumable, ignore_errors=True)  # the exported model replaces the resumable state
+    barrier()
     return result
+
+
+def _merged_export(model: QwenImageModel, tokenizer: PreTrainedTokenizerBase, lora: LoraSettings | None) -> Export:
+    """What a stage's checkpoints hold for inference: the consolidated weights, with LoRA adapters merged (in a
+    copy built on the meta device that takes the saved tensors: no initialisation, no random draws)."""
+
+    def export(directory: Path, state: dict[str, torch.Tensor]) -> None:
+        if lora is not None:
+            with torch.device("meta"):
+                merged = QwenImageModel(model.config)
+                add_lora(merged, lora)
+            merged.load_state_dict(state, assign=True)
+            merge_lora(merged)
+            state = merged.state_dict()
+        checkpoint.write_model_files(model, directory, tokenizer, state)
+
+    return export
 
 
 def evaluate(model: QwenImageModel, tokenizer: PreTrainedTokenizerBase, held_out: dict[str, list[Sample]],

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vlstack.collectives import global_mean
 from vlstack.errors import DataError
 from vlstack.models.language import decoder
 from vlstack.models.vlm import QwenImageModel
@@ -158,9 +159,11 @@ def supervised_logits(model: QwenImageModel, batch: dict[str, torch.Tensor], pre
 
 
 def sft_objective(model: QwenImageModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Supervised fine-tuning: mean cross-entropy over the assistant's tokens."""
+    """Supervised fine-tuning: mean cross-entropy over the assistant's tokens (of the global batch: ranks hold
+    different numbers of them)."""
     logits, targets, _ = supervised_logits(model, batch)
-    loss = F.cross_entropy(logits, targets)
+    tokens = torch.tensor(float(len(targets)), device=logits.device)
+    loss = global_mean(F.cross_entropy(logits, targets, reduction="sum"), tokens)
     return loss, {"token_acc": (logits.argmax(dim=-1) == targets).float().mean().item()}
 
 
@@ -192,7 +195,7 @@ class SafetyObjective:
         logits, targets, rows = supervised_logits(model, batch)
         weights = 1 + (cfg.refusal_weight - 1) * batch["refusal"][rows].float()  # [n]
         token_loss = F.cross_entropy(logits, targets, reduction="none")  # [n]
-        loss = (weights * token_loss).sum() / weights.sum()
+        loss = global_mean((weights * token_loss).sum(), weights.sum())
         metrics = {"sft": token_loss.mean().item(),
                    "token_acc": (logits.argmax(dim=-1) == targets).float().mean().item()}
         if cfg.unlikelihood > 0 and bool((batch["unsafe_labels"] != IGNORE_INDEX).any()):

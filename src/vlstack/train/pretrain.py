@@ -72,7 +72,7 @@ class PretrainConfig:
 def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bool = False) -> dict:
     """Train, checkpoint and evaluate; returns (and writes to out_dir/pretrain.json) the results. `resume`: a
     checkpoint to continue (`trust`: one this user's runs did not write, see `Trainer.resume`)."""
-    dist_info = init_distributed(config.train.parallel.mode)
+    dist_info = init_distributed(config.train.parallel.mode, config.train.device)
     out = Path(config.out_dir)
     seed = config.train.seed
     if not config.data.sources or not config.data.test:

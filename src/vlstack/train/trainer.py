@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlstack.checkpoint import commit_directory, recover_directory
-from vlstack.collectives import all_ranks_agree, mean_over_ranks, sum_over_ranks
+from vlstack.collectives import all_ranks_agree, barrier, mean_over_ranks, sum_over_ranks
 from vlstack.config import to_dict
 from vlstack.data.loader import GlobalBatches
 from vlstack.errors import CheckpointError, VlstackError
@@ -264,7 +263,7 @@ class Trainer:
             recover_directory(target)  # what an earlier, killed save left
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        _barrier()
+        barrier()
         full = self.backend.save(tmp / state_dir, full_weights=self.dist.is_main and self.export is not None)
         data_state = self.data.state_dict()  # on every rank: a stream gathers its ranks' skip counts
         if self.dist.is_main:
@@ -280,7 +279,7 @@ class Trainer:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-        _barrier()
+        barrier()
         return target
 
     def _trainer_state(self, data_state: dict[str, Any]) -> dict:
@@ -301,7 +300,7 @@ class Trainer:
         directory = Path(directory)
         if self.dist.is_main:
             recover_directory(directory)  # a save killed between its renames
-        _barrier()
+        barrier()
         state_file = directory / STATE_FILE
         state_dir = self.backend.state_dir
         if not state_file.is_file() or not (directory / state_dir).is_dir():
@@ -344,8 +343,3 @@ def _autocast_dtype(precision: str) -> torch.dtype:
 
 def _compute_dtype(precision: str) -> torch.dtype:
     return torch.float32 if precision == "fp32" else _autocast_dtype(precision)
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()

@@ -51,6 +51,7 @@ from vlstack.data.clean.relevance import (
 )
 from vlstack.data.schema import IMAGE_TOKEN, KINDS, ImageRef, Rejected, Sample, image_name
 from vlstack.data.shards import MANIFEST, read_manifest, read_shard, read_shards
+from vlstack.devices import resolve_device
 from vlstack.errors import ConfigError, DataError
 
 _JPEG_SOURCES = ("jpg", "jpeg", "webp")
@@ -87,7 +88,8 @@ class RelevanceStage(RelevanceConfig):
     transcription or a data table is not a caption, and CLIP thresholds do not apply to it."""
     batch_size: int = 32
     """Pairs per scorer call."""
-    device: str = "cpu"
+    device: str = "auto"
+    """Where the scorer runs: auto (CUDA when a GPU is present, else cpu), cpu, cuda or cuda:N."""
     max_text_tokens: int = 64
     """Tokens of text a vlstack checkpoint scores (longer texts are scored on their start)."""
 
@@ -393,11 +395,11 @@ class Stages:
 
 def load_scorer(cfg: RelevanceStage) -> RelevanceScorer:
     """The scorer of `cfg.model`: a vlstack checkpoint (its ITC heads) or a CLIP checkpoint directory."""
-    path = Path(cfg.model)
+    path, device = Path(cfg.model), resolve_device(cfg.device)
     if (path / "config.yaml").is_file():
-        model = load_model(path).to(cfg.device)
-        return ITCScorer(model, load_checkpoint_tokenizer(path), cfg.max_text_tokens, cfg.batch_size, cfg.device)
-    return load_clip_scorer(path, cfg.batch_size, cfg.device)
+        model = load_model(path).to(device)
+        return ITCScorer(model, load_checkpoint_tokenizer(path), cfg.max_text_tokens, cfg.batch_size, device)
+    return load_clip_scorer(path, cfg.batch_size, device)
 
 
 def _redact_sample(sample: Sample) -> tuple[Sample, Counter[str]]:
