@@ -13,7 +13,9 @@ def test_auto_is_the_gpu_when_there_is_one_else_the_cpu():
     assert resolve_device("cpu") == torch.device("cpu")
 
 
-@pytest.mark.parametrize("name, message", [("tpu", "is not a device"), ("mps", "vlstack runs on auto"), ("not a device", "is not a device")])
+@pytest.mark.parametrize("name, message", [
+    ("tpu", "is not a device"), ("mps", "vlstack runs on auto"), ("not a device", "is not a device"),
+])
 def test_an_unknown_device_names_the_choices(name, message):
     with pytest.raises(ConfigError, match=message):
         resolve_device(name)
