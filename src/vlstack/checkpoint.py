@@ -31,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from vlstack.config import from_dict, read_yaml, save_yaml
 from vlstack.errors import CheckpointError, ConfigError
 from vlstack.models.config import ModelConfig
+from vlstack.models.initialize import build_empty, local_rows, materialize
 from vlstack.models.tokenizer import load_tokenizer
 from vlstack.models.vlm import QwenImageModel
 
@@ -72,15 +73,24 @@ def model_config(directory: str | Path) -> ModelConfig:
     return from_dict(ModelConfig, read_yaml(path))
 
 
-def load_model(directory: str | Path) -> QwenImageModel:
+def load_model(directory: str | Path, empty: bool = False) -> QwenImageModel:
     """The model of a checkpoint directory, fp32 or int8 (`quantization.yaml` says which), in eval mode.
-    An int8 model runs on torchao's kernels; `vlstack.infer.quantize.select_kernel` picks a faster one."""
+    An int8 model runs on torchao's kernels; `vlstack.infer.quantize.select_kernel` picks a faster one.
+
+    `empty` (fp32 only): the model on the meta device, for a Trainer to place (under FSDP2: shard) and then fill
+    with `load_weights(model, directory)`, so that no rank reads more than its share."""
     directory = Path(directory)
-    model = QwenImageModel(model_config(directory))
+    config = model_config(directory)
     quantization = quantization_of(directory)
     if quantization is None:
-        load_weights(model, directory)
+        model = build_empty(lambda: QwenImageModel(config))
+        if not empty:
+            materialize(model, torch.device("cpu"))
+            load_weights(model, directory)
         return model.eval()
+    if empty:
+        raise CheckpointError(f"{directory} holds int8 weights, which do not train; fine-tune its fp32 checkpoint")
+    model = QwenImageModel(config)
     int8_structure(model, quantization.method)  # the int8 structure the saved tensors fill
     try:
         model.load_state_dict(read_int8_weights(directory / WEIGHTS_NAME), assign=True)
@@ -261,17 +271,19 @@ def _owns_storage(tensor: torch.Tensor) -> bool:
 
 
 def load_weights(model: nn.Module, directory: str | Path) -> None:
-    """Load weights into `model`, failing with the names of missing, unexpected or misshapen keys."""
+    """Fill `model`'s tensors from a checkpoint directory, each whole or (under FSDP2) this rank's shard of it,
+    reading only the rows it holds; fails with the names of missing, unexpected or misshapen keys."""
     directory = Path(directory)
-    state = read_weights(directory)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not _is_tied_alias(model, k, state)]
-    unexpected = [k for k in state if k not in expected]
-    misshapen = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in state
-        if k in expected and state[k].shape != expected[k].shape
-    ]
+    files = weight_files(directory)
+    shapes = {}
+    for path in files:
+        with _open_weights(path) as f:
+            shapes.update({key: (path, tuple(f.get_slice(key).get_shape())) for key in f.keys()})
+    expected = model.state_dict(keep_vars=True)
+    missing = [k for k in expected if k not in shapes and not _is_tied_alias(expected, k, shapes)]
+    unexpected = [k for k in shapes if k not in expected]
+    misshapen = [f"{k}: checkpoint {shapes[k][1]} vs model {tuple(expected[k].shape)}"
+                 for k in shapes if k in expected and shapes[k][1] != tuple(expected[k].shape)]
     if missing or unexpected or misshapen:
         raise CheckpointError(
             f"the weights in {directory} do not fit this architecture; it was saved from a different config.\n"
@@ -280,11 +292,17 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
             + _listing("unexpected keys", unexpected)
             + "Build the model from the checkpoint's own config.yaml (from_pretrained does this)."
         )
-    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        for path in files:
+            with _open_weights(path) as f:
+                for key in f.keys():
+                    local, start = local_rows(expected[key])
+                    stored = f.get_slice(key)
+                    local.copy_(stored[start : start + len(local)] if local.ndim else f.get_tensor(key))
 
 
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory, from one file or from the shards its index lists."""
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory: one file, or the shards its index lists."""
     index = directory / INDEX_NAME
     if index.is_file():
         try:
@@ -295,25 +313,24 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         if outside:
             raise CheckpointError(f"{index} names weight files outside its directory: {outside[:3]}; a shard must "
                                   "be a file name in the checkpoint directory")
-    elif (directory / WEIGHTS_NAME).is_file():
-        files = [WEIGHTS_NAME]
-    else:
-        raise CheckpointError(f"no weights in {directory}; a checkpoint directory holds {WEIGHTS_NAME} or {INDEX_NAME}")
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        path = directory / name
-        try:
-            state.update(load_file(str(path)))
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); re-export the checkpoint") from exc
-    return state
+        return [directory / name for name in files]
+    if (directory / WEIGHTS_NAME).is_file():
+        return [directory / WEIGHTS_NAME]
+    raise CheckpointError(f"no weights in {directory}; a checkpoint directory holds {WEIGHTS_NAME} or {INDEX_NAME}")
 
 
-def _is_tied_alias(model: nn.Module, key: str, state: dict) -> bool:
-    """True when `key` shares storage with a tensor that the file does hold (tied weights)."""
-    tensors = model.state_dict(keep_vars=True)
-    ptr = tensors[key].data_ptr()
-    return any(k in state and t.data_ptr() == ptr for k, t in tensors.items() if k != key)
+@contextlib.contextmanager
+def _open_weights(path: Path) -> Iterator:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            yield f
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); re-export the checkpoint") from exc
+
+
+def _is_tied_alias(tensors: dict[str, torch.Tensor], key: str, stored: dict) -> bool:
+    """True when `key` is the same tensor as one that the file does hold (tied weights)."""
+    return any(k in stored and t is tensors[key] for k, t in tensors.items() if k != key)
 
 
 def _listing(title: str, items: list[str], limit: int = 10) -> str:

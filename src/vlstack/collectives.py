@@ -5,11 +5,15 @@ the Trainer's skip decisions and logs, and a data stream's counts of skipped sam
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from vlstack.files import write_json
 
 
 def barrier() -> None:
@@ -28,6 +32,18 @@ def main_rank_first() -> Iterator[None]:
     yield
     if main:
         barrier()
+
+
+def main_rank_result(path: Path, compute: Callable[[], dict]) -> dict:
+    """Rank 0 computes a run's result (a held-out evaluation of the trained model, say) and writes it to `path`
+    as JSON; the other ranks wait for it and read it, so every rank returns the same."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        result = compute()
+        write_json(path, result)
+        barrier()
+        return result
+    barrier()
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def all_ranks_agree(flag: bool, device: torch.device) -> bool:

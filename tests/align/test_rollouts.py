@@ -26,7 +26,7 @@ class CountingMaker:
     def __init__(self):
         self.made = []
 
-    def __call__(self, iteration):
+    def __call__(self, iteration, rank, world):
         self.made.append(iteration)
         rows = torch.arange(8) + 100 * iteration
         return {"input_ids": rows[:, None], "value": rows.float()}, {"reward": float(iteration)}

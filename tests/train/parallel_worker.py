@@ -1,4 +1,5 @@
-"""Run under torchrun by test_parallel.py: a few ITC steps of the nano model in one parallel mode.
+"""Run under torchrun by test_parallel.py: a few ITC steps of the nano model in one parallel mode, the model
+built whole, or (`empty`) on the meta device and initialised by the Trainer once sharded.
 
 Writes the per-step losses and the parameter + optimizer bytes held by rank 0 as JSON.
 """
@@ -11,6 +12,7 @@ import sys
 import torch
 
 from vlstack.models.config import ModelConfig
+from vlstack.models.initialize import build_empty, init_weights
 from vlstack.models.vlm import QwenImageModel
 from vlstack.train.config import ParallelConfig
 from vlstack.train.distributed import init_distributed, local_bytes
@@ -18,10 +20,10 @@ from vlstack.train.objectives import itc_objective
 from vlstack.train.trainer import TrainConfig, Trainer
 
 
-def main(mode: str, out: str) -> None:
+def main(mode: str, out: str, build: str) -> None:
     info = init_distributed(mode)
-    torch.manual_seed(0)
-    model = QwenImageModel(ModelConfig.from_preset("nano"))
+    config = ModelConfig.from_preset("nano")
+    model = build_empty(lambda: QwenImageModel(config)) if build == "empty" else QwenImageModel(config)
     generator = torch.Generator().manual_seed(0)
     n = 64
     data = {
@@ -31,7 +33,7 @@ def main(mode: str, out: str) -> None:
     }
     config = TrainConfig(steps=5, batch_size=16, lr=1e-3, warmup_steps=1, precision="fp32", log_every=1,
                          parallel=ParallelConfig(mode=mode))
-    trainer = Trainer(model, itc_objective, config, data, dist_info=info)
+    trainer = Trainer(model, itc_objective, config, data, dist_info=info, fill=lambda m: init_weights(m, seed=0))
     history = trainer.fit()
     if info.is_main:
         result = {"losses": [r["loss"] for r in history], "bytes": local_bytes(trainer.module, trainer.optimizer)}
@@ -42,4 +44,4 @@ def main(mode: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

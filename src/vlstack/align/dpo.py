@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vlstack.align.logprobs import Batch, load_engine, masked_mean, score_responses
+from vlstack.align.logprobs import Batch, load_engine, score_responses, trained_engine
 from vlstack.align.preference import (
     PreferenceDataConfig,
     alignment_items,
@@ -28,10 +28,11 @@ from vlstack.align.preference import (
     preference_data,
 )
 from vlstack.checkpoint import write_model_files
+from vlstack.collectives import global_mean, main_rank_result
 from vlstack.errors import ConfigError
-from vlstack.files import write_json
 from vlstack.models.vlm import QwenImageModel
 from vlstack.progress import progress_bar
+from vlstack.train.distributed import init_distributed
 from vlstack.train.trainer import TrainConfig, Trainer, resume_from
 
 
@@ -62,7 +63,7 @@ class DPOObjective:
         loss = losses.mean()
         if self.sft_weight:
             pairs = len(chosen)
-            chosen_nll = -masked_mean(scores.logprobs[:pairs], scores.mask[:pairs])
+            chosen_nll = -global_mean((scores.logprobs[:pairs] * scores.mask[:pairs]).sum(), scores.mask[:pairs].sum())
             loss = loss + self.sft_weight * chosen_nll
             metrics["chosen_nll"] = chosen_nll.item()
         return loss, metrics
@@ -76,7 +77,7 @@ def pair_logps(model: QwenImageModel, pairs: Batch, batch_size: int = 64) -> tor
     with progress_bar(transient=True) as progress:
         for start in progress.track(range(0, len(pairs["input_ids"]), batch_size), description="reference log-probs"):
             chunk = {k: v[start : start + batch_size] for k, v in pairs.items()}
-            out.append(score_responses(model, flatten_pairs(chunk)).sequence_logprobs().view(2, -1).t())
+            out.append(score_responses(model, flatten_pairs(chunk)).sequence_logprobs().view(2, -1).t().cpu())
     return torch.cat(out)
 
 
@@ -110,34 +111,42 @@ def run_dpo(config: DPOConfig, resume: bool = False, trust: bool = False) -> dic
     """Train with DPO; report held-out accuracy and implicit-reward accuracy before and after.
 
     Writes OUT_DIR/train_log.jsonl, OUT_DIR/checkpoint (the aligned policy) and OUT_DIR/align.json; with
-    `resume`, an interrupted run continues from OUT_DIR/checkpoint exactly.
+    `resume`, an interrupted run continues from OUT_DIR/checkpoint exactly. Under torchrun every rank holds the
+    pairs and their reference log-probabilities (the reference is the starting policy, scored once before
+    training); the held-out figures are the main rank's.
     """
-    engine = load_engine(config.checkpoint)
+    dist_info = init_distributed(config.train.parallel.mode, config.train.device)
+    engine = load_engine(config.checkpoint, dist_info.device)
     policy = engine.model
     train_pairs = preference_data(engine, config.data, "train")
-    held_out_pairs = preference_data(engine, config.data, "held_out")
-    held_out = alignment_items(config.data, "held_out")
     train_pairs["ref_logps"] = pair_logps(policy, train_pairs)
-    held_out_ref = pair_logps(policy, held_out_pairs)
-    before = answer_accuracy(engine, held_out, config.max_new_tokens)
+    if dist_info.is_main:
+        held_out_pairs = preference_data(engine, config.data, "held_out")
+        held_out = alignment_items(config.data, "held_out")
+        held_out_ref = pair_logps(policy, held_out_pairs)
+        before = answer_accuracy(engine, held_out, config.max_new_tokens)
 
     out = Path(config.out_dir)
     trainer = Trainer(policy, DPOObjective(config.beta, config.sft_weight), config.train, train_pairs, out_dir=out,
-                      export=lambda directory, state: write_model_files(policy, directory, engine.tokenizer, state))
+                      export=lambda directory, state: write_model_files(policy, directory, engine.tokenizer, state),
+                      dist_info=dist_info)
     resume_from(trainer, resume, trust)
     history = trainer.fit("DPO")
     if trainer.step < config.train.steps:
         return {"method": "dpo", "status": "interrupted", "step": trainer.step, "checkpoint": str(trainer.checkpoint_dir)}
-    margins = config.beta * ((pair_logps(policy, held_out_pairs) - held_out_ref) @ torch.tensor([1.0, -1.0]))
-    results = {
-        "method": "dpo",
-        "vqa_accuracy_before": before,
-        "vqa_accuracy_after": answer_accuracy(engine, held_out, config.max_new_tokens),
-        "held_out_reward_accuracy": (margins > 0).float().mean().item(),
-        "held_out_reward_margin": margins.mean().item(),
-        "steps": trainer.step,
-        "history": history,
-        "checkpoint": str(trainer.checkpoint_dir),
-    }
-    write_json(out / "align.json", results)
-    return results
+
+    def results() -> dict:
+        after = trained_engine(engine, trainer.checkpoint_dir, config.train.parallel.shards_weights)
+        margins = config.beta * ((pair_logps(after.model, held_out_pairs) - held_out_ref) @ torch.tensor([1.0, -1.0]))
+        return {
+            "method": "dpo",
+            "vqa_accuracy_before": before,
+            "vqa_accuracy_after": answer_accuracy(after, held_out, config.max_new_tokens),
+            "held_out_reward_accuracy": (margins > 0).float().mean().item(),
+            "held_out_reward_margin": margins.mean().item(),
+            "steps": trainer.step,
+            "history": history,
+            "checkpoint": str(trainer.checkpoint_dir),
+        }
+
+    return main_rank_result(out / "align.json", results)

@@ -24,17 +24,20 @@ from vlstack.align.rollouts import (
     RolloutConfig,
     check_minibatches,
     frozen_reference,
+    gather_rows,
     generate_rollouts,
     prompt_batch,
     rollout_seed,
     run_rollout_training,
     sampling,
     score_in_chunks,
+    share,
 )
 from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
 from vlstack.infer.engine import Engine
 from vlstack.models.vlm import QwenImageModel
+from vlstack.train.distributed import init_distributed
 from vlstack.train.trainer import TrainConfig
 
 
@@ -105,23 +108,26 @@ class GRPORollouts:
     def __init__(self, config: GRPOConfig, engine: Engine, reference: QwenImageModel, prompts: list[Sample]):
         self.config, self.engine, self.reference, self.prompts = config, engine, reference, prompts
 
-    def __call__(self, iteration: int) -> tuple[Batch, dict[str, float]]:
+    def __call__(self, iteration: int, rank: int = 0, world: int = 1) -> tuple[Batch, dict[str, float]]:
         config, policy, G = self.config, self.engine.model, self.config.group_size
+        prompts = prompt_batch(self.prompts, config.rollout.prompts, iteration)
+        grouped = [sample for sample in prompts for _ in range(G)]  # each prompt G times, groups contiguous
+        rows = share(len(grouped), rank, world)
         with sampling(policy):
-            prompts = prompt_batch(self.prompts, config.rollout.prompts, iteration)
-            grouped = [sample for sample in prompts for _ in range(G)]  # each prompt G times, groups contiguous
-            seeds = [rollout_seed(config.train.seed, iteration, row) for row in range(len(grouped))]
-            rollouts = generate_rollouts(self.engine, grouped, config.rollout, seeds)
+            seeds = [rollout_seed(config.train.seed, iteration, row) for row in rows]
+            rollouts = generate_rollouts(self.engine, [grouped[row] for row in rows], config.rollout, seeds)
             old = score_in_chunks(policy, rollouts.batch)
             ref = score_in_chunks(self.reference, rollouts.batch)
-        rewards = rollouts.rewards
-        dataset = {**rollouts.batch, "old_logprobs": old.logprobs, "ref_logprobs": ref.logprobs,
-                   "advantages": group_advantages(rewards, G)}
-        sequence_kl = ((old.logprobs - ref.logprobs) * old.mask).sum(dim=1)  # [N] nats per answer
+        dataset = gather_rows({**rollouts.batch, "rewards": rollouts.rewards, "old_logprobs": old.logprobs,
+                               "ref_logprobs": ref.logprobs}, self.engine.tokenizer.pad_token_id)
+        rewards = dataset.pop("rewards")
+        dataset["advantages"] = group_advantages(rewards, G)
+        mask = dataset["response_mask"][:, 1:].to(dataset["old_logprobs"].dtype)  # [N, T - 1] the answer tokens
+        sequence_kl = ((dataset["old_logprobs"] - dataset["ref_logprobs"]) * mask).sum(dim=1)  # [N] nats per answer
         uniform = rewards.view(-1, G).std(dim=1) == 0  # groups that teach nothing but the KL term
         return dataset, {"reward": rewards.mean().item(), "kl": sequence_kl.mean().item(),
                          "uniform_groups": uniform.float().mean().item(),
-                         "response_tokens": old.mask.sum(dim=1).mean().item()}
+                         "response_tokens": mask.sum(dim=1).mean().item()}
 
     def state_dict(self) -> dict:
         return {}
@@ -135,9 +141,11 @@ def run_grpo(config: GRPOConfig, on_iteration: Callable[[dict], None] | None = N
     """GRPO from `config.checkpoint`; writes OUT_DIR/align_log.jsonl, OUT_DIR/train_log.jsonl, OUT_DIR/checkpoint
     (the policy, resumable) and OUT_DIR/align.json, and returns the summary (reward, KL and held-out accuracy
     before and after). With `resume`, an interrupted run continues exactly."""
-    engine = load_engine(config.checkpoint)
-    make = GRPORollouts(config, engine, frozen_reference(config.checkpoint), alignment_items(config.data, "train"))
+    dist_info = init_distributed(config.train.parallel.mode, config.train.device)
+    engine = load_engine(config.checkpoint, dist_info.device)
+    make = GRPORollouts(config, engine, frozen_reference(config.checkpoint, dist_info.device),
+                        alignment_items(config.data, "train"))
     steps = config.iterations * config.epochs * config.rollout.prompts * config.group_size // config.train.batch_size
     return run_rollout_training("grpo", engine.model, GRPOObjective(config.clip_range, config.beta), make, engine,
                                 alignment_items(config.data, "held_out"), config.rollout, config.train, steps,
-                                config.epochs, Path(config.out_dir), resume, on_iteration, trust)
+                                config.epochs, Path(config.out_dir), resume, dist_info, on_iteration, trust)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from vlstack.data.collate import image_to_tensor
 from vlstack.errors import ConfigError, InputError
@@ -24,13 +26,20 @@ from vlstack.models.vlm import QwenImageModel
 Batch = dict[str, torch.Tensor]
 
 
-def load_engine(directory: str | None) -> Engine:
-    """An Engine around a checkpoint (the policy and its prompt renderer), with no image-feature or prefix
-    cache: alignment changes the weights, so cached visual tokens or key/value states would go stale."""
+def load_engine(directory: str | Path | None, device: str | torch.device = "auto") -> Engine:
+    """An Engine around a checkpoint (the policy and its prompt renderer) on `device`, with no image-feature or
+    prefix cache: alignment changes the weights, so cached visual tokens or key/value states would go stale."""
     if not directory:
         raise ConfigError("alignment starts from a checkpoint: set checkpoint=DIR (a directory with config.yaml, "
                           "model.safetensors and tokenizer/, e.g. the SFT stage's output)")
-    return Engine.from_checkpoint(directory, EngineConfig(image_cache_bytes=0, prefix_cache_bytes=0, max_batch_size=64))
+    return Engine.from_checkpoint(directory, EngineConfig(image_cache_bytes=0, prefix_cache_bytes=0, max_batch_size=64,
+                                                          device=str(device)))
+
+
+def trained_engine(engine: Engine, checkpoint: Path, sharded: bool) -> Engine:
+    """The Engine around the trained policy, on the main rank: `engine` itself, or where ranks hold only shards
+    (`ParallelConfig.shards_weights`) one around the consolidated weights the run's `checkpoint` holds."""
+    return load_engine(checkpoint, engine.device) if sharded else engine
 
 
 def response_ids(engine: Engine, text: str) -> list[int]:
@@ -70,6 +79,13 @@ def encode_responses(engine: Engine, requests: Sequence[Request], responses: Seq
     return {"pixel_values": pixels, **pack_sequences(prompts, responses, engine.tokenizer.pad_token_id)}
 
 
+def on_model_device(batch: Batch, model: nn.Module) -> Batch:
+    """`batch` where `model`'s weights are (the Trainer's batches are there already; rollouts and pairs are
+    encoded on the CPU)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def lm_hidden(model: QwenImageModel, batch: Batch) -> torch.Tensor:
     """The language model's last hidden states [B, T, D] over right-padded image + text rows."""
     embeds = model.embed_inputs(batch["input_ids"], batch["pixel_values"])  # [B, T, D]
@@ -95,6 +111,7 @@ def score_responses(model: QwenImageModel, batch: Batch, with_entropy: bool = Fa
 
     Only response positions go through the vocabulary head, so long prompts cost no [T, V] logits.
     """
+    batch = on_model_device(batch, model)
     hidden = lm_hidden(model, batch)[:, :-1]  # [B, T - 1, D]
     targets = batch["input_ids"][:, 1:]  # [B, T - 1]
     mask = batch["response_mask"][:, 1:].bool()  # [B, T - 1]

@@ -32,17 +32,21 @@ from vlstack.align.rollouts import (
     RolloutConfig,
     check_minibatches,
     frozen_reference,
+    gather_rows,
     generate_rollouts,
     prompt_batch,
     rollout_seed,
     run_rollout_training,
     sampling,
     score_in_chunks,
+    share,
 )
+from vlstack.collectives import global_mean
 from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
 from vlstack.infer.engine import Engine
 from vlstack.models.vlm import QwenImageModel
+from vlstack.train.distributed import init_distributed
 from vlstack.train.trainer import TrainConfig
 
 # --- configs ------------------------------------------------------------------------------
@@ -163,11 +167,11 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     return torch.maximum(unclipped, clipped), (clipped > unclipped)
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                       clip: float) -> torch.Tensor:
-    """0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped = V_old + clip(V - V_old, -c, c); token mean."""
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float
+                       ) -> torch.Tensor:
+    """Per-token 0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped = V_old + clip(V - V_old, -c, c)."""
     clipped = old_values + (values - old_values).clamp(-clip, clip)
-    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
 
 
 class PolicyWithValue(nn.Module):
@@ -186,7 +190,8 @@ class PolicyWithValue(nn.Module):
 
 
 class PPOObjective:
-    """Clipped policy loss + value_coef x clipped value loss on a minibatch of scored rollouts."""
+    """Clipped policy loss + value_coef x clipped value loss on a minibatch of scored rollouts: token means over
+    the whole minibatch, every rank's share of it together (`global_mean`)."""
 
     def __init__(self, config: PPOConfig):
         self.config = config
@@ -197,9 +202,11 @@ class PPOObjective:
         mask = scores.mask
         per_token, clipped = clipped_surrogate(scores.logprobs, batch["old_logprobs"], batch["advantages"],
                                                cfg.clip_range)
-        policy_loss = masked_mean(per_token, mask)
+        tokens = mask.sum()
+        policy_loss = global_mean((per_token * mask).sum(), tokens)
         values = model.values(scores.hidden)
-        value_loss = clipped_value_loss(values, batch["old_values"], batch["returns"], mask, cfg.value_clip_range)
+        value_loss = global_mean((clipped_value_loss(values, batch["old_values"], batch["returns"], cfg.value_clip_range)
+                                  * mask).sum(), tokens)
         log_ratio = scores.logprobs - batch["old_logprobs"]
         return policy_loss + cfg.value_coef * value_loss, {
             "policy_loss": policy_loss.item(),
@@ -223,25 +230,30 @@ class PPORollouts:
         self.reward_model, self.prompts = reward_model, prompts
         self.kl = KLController(config.kl)
 
-    def __call__(self, iteration: int) -> tuple[Batch, dict[str, float]]:
+    def __call__(self, iteration: int, rank: int = 0, world: int = 1) -> tuple[Batch, dict[str, float]]:
         config, model = self.config, self.model
+        prompts = prompt_batch(self.prompts, config.rollout.prompts, iteration)
+        rows = share(len(prompts), rank, world)
         with sampling(model):
-            prompts = prompt_batch(self.prompts, config.rollout.prompts, iteration)
-            seeds = [rollout_seed(config.train.seed, iteration, row) for row in range(len(prompts))]
-            rollouts = generate_rollouts(self.engine, prompts, config.rollout, seeds)
+            seeds = [rollout_seed(config.train.seed, iteration, row) for row in rows]
+            rollouts = generate_rollouts(self.engine, [prompts[row] for row in rows], config.rollout, seeds)
             batch = rollouts.batch
             scores = _answer_scores(config, rollouts.rewards, self.reward_model, batch)
             old = score_in_chunks(model.policy, batch)
             ref = score_in_chunks(self.reference, batch)
             old_values = model.values(old.hidden) * old.mask
-        rewards = token_rewards(scores, old.logprobs, ref.logprobs, old.mask, self.kl.value)
-        advantages, returns = gae(rewards, old_values, old.mask, config.gamma, config.lam)
-        dataset = {**batch, "old_logprobs": old.logprobs, "old_values": old_values,
-                   "advantages": whiten(advantages, old.mask), "returns": returns}
-        sequence_kl = ((old.logprobs - ref.logprobs) * old.mask).sum(dim=1)  # [N] nats per answer
-        record = {"reward": scores.mean().item(), "accuracy": rollouts.rewards.mean().item(),
+        scored = gather_rows({**batch, "scores": scores, "correct": rollouts.rewards, "old_logprobs": old.logprobs,
+                              "ref_logprobs": ref.logprobs, "old_values": old_values}, self.engine.tokenizer.pad_token_id)
+        mask = scored["response_mask"][:, 1:].to(scored["old_logprobs"].dtype)  # [N, T - 1] the answer tokens
+        old_logprobs, ref_logprobs = scored.pop("old_logprobs"), scored.pop("ref_logprobs")
+        answer_scores, correct = scored.pop("scores"), scored.pop("correct")
+        rewards = token_rewards(answer_scores, old_logprobs, ref_logprobs, mask, self.kl.value)
+        advantages, returns = gae(rewards, scored["old_values"], mask, config.gamma, config.lam)
+        dataset = {**scored, "old_logprobs": old_logprobs, "advantages": whiten(advantages, mask), "returns": returns}
+        sequence_kl = ((old_logprobs - ref_logprobs) * mask).sum(dim=1)  # [N] nats per answer
+        record = {"reward": answer_scores.mean().item(), "accuracy": correct.mean().item(),
                   "kl": sequence_kl.mean().item(), "kl_coef": self.kl.value,
-                  "response_tokens": old.mask.sum(dim=1).mean().item()}
+                  "response_tokens": mask.sum(dim=1).mean().item()}
         self.kl.update(record["kl"], len(prompts))
         return dataset, record
 
@@ -257,15 +269,17 @@ def run_ppo(config: PPOConfig, on_iteration: Callable[[dict], None] | None = Non
     """PPO from `config.checkpoint`; writes OUT_DIR/align_log.jsonl, OUT_DIR/train_log.jsonl, OUT_DIR/checkpoint
     (the policy, resumable) and OUT_DIR/align.json, and returns the summary (reward, KL and held-out accuracy
     before and after). With `resume`, an interrupted run continues exactly."""
-    engine = load_engine(config.checkpoint)
-    model = PolicyWithValue(engine.model)
-    reward_model = load_reward_model(config.reward_model) if config.reward != "rule" else None
-    make = PPORollouts(config, engine, model, frozen_reference(config.checkpoint), reward_model,
+    dist_info = init_distributed(config.train.parallel.mode, config.train.device)
+    engine = load_engine(config.checkpoint, dist_info.device)
+    torch.manual_seed(config.train.seed)  # the value head's init
+    model = PolicyWithValue(engine.model).to(dist_info.device)
+    reward_model = load_reward_model(config.reward_model).to(dist_info.device) if config.reward != "rule" else None
+    make = PPORollouts(config, engine, model, frozen_reference(config.checkpoint, dist_info.device), reward_model,
                        alignment_items(config.data, "train"))
     steps = config.iterations * config.epochs * config.rollout.prompts // config.train.batch_size
     return run_rollout_training("ppo", model, PPOObjective(config), make, engine,
                                 alignment_items(config.data, "held_out"), config.rollout, config.train, steps,
-                                config.epochs, Path(config.out_dir), resume, on_iteration, trust)
+                                config.epochs, Path(config.out_dir), resume, dist_info, on_iteration, trust)
 
 
 def _answer_scores(config: PPOConfig, correct: torch.Tensor, reward_model: RewardModel | None, batch: Batch
@@ -273,6 +287,6 @@ def _answer_scores(config: PPOConfig, correct: torch.Tensor, reward_model: Rewar
     if reward_model is None:
         return correct
     with torch.no_grad():
-        learned = torch.cat([reward_model({k: v[i : i + 64] for k, v in batch.items()})
+        learned = torch.cat([reward_model({k: v[i : i + 64] for k, v in batch.items()}).cpu()
                              for i in range(0, len(batch["input_ids"]), 64)])
     return learned + correct if config.reward == "rule+model" else learned

@@ -20,11 +20,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlstack import checkpoint
-from vlstack.align.logprobs import Batch, lm_hidden, load_engine
+from vlstack.align.logprobs import Batch, lm_hidden, load_engine, on_model_device
 from vlstack.align.preference import PreferenceDataConfig, flatten_pairs, preference_data
+from vlstack.collectives import main_rank_result
 from vlstack.errors import CheckpointError
-from vlstack.files import write_json
 from vlstack.models.vlm import QwenImageModel
+from vlstack.train.distributed import init_distributed
 from vlstack.train.trainer import TrainConfig, Trainer, resume_from
 
 HEAD_NAME = "reward_head.safetensors"
@@ -50,6 +51,7 @@ class RewardModel(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Scores [B] of right-padded rows (`input_ids`, `attention_mask`, `pixel_values`)."""
+        batch = on_model_device(batch, self)
         hidden = lm_hidden(self.backbone, batch)  # [B, T, D]
         last = batch["attention_mask"].long().sum(dim=1) - 1  # [B]
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, D]
@@ -125,30 +127,37 @@ class RewardConfig:
 
 def train_reward_model(config: RewardConfig, resume: bool = False, trust: bool = False) -> dict:
     """Train on pairs from the train split, report held-out pair accuracy; writes OUT_DIR/reward.json and a
-    reward model at OUT_DIR/checkpoint (loadable with `load_reward_model`)."""
-    engine = load_engine(config.checkpoint)
-    torch.manual_seed(config.train.seed)
-    model = RewardModel(engine.model)
+    reward model at OUT_DIR/checkpoint (loadable with `load_reward_model`). Under torchrun every rank holds the
+    pairs; the held-out figures are the main rank's."""
+    dist_info = init_distributed(config.train.parallel.mode, config.train.device)
+    engine = load_engine(config.checkpoint, dist_info.device)
+    torch.manual_seed(config.train.seed)  # the head's init, alike on every rank
+    model = RewardModel(engine.model).to(dist_info.device)
     train = preference_data(engine, config.data, "train")
-    held_out = preference_data(engine, config.data, "held_out")
-    before = pair_accuracy(model, held_out)
+    if dist_info.is_main:
+        held_out = preference_data(engine, config.data, "held_out")
+        before = pair_accuracy(model, held_out)
     out = Path(config.out_dir)
-    trainer = Trainer(model, reward_objective, config.train, train, out_dir=out,
+    trainer = Trainer(model, reward_objective, config.train, train, out_dir=out, dist_info=dist_info,
                       export=lambda directory, state: write_reward_model_files(model, directory, engine.tokenizer, state))
     resume_from(trainer, resume, trust)
     history = trainer.fit("reward model")
     if trainer.step < config.train.steps:
         return {"method": "reward", "status": "interrupted", "step": trainer.step,
                 "checkpoint": str(trainer.checkpoint_dir)}
-    results = {
-        "pair_accuracy_before": before,
-        "pair_accuracy": pair_accuracy(model, held_out),
-        "chance": 0.5,
-        "held_out_pairs": len(held_out["input_ids"]),
-        "steps": trainer.step,
-        "history": history,
-        "checkpoint": str(trainer.checkpoint_dir),
-    }
-    write_json(out / "reward.json", results)
-    return results
 
+    def results() -> dict:
+        trained = model
+        if config.train.parallel.shards_weights:
+            trained = load_reward_model(trainer.checkpoint_dir).to(dist_info.device)
+        return {
+            "pair_accuracy_before": before,
+            "pair_accuracy": pair_accuracy(trained, held_out),
+            "chance": 0.5,
+            "held_out_pairs": len(held_out["input_ids"]),
+            "steps": trainer.step,
+            "history": history,
+            "checkpoint": str(trainer.checkpoint_dir),
+        }
+
+    return main_rank_result(out / "reward.json", results)

@@ -2,7 +2,11 @@
 
 Each iteration samples answers to a batch of prompts with the shared generation path (an `Engine`
 around the live policy, so what is trained is exactly what is sampled), scores them, and hands
-the Trainer `epochs` shuffled passes of minibatches over them. `RolloutSource` is that batch
+the Trainer `epochs` shuffled passes of minibatches over them. Under torchrun each rank samples and
+scores its own share of the prompts (`share`; the reference and reward models are replicated, one copy
+per rank) with the policy's whole weights (`whole_weights`: gathered once under FSDP2, so generation
+runs no collectives), and `gather_rows` gives every rank the whole iteration, from which the advantages
+are computed alike everywhere; the Trainer then splits each minibatch over the ranks as usual. `RolloutSource` is that batch
 source: it makes the next iteration's rollouts when the last minibatch of the previous one has
 been drawn, so the run is one `Trainer.fit` with the Trainer's own checkpoints on a schedule and on
 SIGTERM, its logs and its exact resume (the current iteration's rollouts are part of every
@@ -21,18 +25,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from vlstack.align.logprobs import Batch, ResponseScores, encode_responses, score_responses
+from vlstack.align.logprobs import Batch, ResponseScores, encode_responses, score_responses, trained_engine
 from vlstack.align.preference import answer_accuracy, answer_of, answer_reward, prompt_request
 from vlstack.checkpoint import load_model, recover_directory, write_model_files
+from vlstack.collectives import gather_objects, main_rank_first, main_rank_result
 from vlstack.data.loader import GlobalBatches
 from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
-from vlstack.files import read_jsonl, write_json, write_jsonl
+from vlstack.files import read_jsonl, write_jsonl
 from vlstack.infer.engine import Engine
+from vlstack.models.parallelize import whole_weights
 from vlstack.models.tokenizer import IM_END
 from vlstack.models.vlm import QwenImageModel
+from vlstack.train.distributed import DistInfo
 from vlstack.train.trainer import Objective, TrainConfig, Trainer
 
 LOG_NAME = "align_log.jsonl"
@@ -102,9 +110,32 @@ def score_in_chunks(model: QwenImageModel, batch: Batch, chunk: int = 64) -> Res
                           hidden=torch.cat([p.hidden for p in parts]))
 
 
-def frozen_reference(checkpoint: str) -> QwenImageModel:
-    """A second copy of the starting policy, never trained: the KL anchor."""
-    return load_model(checkpoint).requires_grad_(False).eval()
+def frozen_reference(checkpoint: str, device: torch.device) -> QwenImageModel:
+    """A second copy of the starting policy on `device`, never trained: the KL anchor (one per rank)."""
+    return load_model(checkpoint).to(device).requires_grad_(False).eval()
+
+
+def share(rows: int, rank: int, world: int) -> range:
+    """The rows of an iteration that `rank` samples: a contiguous block, so the gathered rows keep their order."""
+    return range(rank * rows // world, (rank + 1) * rows // world)
+
+
+def gather_rows(rows: Batch, pad_id: int) -> Batch:
+    """Every rank's `rows` put together in rank order, on the CPU (the Trainer moves each minibatch to the
+    device). Sequence tensors (2-D and more, but the images) are right-padded to the longest rank's:
+    `input_ids` with `pad_id`, the rest with 0, as one process pads the whole iteration."""
+    parts = gather_objects({k: v.cpu() for k, v in rows.items()})
+    if len(parts) == 1:
+        return parts[0]
+    gathered = {}
+    for key in rows:
+        tensors = [part[key] for part in parts]
+        if tensors[0].ndim >= 2 and key != "pixel_values":
+            width = max(t.shape[-1] for t in tensors)
+            value = pad_id if key == "input_ids" else 0
+            tensors = [F.pad(t, (0, width - t.shape[-1]), value=value) for t in tensors]
+        gathered[key] = torch.cat(tensors)
+    return gathered
 
 
 def rollout_seed(seed: int, iteration: int, row: int) -> int:
@@ -133,9 +164,10 @@ def sampling(model: nn.Module) -> Iterator[None]:
 
 
 class RolloutMaker(Protocol):
-    """Makes iteration i's rollouts: (the dataset of scored rows, the iteration's record for the log)."""
+    """Makes iteration i's rollouts: (the dataset of scored rows, the iteration's record for the log), the same on
+    every rank (each samples its `share` and `gather_rows` joins them)."""
 
-    def __call__(self, iteration: int) -> tuple[Batch, dict[str, float]]: ...
+    def __call__(self, iteration: int, rank: int, world: int) -> tuple[Batch, dict[str, float]]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -146,10 +178,13 @@ class RolloutSource:
     """The Trainer's batch source for PPO and GRPO: `epochs` shuffled passes of `minibatch` rows over each
     iteration's rollouts, the next iteration made (from the live policy) when they are used up. Every
     step's Trainer record comes back through `observe`; when an iteration's steps are done, its record
-    (the maker's, plus the mean of the steps' metrics) goes to the log."""
+    (the maker's, plus the mean of the steps' metrics) goes to the log. `whole_weights` is the context the
+    rollouts are made in (the policy's whole weights, `models.parallelize.whole_weights`)."""
 
-    def __init__(self, make: RolloutMaker, minibatch: int, epochs: int, seed: int, log: IterationLog):
+    def __init__(self, make: RolloutMaker, minibatch: int, epochs: int, seed: int, log: IterationLog,
+                 whole_weights: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.make, self.minibatch, self.epochs, self.seed, self.log = make, minibatch, epochs, seed, log
+        self.whole_weights = whole_weights
         self.iteration = 0  # iterations whose rollouts have been made
         self.steps_left = 0  # minibatches of the current iteration not drawn yet
         self.record: dict[str, float] = {}
@@ -158,7 +193,8 @@ class RolloutSource:
 
     def next(self, rank: int, world: int) -> Batch:
         if self.steps_left == 0:
-            dataset, self.record = self.make(self.iteration)
+            with self.whole_weights():
+                dataset, self.record = self.make(self.iteration, rank, world)
             self.batches = GlobalBatches(dataset, self.minibatch, seed=self.seed * 100_003 + self.iteration)
             self.steps_left = self.epochs * (len(dataset["input_ids"]) // self.minibatch)
             self.steps = []
@@ -198,22 +234,28 @@ class RolloutSource:
 
 
 class IterationLog:
-    """One JSON line per iteration in OUT_DIR/align_log.jsonl (with the seconds since the run started)."""
+    """One JSON line per iteration in OUT_DIR/align_log.jsonl (with the seconds since the run started), written
+    by the main rank (every rank holds the same records)."""
 
-    def __init__(self, out_dir: Path, on_iteration: Callable[[dict], None] | None = None):
+    def __init__(self, out_dir: Path, on_iteration: Callable[[dict], None] | None = None, is_main: bool = True):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / LOG_NAME
         self.on_iteration = on_iteration
+        self.is_main = is_main
         self.started = time.perf_counter()
 
     def start(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.is_main:
+            self.path.unlink(missing_ok=True)
 
     def keep(self, iterations: int) -> None:
         """On resume: drop the lines of iterations after the first `iterations` (a killed run's last one)."""
-        write_jsonl(self.path, self.records()[:iterations])
+        if self.is_main:
+            write_jsonl(self.path, self.records()[:iterations])
 
     def write(self, record: dict) -> None:
+        if not self.is_main:
+            return
         record = {**record, "seconds": round(time.perf_counter() - self.started, 2)}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -232,17 +274,20 @@ def held_out_figures(engine: Engine, held_out: list[Sample], rollout: RolloutCon
 
 def run_rollout_training(method: str, model: nn.Module, objective: Objective, make: RolloutMaker, engine: Engine,
                          held_out: list[Sample], rollout: RolloutConfig, train: TrainConfig, steps: int, epochs: int,
-                         out: Path, resume: bool, on_iteration: Callable[[dict], None] | None = None,
+                         out: Path, resume: bool, dist_info: DistInfo, on_iteration: Callable[[dict], None] | None = None,
                          trust: bool = False) -> dict:
-    """The PPO / GRPO run: held-out figures, one `Trainer.fit` over the rollouts (`steps` optimizer steps),
-    held-out figures again; writes OUT/align_log.jsonl, OUT/train_log.jsonl, OUT/checkpoint (the policy,
-    and the training state) and OUT/align.json. With `resume`, continues OUT/checkpoint exactly."""
-    log = IterationLog(out, on_iteration)
+    """The PPO / GRPO run: held-out figures (on the main rank), one `Trainer.fit` over the rollouts (`steps`
+    optimizer steps, on every rank), held-out figures again; writes OUT/align_log.jsonl, OUT/train_log.jsonl,
+    OUT/checkpoint (the policy, and the training state) and OUT/align.json. With `resume`, continues
+    OUT/checkpoint exactly."""
+    log = IterationLog(out, on_iteration, dist_info.is_main)
     resumable = out / "checkpoint"
-    resume = resume and recover_directory(resumable) is not None
+    with main_rank_first():  # rank 0 puts back what a killed save left, the others then look
+        resume = resume and recover_directory(resumable) is not None
     if not resume:
         log.start()
-    before = held_out_figures(engine, held_out, rollout)  # the starting weights: a resume loads the others below
+    # the starting weights: a resume loads the others below
+    before = held_out_figures(engine, held_out, rollout) if dist_info.is_main else {}
     source = RolloutSource(make, train.batch_size, epochs, train.seed, log)
     policy = engine.model
 
@@ -252,19 +297,24 @@ def run_rollout_training(method: str, model: nn.Module, objective: Objective, ma
                            {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
 
     trainer = Trainer(model, objective, dataclasses.replace(train, steps=steps), source, out_dir=out, export=export,
-                      on_step=source.observe)
+                      on_step=source.observe, dist_info=dist_info)
+    source.whole_weights = lambda: whole_weights(trainer.module)
     if resume:
         trainer.resume(resumable, trust)
     trainer.fit(method.upper())
     if trainer.step < steps:
         return {"method": method, "status": "interrupted", "step": trainer.step, "checkpoint": str(resumable)}
-    return write_summary(method, out, log.records(), before, held_out_figures(engine, held_out, rollout))
+
+    def summary() -> dict:
+        after = trained_engine(engine, resumable, train.parallel.shards_weights)
+        return summarize(method, out, log.records(), before, held_out_figures(after, held_out, rollout))
+
+    return main_rank_result(out / "align.json", summary)
 
 
-def write_summary(method: str, out: Path, records: list[dict], before: dict[str, float], after: dict[str, float]
-                  ) -> dict:
-    """The figures of a run, written to align.json: held-out accuracy and sampled reward before and after, and
-    the training reward and KL of the first and last iterations (means over up to 3 iterations)."""
+def summarize(method: str, out: Path, records: list[dict], before: dict[str, float], after: dict[str, float]) -> dict:
+    """The figures of a run (align.json): held-out accuracy and sampled reward before and after, the training
+    reward and KL of the first and last iterations (means over up to 3 iterations), and every iteration's record."""
     window = max(1, min(3, len(records) // 2))
 
     def mean(key: str, part: list[dict]) -> float:
@@ -285,6 +335,6 @@ def write_summary(method: str, out: Path, records: list[dict], before: dict[str,
         "checkpoint": str(out / "checkpoint"),
         "log": str(out / LOG_NAME),
         "seconds": records[-1]["seconds"],
+        "history": records,
     }
-    write_json(out / "align.json", {**summary, "history": records})
     return summary

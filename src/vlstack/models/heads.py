@@ -19,6 +19,7 @@ class ITCHead(nn.Module):
         super().__init__()
         self.image_proj = nn.Linear(vision_width, dim)
         self.text_proj = nn.Linear(text_width, dim)
+        self.temperature_init = temperature_init
         # a 1-element vector, not a scalar: FSDP2 cannot shard 0-d parameters
         self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / temperature_init)]))
 

@@ -9,6 +9,9 @@ trained whole (one FSDP2 unit, no checkpointing).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -50,3 +53,27 @@ def fully_shard_blocks(root: nn.Module, model: nn.Module, bf16: bool, cpu_offloa
         fully_shard(block, mp_policy=mixed, offload_policy=offload)
     fully_shard(root, mp_policy=mixed, offload_policy=offload)
     return root
+
+
+@contextlib.contextmanager
+def whole_weights(module: nn.Module) -> Iterator[None]:
+    """Every FSDP2 unit in `module` (the Trainer's root) gathered once, on every rank together, and kept whole
+    until the end: forwards a rank decides alone (generating its own prompts' answers, of lengths only it
+    knows) must not all-gather. Without FSDP2 it does nothing."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [unit for unit in module.modules() if isinstance(unit, FSDPModule)]
+    if not units:
+        yield
+        return
+    # FSDP2 takes the first unit to run forward for the root; name it before a block runs alone
+    module._get_fsdp_state()._lazy_init()
+    for unit in units:
+        unit.unshard()
+        unit.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True)

@@ -35,11 +35,11 @@ class PositionTable(nn.Module):
     """A learned position table for a `grid`×`grid` patch grid; for another grid it is resized
     with 2-D bicubic interpolation, so a model built for one image size runs at others."""
 
-    def __init__(self, width: int, grid: int, std: float = 0.02):
+    def __init__(self, width: int, grid: int, init_std: float = 0.02):
         super().__init__()
         self.grid = grid
+        self.init_std = init_std  # `vlstack.models.initialize` draws the table with it
         self.table = nn.Parameter(torch.zeros(1, grid * grid, width))
-        nn.init.trunc_normal_(self.table, std=std)
 
     def forward(self, grid_hw: tuple[int, int]) -> torch.Tensor:
         """Position embeddings for a patch grid of (gh, gw): [1, gh*gw, D]."""
@@ -144,7 +144,6 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(cfg.in_channels, cfg.width, cfg.patch_size, bias=cfg.patch_bias)
         self.pos_embed = DynamicPositionEmbedding(cfg.width, cfg.image_size // cfg.patch_size)
         self.prompts = nn.Parameter(torch.zeros(1, cfg.num_prompts, cfg.width))
-        nn.init.trunc_normal_(self.prompts, std=0.02)
         self.pre_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.mlp_ratio, cfg.norm_eps, self._attention(i), cfg.activation)
                                     for i in range(cfg.layers))

@@ -23,6 +23,7 @@ from vlstack.errors import ConfigError, InputError
 from vlstack.models.config import ModelConfig
 from vlstack.models.fusion import FusionTransformer
 from vlstack.models.heads import ITCHead, ITMHead, MLMHead
+from vlstack.models.initialize import build_empty, init_weights, is_empty
 from vlstack.models.language import build_language_model, decoder, language_config_from_hf
 from vlstack.models.layers import MLP
 from vlstack.models.state_dict_adapter import load_pretrained_tower, pretrained_vision_config
@@ -61,9 +62,10 @@ class QwenImageModel(nn.Module):
     are also the parameter-name prefixes). `fusion` is the fusion encoder with the pretraining heads (the
     generation path does not use them, so they never change in SFT anyway)."""
 
-    def __init__(self, config: ModelConfig):
-        """Build the model; `vision.pretrained_path` / `language.pretrained_path` load local checkpoints, and
-        the config kept in `self.config` then describes their shape (with the paths cleared: the weights
+    def __init__(self, config: ModelConfig, seed: int = 0):
+        """Build the model with weights drawn from `seed` (`vlstack.models.initialize`), or none under
+        `build_empty`; `vision.pretrained_path` / `language.pretrained_path` load local checkpoints on top,
+        and the config kept in `self.config` then describes their shape (with the paths cleared: the weights
         travel in vlstack's checkpoint from here on)."""
         super().__init__()
         language_model, language_cfg = build_language_model(config.language)
@@ -80,12 +82,13 @@ class QwenImageModel(nn.Module):
         self.mlm = MLMHead(f, t, language_cfg.vocab_size)
         self.vtm = MLP(f, f, out_dim=v)  # regresses vision features at fused visual positions
         self.projector = MLP(v, t, out_dim=t)  # LLaVA-1.5: vision tokens -> LM embeddings
-        for module in (self.vision, self.fusion, self.itc, self.itm, self.mlm, self.vtm, self.projector):
-            module.apply(_init_weights)
+        self.patch_position = (PositionTable(t, vision_cfg.image_size // vision_cfg.patch_size,
+                                             init_std=PATCH_POSITION_STD) if config.patch_positions else None)
+        if is_empty(self):
+            return  # the weights come later, shard by shard (`init_weights` or a checkpoint's)
+        init_weights(self, seed, skip=("language_model.",) if config.language.pretrained_path else ())
         if tower_path:
             load_pretrained_tower(self.vision, tower_path)
-        self.patch_position = (PositionTable(t, vision_cfg.image_size // vision_cfg.patch_size, std=PATCH_POSITION_STD)
-                               if config.patch_positions else None)
 
     # --- structure, for generic training code (train/, align/, models/parallelize.py) ---------
 
@@ -253,16 +256,22 @@ class QwenImageModel(nn.Module):
             )
 
 
-def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> QwenImageModel:
-    """A new model for `tokenizer`, with its `<image>` id. A pretrained LM (`language.pretrained_path`) must
-    share the tokenizer's ids (`new_token_ids`); its embeddings grow to the tokenizer, vlstack's added tokens
-    starting at the mean embedding. A tokenizer larger than a fresh LM's `vocab_size` is a ConfigError."""
+def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0, empty: bool = False
+                ) -> QwenImageModel:
+    """A new model for `tokenizer`, with its `<image>` id, its weights drawn from `seed`. A pretrained LM
+    (`language.pretrained_path`) must share the tokenizer's ids (`new_token_ids`); its embeddings grow to the
+    tokenizer, vlstack's added tokens starting at the mean embedding. A tokenizer larger than a fresh LM's
+    `vocab_size` is a ConfigError.
+
+    `empty`: parameters on the meta device, to be sharded and then filled with `init_weights(model, seed)`
+    (the same numbers); a model with pretrained parts is built whole all the same (their weights are read now)."""
     config = dataclasses.replace(config, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE))
     language_dir = config.language.pretrained_path
     if language_dir is None and len(tokenizer) > config.language.vocab_size:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, more than language.vocab_size = "
                           f"{config.language.vocab_size}; raise language.vocab_size or use a smaller tokenizer")
-    model = QwenImageModel(config)
+    pretrained = language_dir is not None or config.vision.pretrained_path is not None
+    model = build_empty(lambda: QwenImageModel(config, seed)) if empty and not pretrained else QwenImageModel(config, seed)
     vocab = model.config.language.vocab_size
     new_ids = (new_token_ids(tokenizer, language_dir) or list(range(vocab, len(tokenizer)))) if language_dir else []
     model.fit_vocabulary(len(tokenizer), new_ids)
@@ -281,17 +290,6 @@ def splice_features(embeds: torch.Tensor, slots: torch.Tensor, features: torch.T
             "before tokenising"
         )
     return embeds.masked_scatter(slots[..., None], features.to(embeds.dtype))
-
-
-def _init_weights(module: nn.Module) -> None:
-    """ViT-style init for vlstack's own layers (the LM keeps its `transformers` init)."""
-    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def count_parameters(config: ModelConfig) -> dict[str, int]:

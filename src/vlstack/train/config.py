@@ -3,8 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
+
+from torch import nn
+
+Fill = Callable[[nn.Module], None]
+"""Writes the weights of a model built by `vlstack.models.initialize.build_empty` once it has storage (and,
+under FSDP2, is sharded): `init_weights` for a new model, `checkpoint.load_weights` for a saved one."""
 
 
 @dataclass
@@ -21,6 +28,12 @@ class ParallelConfig:
     train.* fills the settings it leaves out and must agree with those it sets. None: plain ZeRO-3."""
     nvme_path: str | None = None
     """deepspeed only: the NVMe directory for a config that offloads to `nvme` (fills its nvme_path)."""
+
+    @property
+    def shards_weights(self) -> bool:
+        """True when no rank holds the whole model (ZeRO-3: fsdp2, deepspeed); what is evaluated after training
+        is then the checkpoint's consolidated model."""
+        return self.mode in ("fsdp2", "deepspeed")
 
 
 @dataclass

@@ -40,7 +40,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from vlstack import checkpoint
-from vlstack.checkpoint import load_checkpoint_tokenizer, load_model, save_model
+from vlstack.checkpoint import load_checkpoint_tokenizer, load_model, load_weights, save_model
 from vlstack.collectives import barrier, main_rank_first
 from vlstack.config import save_yaml, to_dict
 from vlstack.data.collate import CollateConfig, SampleCollator
@@ -386,8 +386,7 @@ def _fresh_start(config: FinetuneConfig, sources: dict[str, list[StreamSource]],
              for item in itertools.islice(read_shards(source.path), source.samples) if isinstance(item, Sample)
              for turn in item.conversations)
     tokenizer = choose_tokenizer(None, config.model.language, lambda: texts)
-    torch.manual_seed(config.train.seed)
-    save_model(build_model(config.model, tokenizer), directory, tokenizer)
+    save_model(build_model(config.model, tokenizer, config.train.seed), directory, tokenizer)
     return directory
 
 
@@ -404,7 +403,12 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
                               "a new run in another out_dir")
         return {**saved, "status": "skipped (done)"}
     t = time.perf_counter()
-    model = load_model(start).to(dist_info.device)
+    # native modes read the weights once the model is placed (under FSDP2, each rank only its shards); LoRA
+    # adapters and DeepSpeed's engine wrap a whole model
+    empty = config.train.parallel.mode != "deepspeed" and stage.lora is None
+    model = load_model(start, empty=empty)
+    if not empty:
+        model.to(dist_info.device)
     tokenizer = load_checkpoint_tokenizer(start)
     freeze(model, stage.freeze)
     if stage.lora is not None:
@@ -422,7 +426,7 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     train = dataclasses.replace(config.train, lr=stage.lr, steps=stage.steps, batch_size=stage.batch_size,
                                 lr_scale=lr_scale)
     trainer = Trainer(model, objective, train, batches, out_dir=stage_dir, dist_info=dist_info,
-                      export=_merged_export(model, tokenizer, stage.lora))
+                      export=_merged_export(model, tokenizer, stage.lora), fill=lambda empty: load_weights(empty, start))
     resumable = trainer.checkpoint_dir
     resume_from(trainer, True, trust)  # an interrupted stage continues where its checkpoint left it
     resumed_at = trainer.step

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from vlstack.checkpoint import load_model, write_model_files
 from vlstack.data.augment import AugmentConfig
 from vlstack.data.collate import PairCollate, PairEncoder
@@ -28,6 +26,7 @@ from vlstack.errors import ConfigError
 from vlstack.eval.retrieval import evaluate_pairs
 from vlstack.files import write_json
 from vlstack.models.config import ModelConfig
+from vlstack.models.initialize import init_weights, is_empty
 from vlstack.models.tokenizer import choose_tokenizer, special_token_ids
 from vlstack.models.vlm import build_model, count_parameters
 from vlstack.train.distributed import init_distributed
@@ -82,8 +81,11 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
     test_images, test_captions, _ = caption_pairs(config.data.test)
     tokenizer = choose_tokenizer(config.tokenizer, config.model.language, lambda: _source_texts(config.data.sources))
     specials = special_token_ids(tokenizer)
-    torch.manual_seed(seed)
-    model = build_model(config.model, tokenizer).to(dist_info.device)
+    # native modes build on the meta device: the Trainer gives the model storage and draws its weights once it is
+    # placed (under FSDP2: sharded), so no rank holds more than its share; DeepSpeed builds its engine whole
+    model = build_model(config.model, tokenizer, seed, empty=config.train.parallel.mode != "deepspeed")
+    if not is_empty(model):
+        model.to(dist_info.device)
     model_config = model.config
 
     train_set = StreamingBatches(
@@ -92,19 +94,21 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
         PairCollate(tokenizer.pad_token_id), seed, config.data.stream, pin_memory=dist_info.device.type == "cuda")
     test_set = pairs_to_tensors(test_images, test_captions, tokenizer, model.config.vision, config.data.max_text_tokens,
                                 "encode held-out pairs")
-    before = evaluate_pairs(model, test_set, test_captions) if dist_info.is_main else {}
 
     if config.objective == "mixed":
         objective = PretrainObjective(config.loss, specials.mask, list(vars(specials).values()))
     else:
         objective = itc_objective
     trainer = Trainer(model, objective, config.train, train_set, out_dir=out, dist_info=dist_info,
-                      export=lambda directory, state: write_model_files(model, directory, tokenizer, state))
+                      export=lambda directory, state: write_model_files(model, directory, tokenizer, state),
+                      fill=lambda empty: init_weights(empty, seed))
+    sharded = config.train.parallel.shards_weights
+    before = evaluate_pairs(model, test_set, test_captions) if dist_info.is_main and not sharded else {}
     if resume:
         trainer.resume(resume, trust)
     history = trainer.fit(f"pretrain ({config.objective})")
     trained = model
-    if config.train.parallel.mode in ("fsdp2", "deepspeed") and dist_info.is_main:
+    if sharded and dist_info.is_main:
         # ZeRO-3 leaves only this rank's shards in `model`; the exported checkpoint holds all weights
         trained = load_model(trainer.checkpoint_dir).to(dist_info.device)
     results = {

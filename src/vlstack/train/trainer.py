@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlstack.checkpoint import commit_directory, recover_directory
-from vlstack.collectives import all_ranks_agree, barrier, mean_over_ranks, sum_over_ranks
+from vlstack.collectives import all_ranks_agree, barrier, main_rank_first, mean_over_ranks, sum_over_ranks
 from vlstack.config import to_dict
 from vlstack.data.loader import GlobalBatches
 from vlstack.errors import CheckpointError, VlstackError
@@ -45,7 +45,7 @@ from vlstack.files import write_json
 from vlstack.models.parallelize import apply_activation_checkpointing, compile_blocks
 from vlstack.progress import progress_bar
 from vlstack.train.backends import build_backend
-from vlstack.train.config import ParallelConfig, TrainConfig
+from vlstack.train.config import Fill, ParallelConfig, TrainConfig
 from vlstack.train.distributed import DistInfo
 from vlstack.train.flops import count_flops, matmul_peak
 from vlstack.train.signature import check_signature, sign_training_state
@@ -84,13 +84,17 @@ class ObjectiveModule(nn.Module):
 class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, config: TrainConfig, data: Batch | BatchSource,
                  out_dir: Path | None = None, dist_info: DistInfo | None = None, export: Export | None = None,
-                 on_step: Callable[[dict], None] | None = None):
+                 on_step: Callable[[dict], None] | None = None, fill: Fill | None = None):
         """`data`: equal-length tensors, batched by row (an `attention_mask` among them counts tokens/s), or a
         `BatchSource` of micro-batches of `batch_size / grad_accum_steps` rows. `on_step` sees every step's
-        record (skipped steps too) before any checkpoint of that step is written."""
+        record (skipped steps too) before any checkpoint of that step is written. A `model` built by
+        `build_empty` gets its storage on the device and its weights from `fill` once the backend has wrapped
+        (under FSDP2: sharded) it, so no rank ever holds more than its share."""
         self.config = config
         self.out_dir = out_dir
         self.dist = dist_info or DistInfo(0, 1, next(model.parameters()).device)
+        if self.dist.device.type == "meta":
+            raise VlstackError("a model built by build_empty needs the Trainer's dist_info to say its device")
         self.export = export
         self.on_step = on_step
         self.model = model
@@ -103,7 +107,7 @@ class Trainer:
             apply_activation_checkpointing(model)
         if config.compile:
             compile_blocks(model)
-        self.backend = build_backend(ObjectiveModule(model, objective), model, config, self.dist)
+        self.backend = build_backend(ObjectiveModule(model, objective), model, config, self.dist, fill)
         self.module, self.optimizer = self.backend.module, self.backend.optimizer
         self.step = 0
         self.history: list[dict] = []
@@ -321,8 +325,13 @@ class Trainer:
 
 
 def resume_from(trainer: Trainer, resume: bool, trust: bool = False) -> None:
-    """`trainer.resume` from its own checkpoint when `resume` is set and an earlier run left one."""
-    if resume and recover_directory(trainer.checkpoint_dir) and (trainer.checkpoint_dir / STATE_FILE).is_file():
+    """`trainer.resume` from its own checkpoint when `resume` is set and an earlier run left one (every rank
+    calls it; rank 0 first puts back what a killed save left)."""
+    if not resume:
+        return
+    with main_rank_first():
+        found = recover_directory(trainer.checkpoint_dir) is not None
+    if found and (trainer.checkpoint_dir / STATE_FILE).is_file():
         trainer.resume(trainer.checkpoint_dir, trust)
 
 

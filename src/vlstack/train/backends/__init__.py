@@ -14,7 +14,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from vlstack.train.config import TrainConfig
+from vlstack.errors import ConfigError
+from vlstack.models.initialize import is_empty
+from vlstack.train.config import Fill, TrainConfig
 from vlstack.train.distributed import DistInfo
 
 
@@ -50,12 +52,17 @@ class Backend(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def build_backend(module: nn.Module, model: nn.Module, config: TrainConfig, dist: DistInfo) -> Backend:
-    """The backend of `config.parallel.mode` around `module` (whose forward runs the objective on `model`)."""
+def build_backend(module: nn.Module, model: nn.Module, config: TrainConfig, dist: DistInfo, fill: Fill | None = None
+                  ) -> Backend:
+    """The backend of `config.parallel.mode` around `module` (whose forward runs the objective on `model`); a
+    model built by `build_empty` gets its weights from `fill` (native modes only)."""
     if config.parallel.mode == "deepspeed":
         from vlstack.train.backends.deepspeed import DeepSpeedBackend
 
+        if is_empty(model):
+            raise ConfigError("parallel.mode=deepspeed builds its engine from a whole model; build it with "
+                              "empty=False")
         return DeepSpeedBackend(module, model, config, dist)
     from vlstack.train.backends.native import NativeBackend
 
-    return NativeBackend(module, model, config, dist)
+    return NativeBackend(module, model, config, dist, fill)

@@ -28,9 +28,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from vlstack.collectives import all_ranks_agree
-from vlstack.errors import CheckpointError
+from vlstack.errors import CheckpointError, ConfigError
+from vlstack.models.initialize import is_empty, materialize
 from vlstack.models.parallelize import fully_shard_blocks
-from vlstack.train.config import TrainConfig
+from vlstack.train.config import Fill, TrainConfig
 from vlstack.train.distributed import DistInfo
 from vlstack.train.optim import config_groups, lr_schedule
 
@@ -40,9 +41,9 @@ DCP_DIR = "dcp"
 class NativeBackend:
     state_dir = DCP_DIR
 
-    def __init__(self, module: nn.Module, model: nn.Module, config: TrainConfig, dist: DistInfo):
+    def __init__(self, module: nn.Module, model: nn.Module, config: TrainConfig, dist: DistInfo, fill: Fill | None):
         self.config, self.model, self.dist = config, model, dist
-        self.module = _wrap(module, model, config)
+        self.module = _wrap(module, model, config, dist.device, fill)
         # groups built after wrapping: FSDP2 replaces the parameters with sharded ones
         self.optimizer = torch.optim.AdamW(config_groups(model, config), lr=config.lr, betas=config.betas)
         self.scheduler = lr_schedule(self.optimizer, config)
@@ -100,17 +101,34 @@ class NativeBackend:
         self.scaler.load_state_dict(state["scaler"])
 
 
-def _wrap(module: nn.Module, model: nn.Module, config: TrainConfig) -> nn.Module:
-    """`module` (whose forward runs the objective on `model`) wrapped for the parallel mode."""
+def _wrap(module: nn.Module, model: nn.Module, config: TrainConfig, device: torch.device, fill: Fill | None
+          ) -> nn.Module:
+    """`module` (whose forward runs the objective on `model`) wrapped for the parallel mode. A model built by
+    `build_empty` gets its weights from `fill` here: under FSDP2 once it is sharded, so each rank holds and
+    fills only its shards; otherwise before DDP copies rank 0's weights to the others."""
     mode = config.parallel.mode
+    if mode == "fsdp2":
+        cpu_offload = config.parallel.cpu_offload
+        sharded = fully_shard_blocks(module, model, bf16=config.precision == "bf16", cpu_offload=cpu_offload)
+        _fill_empty(model, torch.device("cpu") if cpu_offload else device, fill)
+        return sharded
+    _fill_empty(model, device, fill)
     if mode == "single":
         return module
-    if mode == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
+    from torch.nn.parallel import DistributedDataParallel
 
-        # not every objective uses every head (ITC alone skips the fusion encoder)
-        return DistributedDataParallel(module, find_unused_parameters=True)
-    return fully_shard_blocks(module, model, bf16=config.precision == "bf16", cpu_offload=config.parallel.cpu_offload)
+    # not every objective uses every head (ITC alone skips the fusion encoder)
+    return DistributedDataParallel(module, find_unused_parameters=True)
+
+
+def _fill_empty(model: nn.Module, device: torch.device, fill: Fill | None) -> None:
+    if not is_empty(model):
+        return
+    if fill is None:
+        raise ConfigError("the model was built without weights (build_empty) but the Trainer was given no `fill` "
+                          "to initialise or load them")
+    materialize(model, device)
+    fill(model)
 
 
 def _grad_scaler(config: TrainConfig, device: torch.device):
