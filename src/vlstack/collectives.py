@@ -67,12 +67,13 @@ def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return total * dist.get_world_size() / count
 
 
-def mean_over_ranks(value: float, device: torch.device) -> float:
-    if not dist.is_initialized():
-        return value
-    tensor = torch.tensor([value], device=device, dtype=torch.float64)
+def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each value averaged over the ranks, in one all-reduce."""
+    if not dist.is_initialized() or not values:
+        return values
+    tensor = torch.tensor(list(values.values()), device=device, dtype=torch.float64)
     dist.all_reduce(tensor)
-    return tensor.item() / dist.get_world_size()
+    return dict(zip(values, (tensor / dist.get_world_size()).tolist()))
 
 
 def gather_objects(obj: Any) -> list[Any]:

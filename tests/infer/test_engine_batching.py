@@ -86,7 +86,7 @@ def test_finished_rows_leave_the_batch_and_the_others_decode_as_alone(engine, im
 def scripted(engine: Engine, text: str) -> None:
     """Make `engine` pick the tokens of `text`, then the end-of-text id (the model's logits are ignored)."""
     ids = iter(engine.tokenizer(text, add_special_tokens=False)["input_ids"] + [engine.tokenizer.eos_token_id])
-    engine._pick = lambda logits, params, generator: next(ids)
+    engine._pick = lambda logits, params, generators: [next(ids)]  # one row
 
 
 def test_incomplete_characters_are_held_back_while_streaming(engine):

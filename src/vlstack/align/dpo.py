@@ -52,20 +52,20 @@ class DPOObjective:
         self.beta = beta
         self.sft_weight = sft_weight
 
-    def __call__(self, model: QwenImageModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: QwenImageModel, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         scores = score_responses(model, flatten_pairs(batch))
         chosen, rejected = scores.sequence_logprobs().chunk(2)  # [B] each
         ref = batch["ref_logps"]
         losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], self.beta)
         margin = chosen_rewards - rejected_rewards
-        metrics = {"reward_chosen": chosen_rewards.mean().item(), "reward_rejected": rejected_rewards.mean().item(),
-                   "reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).float().mean().item()}
+        metrics = {"reward_chosen": chosen_rewards.mean().detach(), "reward_rejected": rejected_rewards.mean().detach(),
+                   "reward_margin": margin.mean().detach(), "reward_accuracy": (margin > 0).float().mean().detach()}
         loss = losses.mean()
         if self.sft_weight:
             pairs = len(chosen)
             chosen_nll = -global_mean((scores.logprobs[:pairs] * scores.mask[:pairs]).sum(), scores.mask[:pairs].sum())
             loss = loss + self.sft_weight * chosen_nll
-            metrics["chosen_nll"] = chosen_nll.item()
+            metrics["chosen_nll"] = chosen_nll.detach()
         return loss, metrics
 
 

@@ -87,7 +87,7 @@ class GRPOObjective:
     def __init__(self, clip_range: float, beta: float):
         self.clip_range, self.beta = clip_range, beta
 
-    def __call__(self, model: QwenImageModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: QwenImageModel, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         scores = score_responses(model, batch, with_entropy=True)
         mask = scores.mask
         surrogate, clipped = clipped_surrogate(scores.logprobs, batch["old_logprobs"], batch["advantages"][:, None],
@@ -95,9 +95,9 @@ class GRPOObjective:
         kl = k3_kl(scores.logprobs, batch["ref_logprobs"])
         per_answer = ((surrogate + self.beta * kl) * mask).sum(dim=1) / mask.sum(dim=1)  # [B]
         return per_answer.mean(), {
-            "clip_fraction": masked_mean(clipped.float(), mask).item(),
-            "kl_k3": masked_mean(kl, mask).item(),
-            "entropy": masked_mean(scores.entropy, mask).item(),
+            "clip_fraction": masked_mean(clipped.float(), mask).detach(),
+            "kl_k3": masked_mean(kl, mask).detach(),
+            "entropy": masked_mean(scores.entropy, mask).detach(),
         }
 
 

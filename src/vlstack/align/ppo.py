@@ -196,7 +196,7 @@ class PPOObjective:
     def __init__(self, config: PPOConfig):
         self.config = config
 
-    def __call__(self, model: PolicyWithValue, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: PolicyWithValue, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.config
         scores = score_responses(model.policy, batch, with_entropy=True)
         mask = scores.mask
@@ -209,11 +209,11 @@ class PPOObjective:
                                   * mask).sum(), tokens)
         log_ratio = scores.logprobs - batch["old_logprobs"]
         return policy_loss + cfg.value_coef * value_loss, {
-            "policy_loss": policy_loss.item(),
-            "value_loss": value_loss.item(),
-            "clip_fraction": masked_mean(clipped.float(), mask).item(),
-            "entropy": masked_mean(scores.entropy, mask).item(),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item(),
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "clip_fraction": masked_mean(clipped.float(), mask).detach(),
+            "entropy": masked_mean(scores.entropy, mask).detach(),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask).detach(),
         }
 
 

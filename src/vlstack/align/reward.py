@@ -92,12 +92,12 @@ def load_reward_model(directory: str | Path) -> RewardModel:
     return model.eval()
 
 
-def reward_objective(model: RewardModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+def reward_objective(model: RewardModel, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Bradley–Terry loss on a batch of pairs ([B, 2, T] rows, chosen first)."""
     chosen, rejected = model(flatten_pairs(batch)).chunk(2)  # [B] each
     margin = chosen - rejected
     loss = -F.logsigmoid(margin).mean()
-    return loss, {"pair_accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item()}
+    return loss, {"pair_accuracy": (margin > 0).float().mean().detach(), "margin": margin.mean().detach()}
 
 
 @torch.no_grad()

@@ -47,10 +47,10 @@ class PointCloudSet:
 
 
 def classification_objective(model: PointCloudClassifier, batch: dict[str, torch.Tensor]
-                             ) -> tuple[torch.Tensor, dict[str, float]]:
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy of the class logits."""
     logits = model(batch["points"])
-    accuracy = (logits.argmax(1) == batch["labels"]).float().mean().item()
+    accuracy = (logits.argmax(1) == batch["labels"]).float().mean().detach()
     return F.cross_entropy(logits, batch["labels"]), {"accuracy": accuracy}
 
 

@@ -264,12 +264,12 @@ class Engine:
             out = lm(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, cache=cache,
                      use_cache=True, logits_to_keep=1)
         while True:
-            logits = out.logits[:, -1].float()  # [len(active), V]
-            for row, i in enumerate(active):
+            picked = self._pick(out.logits[:, -1].float(), [requests[i].params for i in active],
+                                [generators[i] for i in active])
+            for token, i in zip(picked, active):
                 if requests[i].cancel is not None and requests[i].cancel.is_set():
                     finish[i] = "cancelled"
                     continue
-                token = self._pick(logits[row], requests[i].params, generators[i])
                 finish[i], texts[i] = self._advance(token, tokens[i], requests[i], budgets[i], live)
             keep = [row for row, i in enumerate(active) if finish[i] is None]
             if live or not keep:
@@ -309,15 +309,29 @@ class Engine:
                 return "stop", text[: text.index(stop)]
         return ("length", text) if finished else (None, _settled(text))
 
-    def _pick(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-        if params.temperature <= 0:
-            return int(logits.argmax())
+    def _pick(self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]
+              ) -> list[int]:
+        """The next token of every row of `logits` [B, V]: the greedy rows' argmax and the sampled rows'
+        distributions are computed on the device and read in one transfer each, so a decoding step reads the
+        device once or twice, not once per row. Sampling draws on the CPU from each request's own generator,
+        so a seeded answer is the same on any device."""
+        picked = logits.argmax(dim=-1)  # [B]
+        sampled = [row for row, p in enumerate(params) if p.temperature > 0]
+        if sampled:
+            distributions = torch.stack([self._distribution(logits[row], params[row]) for row in sampled]).cpu()
+            draws = [torch.multinomial(distributions[n], 1, generator=generators[row]) for n, row in enumerate(sampled)]
+            picked[sampled] = torch.cat(draws).to(picked.device)
+        return picked.tolist()
+
+    @staticmethod
+    def _distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """The probabilities to sample from: tempered, then cut to the top-k and the top-p."""
         scores = TemperatureLogitsWarper(params.temperature)(None, logits[None])
         if params.top_k > 0:
             scores = TopKLogitsWarper(params.top_k)(None, scores)
         if params.top_p < 1.0:
             scores = TopPLogitsWarper(params.top_p)(None, scores)
-        return int(torch.multinomial(scores.softmax(dim=-1), 1, generator=generator))
+        return scores.softmax(dim=-1)[0]
 
     def _prefix_states(self, requests: list[Request], prompts: list[list[int]], prefixes: list[int]
                        ) -> list[torch.Tensor | None]:

@@ -1,4 +1,5 @@
-"""Objectives: `loss(model, batch) -> (loss, metrics)`, the only thing the Trainer calls."""
+"""Objectives: `loss(model, batch) -> (loss, metrics)`, the only thing the Trainer calls. The metrics are
+detached tensors: the Trainer reads them from the device at log steps only."""
 
 from __future__ import annotations
 
@@ -22,12 +23,16 @@ from vlstack.train.losses import (
     vtm_loss,
 )
 
+Batch = dict[str, torch.Tensor]
+Metrics = dict[str, torch.Tensor]
+"""Detached 0-d tensors, named."""
 
-def itc_objective(model: QwenImageModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+
+def itc_objective(model: QwenImageModel, batch: Batch) -> tuple[torch.Tensor, Metrics]:
     """Image-text contrastive learning on matching pairs (no fusion pass needed)."""
     out = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], fuse=False)
     loss = itc_loss(out.image_embeds, out.text_embeds, model.itc.logit_scale)
-    return loss, {"itc": loss.item(), "temperature": model.itc.temperature.item()}
+    return loss, {"itc": loss.detach(), "temperature": model.itc.temperature.detach()}
 
 
 @dataclass
@@ -64,7 +69,7 @@ class PretrainObjective:
         self.mask_token_id = mask_token_id
         self.special_token_ids = torch.tensor(sorted(set(special_token_ids)))
 
-    def __call__(self, model: QwenImageModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: QwenImageModel, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         cfg = self.config
         pixels, ids, attention = batch["pixel_values"], batch["input_ids"], batch["attention_mask"]
         image_tokens = model.encode_image(pixels)  # [B, Nv, Dv]
@@ -72,7 +77,7 @@ class PretrainObjective:
         image_embeds = model.image_embedding(image_tokens)
         text_embeds = model.text_embedding(text_hidden, attention)
         losses = {"itc": itc_loss(image_embeds, text_embeds, model.itc.logit_scale)}
-        metrics: dict[str, float] = {}
+        metrics: dict[str, torch.Tensor] = {}
 
         if cfg.itm > 0:
             similarity = model.itc.logit_scale.exp() * image_embeds @ text_embeds.t()  # [B, B] ITC logits
@@ -83,11 +88,11 @@ class PretrainObjective:
 
         weights = {"itc": cfg.itc, "itm": cfg.itm, "mlm": cfg.mlm, "vtm": cfg.vtm}
         total = sum(weights[name] * value for name, value in losses.items())
-        metrics.update({name: value.item() for name, value in losses.items()})
-        metrics["temperature"] = model.itc.temperature.item()
+        metrics.update({name: value.detach() for name, value in losses.items()})
+        metrics["temperature"] = model.itc.temperature.detach()
         return total, metrics
 
-    def _itm(self, model, image_tokens, text_hidden, attention, similarity, ids) -> tuple[torch.Tensor, float]:
+    def _itm(self, model, image_tokens, text_hidden, attention, similarity, ids) -> tuple[torch.Tensor, torch.Tensor]:
         B = ids.shape[0]
         same_text = _same_rows(ids.masked_fill(attention == 0, -1))  # identical captions are not negatives
         hard = self.config.itm_hard_fraction
@@ -100,10 +105,10 @@ class PretrainObjective:
         )  # [3B, Nv + T, W]: positives, (image, hard text), (hard image, text)
         logits = model.itm(fused)  # [3B, 2]
         labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(logits.device)
-        accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
+        accuracy = (logits.argmax(dim=1) == labels).float().mean().detach()
         return itm_loss(logits, labels), accuracy
 
-    def _masked_modelling(self, model, image_tokens, ids, attention) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def _masked_modelling(self, model, image_tokens, ids, attention) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         maskable_text = attention.bool() & ~torch.isin(ids, self.special_token_ids.to(ids.device))
         masked_ids, labels = mask_tokens(ids, maskable_text, self.mask_token_id, model.config.language.vocab_size,
                                          self.config.mlm_probability)
@@ -116,7 +121,7 @@ class PretrainObjective:
         picked = labels != IGNORE_INDEX
         embedding = model.language_model.get_input_embeddings().weight
         logits = model.mlm(fused[:, n_visual:][picked], embedding)  # [n_picked, V]
-        accuracy = (logits.argmax(dim=-1) == labels[picked]).float().mean().item()
+        accuracy = (logits.argmax(dim=-1) == labels[picked]).float().mean().detach()
         vtm = vtm_loss(model.vtm(fused[:, :n_visual]), image_tokens.detach(), hidden_patches)
         return mlm_loss(logits, labels[picked]), vtm, accuracy
 
@@ -158,13 +163,13 @@ def supervised_logits(model: QwenImageModel, batch: dict[str, torch.Tensor], pre
     return logits.float(), targets[picked], row_of
 
 
-def sft_objective(model: QwenImageModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+def sft_objective(model: QwenImageModel, batch: Batch) -> tuple[torch.Tensor, Metrics]:
     """Supervised fine-tuning: mean cross-entropy over the assistant's tokens (of the global batch: ranks hold
     different numbers of them)."""
     logits, targets, _ = supervised_logits(model, batch)
     tokens = torch.tensor(float(len(targets)), device=logits.device)
     loss = global_mean(F.cross_entropy(logits, targets, reduction="sum"), tokens)
-    return loss, {"token_acc": (logits.argmax(dim=-1) == targets).float().mean().item()}
+    return loss, {"token_acc": (logits.argmax(dim=-1) == targets).float().mean().detach()}
 
 
 def unlikelihood_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -190,17 +195,17 @@ class SafetyObjective:
     def __init__(self, config: SafetyLossConfig):
         self.config = config
 
-    def __call__(self, model: QwenImageModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: QwenImageModel, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         cfg = self.config
         logits, targets, rows = supervised_logits(model, batch)
         weights = 1 + (cfg.refusal_weight - 1) * batch["refusal"][rows].float()  # [n]
         token_loss = F.cross_entropy(logits, targets, reduction="none")  # [n]
         loss = global_mean((weights * token_loss).sum(), weights.sum())
-        metrics = {"sft": token_loss.mean().item(),
-                   "token_acc": (logits.argmax(dim=-1) == targets).float().mean().item()}
+        metrics = {"sft": token_loss.mean().detach(),
+                   "token_acc": (logits.argmax(dim=-1) == targets).float().mean().detach()}
         if cfg.unlikelihood > 0 and bool((batch["unsafe_labels"] != IGNORE_INDEX).any()):
             unsafe_logits, unsafe_targets, _ = supervised_logits(model, batch, prefix="unsafe_")
             unlikely = unlikelihood_loss(unsafe_logits, unsafe_targets)
             loss = loss + cfg.unlikelihood * unlikely
-            metrics["unlikelihood"] = unlikely.item()
+            metrics["unlikelihood"] = unlikely.detach()
         return loss, metrics

@@ -51,7 +51,7 @@ from vlstack.train.flops import count_flops, matmul_peak
 from vlstack.train.signature import check_signature, sign_training_state
 
 Batch = dict[str, torch.Tensor]
-Objective = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+Objective = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 Export = Callable[[Path, dict[str, torch.Tensor]], None]
 """Writes inference files (config, consolidated weights, tokenizer) into a checkpoint directory."""
 
@@ -77,7 +77,7 @@ class ObjectiveModule(nn.Module):
         self.model = model
         self.objective = objective
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.objective(self.model, batch)
 
 
@@ -132,6 +132,9 @@ class Trainer:
                 task = progress.add_task(description, total=cfg.steps, completed=self.step, status="")
                 while self.step < cfg.steps:
                     record = self.train_step()
+                    log_now = record["skipped"] or self.step % cfg.log_every == 0 or self.step == cfg.steps
+                    if log_now or self.on_step is not None:
+                        record = self.readable(record)
                     for report in getattr(self.data, "finished_epochs", list)():
                         skipped = sum_over_ranks(report["skipped_by_reason"])
                         self._log({"step": self.step, "event": "epoch", **report, "skipped_by_reason": skipped,
@@ -146,7 +149,7 @@ class Trainer:
                     window_samples += record.pop("samples")
                     window_tokens += record.pop("tokens")
                     window_steps += not record["skipped"]
-                    if record["skipped"] or self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    if log_now:
                         seconds = time.perf_counter() - window_start
                         record["samples_per_s"] = round(window_samples / seconds, 2)
                         record["tokens_per_s"] = round(window_tokens / seconds, 1)
@@ -174,36 +177,44 @@ class Trainer:
         return self.history
 
     def train_step(self) -> dict:
-        """One optimizer step over `grad_accum_steps` micro-batches."""
+        """One optimizer step over `grad_accum_steps` micro-batches. The loss and the metrics stay on the device
+        (`readable` reads them, at log steps); the step reads the device once, for the one decision every rank
+        must take alike: whether its gradient is finite (and so applied)."""
         cfg = self.config
         torch.manual_seed(((cfg.seed * 1_000_003) + self.step) * 1_009 + self.dist.rank)
         self.backend.zero_grad()
         losses, sums, samples, tokens = [], {}, 0, 0
         for micro in range(cfg.grad_accum_steps):
-            batch = {k: v.to(self.dist.device, non_blocking=True)
-                     for k, v in self.data.next(self.dist.rank, self.dist.world).items()}
-            if not all_ranks_agree(bool(batch), self.dist.device):
+            host = self.data.next(self.dist.rank, self.dist.world)
+            if not all_ranks_agree(bool(host), self.dist.device):
                 return self._skip(float("nan"), "empty batch (every sample of it was skipped)")
+            samples += _rows(host) * self.dist.world  # counted on the host: no read of the device
+            tokens += _tokens(host) * self.dist.world
+            batch = {k: v.to(self.dist.device, non_blocking=True) for k, v in host.items()}
             with torch.autocast(self.dist.device.type, dtype=_autocast_dtype(cfg.precision),
                                 enabled=cfg.precision != "fp32"):
                 loss, metrics = self.module(batch)
-            finite = all_ranks_agree(bool(torch.isfinite(loss)), self.dist.device)
-            self.backend.backward(loss, finite, last=micro == cfg.grad_accum_steps - 1)
-            if not finite:
-                return self._skip(loss.item(), "non-finite loss")
-            losses.append(loss.item())
+            self.backend.backward(loss, last=micro == cfg.grad_accum_steps - 1)
+            losses.append(loss.detach().float())
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0.0) + value / cfg.grad_accum_steps
-            samples += _rows(batch) * self.dist.world
-            tokens += _tokens(batch) * self.dist.world
         applied, grad_norm = self.backend.step()
+        loss = torch.stack(losses).mean()
         if not applied:
-            return self._skip(sum(losses) / len(losses), "non-finite gradient", grad_norm)
+            finite = all_ranks_agree(bool(torch.isfinite(loss)), self.dist.device)
+            return self._skip(loss.item(), "non-finite gradient" if finite else "non-finite loss", grad_norm)
         self.step += 1
-        loss = mean_over_ranks(sum(losses) / len(losses), self.dist.device)
-        record = {"step": self.step, "loss": loss, "lr": self.backend.last_lr(), "grad_norm": grad_norm}
-        record.update({name: mean_over_ranks(value, self.dist.device) for name, value in sums.items()})
+        record = {"step": self.step, "loss": loss, "lr": self.backend.last_lr(), "grad_norm": grad_norm, **sums}
         return {**record, "skipped": False, "samples": samples, "tokens": tokens}
+
+    def readable(self, record: dict) -> dict:
+        """`record` with its device values (the loss, the objective's metrics) read in one transfer and averaged
+        over the ranks in one all-reduce. Every rank calls it alike."""
+        names = [k for k, v in record.items() if isinstance(v, torch.Tensor)]
+        if not names:
+            return record
+        values = torch.stack([record[k].detach().float().reshape(()) for k in names]).tolist()
+        return {**record, **mean_over_ranks(dict(zip(names, values)), self.dist.device)}
 
     def _count_step_flops(self) -> int:
         """FLOPs of one step (forward + backward, all ranks), counted on a rehearsal that changes

@@ -27,11 +27,12 @@ class Backend(Protocol):
     state_dir: str
     """The folder of a checkpoint that holds this backend's training state."""
 
-    def backward(self, loss: torch.Tensor, finite: bool, last: bool) -> None:
-        """Accumulate one micro-batch's gradient (`finite`: agreed by every rank; `last`: of the step)."""
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Accumulate one micro-batch's gradient (`last`: the step's last micro-batch)."""
 
     def step(self) -> tuple[bool, float]:
-        """Unscale, clip and apply the accumulated gradient: (applied, gradient norm before clipping)."""
+        """Unscale, clip and apply the accumulated gradient unless it is not finite on some rank (a non-finite
+        loss makes it so): (applied, gradient norm before clipping)."""
 
     def rehearsal_backward(self, loss: torch.Tensor) -> None:
         """A backward pass that only accumulates (for counting a step's FLOPs); the caller drops the gradient."""

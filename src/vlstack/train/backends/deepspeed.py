@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlstack.collectives import all_ranks_agree
 from vlstack.config import read_yaml
 from vlstack.errors import CheckpointError, ConfigError, VlstackError
 from vlstack.train.config import TrainConfig
@@ -137,15 +138,15 @@ def backward_and_step(engine, loss: torch.Tensor, finite: bool, last: bool) -> N
     """One micro-batch: the engine accumulates its gradient and, on the last one, unscales,
     clips and steps.
 
-    A non-finite loss (on any rank: `finite` is agreed by all) ends the step early. Its
-    backward runs on `loss * NaN`, which makes every gradient it reaches NaN on every rank,
-    so DeepSpeed's own overflow check (reduced over the ranks) drops the whole accumulated
-    step and clears its gradient buffers: the same skip everywhere, by DeepSpeed's tested path.
+    A non-finite loss (on any rank: `finite` is agreed by all) has its backward run on
+    `loss * NaN`, which makes every gradient it reaches NaN on every rank, so DeepSpeed's own
+    overflow check (reduced over the ranks) drops the whole accumulated step at its boundary and
+    clears its gradient buffers: the same skip everywhere, by DeepSpeed's tested path.
     """
-    engine.set_gradient_accumulation_boundary(last or not finite)
+    engine.set_gradient_accumulation_boundary(last)
     engine.backward(loss if finite else loss * float("nan"))
     engine.step()
-    if (last or not finite) and not engine.was_step_applied():
+    if last and not engine.was_step_applied():
         _gather_persistent_parameters(engine)
 
 
@@ -300,8 +301,9 @@ class DeepSpeedBackend:
                                    scheduler=lambda optimizer: lr_schedule(optimizer, config))
         self.module, self.optimizer = self.engine, self.engine.optimizer
 
-    def backward(self, loss: torch.Tensor, finite: bool, last: bool) -> None:
-        backward_and_step(self.engine, loss, finite, last)
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        # DeepSpeed needs the verdict now (it reads the host each step anyway)
+        backward_and_step(self.engine, loss, all_ranks_agree(bool(torch.isfinite(loss)), self.dist.device), last)
 
     def step(self) -> tuple[bool, float]:
         return step_outcome(self.engine)

@@ -49,13 +49,13 @@ class NativeBackend:
         self.scheduler = lr_schedule(self.optimizer, config)
         self.scaler = _grad_scaler(config, dist.device)
 
-    def backward(self, loss: torch.Tensor, finite: bool, last: bool) -> None:
-        if finite:  # a non-finite loss adds nothing: the step is dropped
-            self.scaler.scale(loss / self.config.grad_accum_steps).backward()
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        # a non-finite loss makes the gradient non-finite: `step` then drops it
+        self.scaler.scale(loss / self.config.grad_accum_steps).backward()
 
     def step(self) -> tuple[bool, float]:
         self.scaler.unscale_(self.optimizer)
-        grad_norm = _clip(self.model, self.config.grad_clip)
+        grad_norm = _clip(self.model, self.config.grad_clip)  # the step's one read of the device
         if not all_ranks_agree(math.isfinite(grad_norm), self.dist.device):
             self.scaler.update()  # fp16: an overflow lowers the loss scale
             return False, grad_norm
