@@ -98,6 +98,7 @@ class HFRunner:
 
     def __init__(self, llava: LlavaForConditionalGeneration, engine: Engine, bf16: bool = False):
         self.llava, self.engine, self.bf16 = llava, engine, bf16
+        self.device = next(llava.parameters()).device
         ids = special_token_ids(engine.tokenizer)
         self.stop_ids = [ids.eos, engine.tokenizer.convert_tokens_to_ids(IM_END)]  # the Engine's stop ids
         self.pad_id = ids.pad
@@ -107,15 +108,15 @@ class HFRunner:
         """Generated token counts per request."""
         prompts = [self.engine.prompt_ids(r) for r in requests]
         width = max(len(p) for p in prompts)
-        ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        size = self.engine.model.config.vision.image_size
-        pixels = torch.stack([image_to_tensor(r.images[0], size) for r in requests])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        vision = self.engine.model.config.vision
+        pixels = torch.stack([image_to_tensor(r.images[0], vision) for r in requests]).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.llava.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, do_sample=False,
                                       max_new_tokens=requests[0].params.max_new_tokens,
                                       eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
-        new = out[:, width:]
+        new = out[:, width:].cpu()
         return [int(((row != self.pad_id) & ~torch.isin(row, torch.tensor(self.stop_ids))).sum()) for row in new]
 
 
@@ -137,16 +138,17 @@ class Setting:
 
 def interleaved_throughput(settings: list[Setting], batch: int, rounds: int, max_new_tokens: int,
                            image_size: int) -> list[dict]:
-    """tokens/s and per-request latency p50/p95 of each setting over `rounds` rounds of 8 requests at
-    `batch`. The settings take turns on each batch, so load from other jobs on shared cores falls on
+    """tokens/s and per-request latency p50/p95 of each setting over `rounds` rounds of 8 requests (or one
+    batch, if larger) at `batch`. The settings take turns on each batch, so load from other jobs on shared cores falls on
     all of them alike; `vs_hf` is the median over batches of the first setting's (HF's) time over this one's."""
     for setting in settings:  # warm-up, untimed
         setting.generate(requests_for(999, batch, max_new_tokens, image_size))
     times: dict[str, list[float]] = {s.name: [] for s in settings}
     tokens = dict.fromkeys(times, 0)
+    per_round = max(8, batch)
     for r in range(rounds):
-        requests = requests_for(r, 8, max_new_tokens, image_size)
-        for start in range(0, 8, batch):
+        requests = requests_for(r, per_round, max_new_tokens, image_size)
+        for start in range(0, per_round, batch):
             chunk = requests[start : start + batch]
             for setting in settings:
                 setting.prepare(chunk)
@@ -195,7 +197,7 @@ def same_lm_weights(engine: Engine, hf: HFRunner) -> bool:
     """Text-only greedy decoding of both stacks gives the same tokens (the LM weights were copied)."""
     request = Request.ask(QUESTIONS[0], max_new_tokens=12)
     ours = engine.generate([request])[0].token_ids
-    ids = torch.tensor([engine.prompt_ids(request)])
+    ids = torch.tensor([engine.prompt_ids(request)], device=hf.device)
     with torch.no_grad():
         theirs = hf.llava.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                    max_new_tokens=12, eos_token_id=hf.stop_ids, pad_token_id=hf.pad_id)

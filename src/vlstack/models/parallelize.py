@@ -24,10 +24,12 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each block's activations in the backward pass instead of storing them."""
+    """Recompute each block's activations in the backward pass instead of storing them (a block wrapped
+    already, by an earlier Trainer of the same model, stays as it is)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing as wrap
 
-    targets = set(map(id, transformer_blocks(model)))
+    targets = {id(block) for block in transformer_blocks(model) if not isinstance(block, CheckpointWrapper)}
     wrap(model, check_fn=lambda module: id(module) in targets)
     # a recomputed decoder layer would append its keys and values to the KV cache a second time
     # (a shape error on padded batches); training needs no cache, generate() asks for one itself

@@ -46,7 +46,7 @@ from vlstack.models.parallelize import apply_activation_checkpointing, compile_b
 from vlstack.progress import progress_bar
 from vlstack.train.backends import build_backend
 from vlstack.train.config import Fill, ParallelConfig, TrainConfig
-from vlstack.train.distributed import DistInfo
+from vlstack.train.distributed import DistInfo, local_bytes
 from vlstack.train.flops import count_flops, matmul_peak
 from vlstack.train.signature import check_signature, sign_training_state
 
@@ -127,6 +127,7 @@ class Trainer:
             self._peak_flops, _ = matmul_peak(_compute_dtype(cfg.precision), self.dist.device, sizes=(2048,))
             self._flops_per_step = self._count_step_flops()
         skips_in_a_row, window_start, window_samples, window_tokens, window_steps = 0, time.perf_counter(), 0, 0, 0
+        state_logged = False
         try:
             with progress_bar() as progress:
                 task = progress.add_task(description, total=cfg.steps, completed=self.step, status="")
@@ -141,6 +142,9 @@ class Trainer:
                                    "trained": report["samples"] - sum(skipped.values())})
                     if self.on_step is not None:
                         self.on_step(dict(record))
+                    if not record["skipped"] and not state_logged:  # the optimizer's state exists from now on
+                        self._log({"step": self.step, "event": "state_bytes", **self.state_bytes()}, history=False)
+                        state_logged = True
                     skips_in_a_row = skips_in_a_row + 1 if record["skipped"] else 0
                     if skips_in_a_row > cfg.max_skips_in_a_row:
                         raise VlstackError(
@@ -155,6 +159,7 @@ class Trainer:
                         record["tokens_per_s"] = round(window_tokens / seconds, 1)
                         if self._flops_per_step and self._peak_flops:
                             achieved = self._flops_per_step * window_steps / seconds
+                            record["flops_per_s"] = round(achieved / self.dist.world)  # per device
                             record["mfu"] = round(achieved / (self._peak_flops * self.dist.world), 4)
                         window_start, window_samples, window_tokens, window_steps = time.perf_counter(), 0, 0, 0
                         self._log(record)
@@ -207,6 +212,11 @@ class Trainer:
         record = {"step": self.step, "loss": loss, "lr": self.backend.last_lr(), "grad_norm": grad_norm, **sums}
         return {**record, "skipped": False, "samples": samples, "tokens": tokens}
 
+    def state_bytes(self) -> dict[str, int]:
+        """The bytes of parameters and of optimizer state this rank holds (under ZeRO-3, its shards)."""
+        parameters = local_bytes(self.module)
+        return {"parameter_bytes": parameters, "optimizer_bytes": local_bytes(self.module, self.optimizer) - parameters}
+
     def readable(self, record: dict) -> dict:
         """`record` with its device values (the loss, the objective's metrics) read in one transfer and averaged
         over the ranks in one all-reduce. Every rank calls it alike."""
@@ -243,8 +253,10 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True
 
-    def _log(self, record: dict) -> None:
-        self.history.append(record)
+    def _log(self, record: dict, history: bool = True) -> None:
+        """Append `record` to train_log.jsonl (and TensorBoard), and with `history` to what `fit` returns."""
+        if history:
+            self.history.append(record)
         if self.out_dir is None or not self.dist.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
