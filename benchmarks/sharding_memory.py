@@ -76,7 +76,8 @@ def main() -> None:
             stage = (f"stages=[{{name: general, steps: 2, batch_size: 4, lr: 1.0e-4, datasets: [{{name: vqa, path: "
                      f"{data / 'vqa'}}}]}}]")
             cli(ranks, "finetune", "--config", ROOT / "configs" / "finetune.yaml",
-                *sets(f"base={base}", stage, "eval.datasets=[]", f"out_dir={run / 'finetune'}", parallel, *fast))
+                *sets(f"base={base}", stage, "eval.datasets=[]", "max_length=512", f"out_dir={run / 'finetune'}", parallel,
+                      *fast))
             policy = run / "finetune" / "01-general" / "model"
             logs = {"pretrain": run / "pretrain", "finetune": run / "finetune" / "01-general"}
             for method, extra in (("reward", ("train.steps=2", "train.batch_size=4")),
