@@ -156,8 +156,12 @@ def _normal(std: float) -> Draw:
     return lambda g, shape: torch.empty(shape).normal_(0.0, std, generator=g)
 
 
-def _truncated_normal(std: float) -> Draw:
-    return lambda g, shape: nn.init.trunc_normal_(torch.empty(shape), std=std, generator=g)
+def _truncated_normal(std: float, bound: float = 2.0) -> Draw:
+    """`nn.init.trunc_normal_`'s default: a normal cut at +-2 (absolute). For a std far below the bound the cut
+    never happens, and a plain normal (5x faster to draw) is the same distribution."""
+    if std * 10 < bound:
+        return _normal(std)
+    return lambda g, shape: nn.init.trunc_normal_(torch.empty(shape), std=std, a=-bound, b=bound, generator=g)
 
 
 def _constant(value: float) -> Draw:
