@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_the_gpu_check_dry_run_measures_every_part(tmp_path):
     results = tmp_path / "RESULTS.md"
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path / "check.json"),
-                           "--results", str(results)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    command = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path / "check.json"),
+               "--results", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "check.json").read_text())
     assert report["dry_run"] and report["bf16_matmul_peak_tflops"] > 0
