@@ -4,15 +4,18 @@ import base64
 import copy
 import io
 import json
+import random
 import re
 
 import pytest
 import torch
 from PIL import Image
 
+from vlstack.data.augment import AugmentConfig
 from vlstack.data.collate import IGNORE_INDEX, CollateConfig, SampleCollator
 from vlstack.data.conversations import (
     UNSAFE_ANSWER,
+    ConversationEncoder,
     check_conversations,
     conversation_problem,
     encode_conversations,
@@ -24,6 +27,7 @@ from vlstack.errors import DataError
 from vlstack.models.config import VisionConfig
 from vlstack.models.tokenizer import IM_END, IM_START, special_token_ids
 from vlstack.synthetic.instructions import instruction_samples
+from vlstack.synthetic.scenes import encode_image, shape_scene
 from vlstack.train.objectives import sft_objective
 
 PER_IMAGE = 4
@@ -162,3 +166,16 @@ def test_encoded_set_has_one_row_per_sample_and_unsafe_continuations(collator, t
             assert tokenizer.decode(unsafe[unsafe != IGNORE_INDEX]) == sample.meta[UNSAFE_ANSWER]
         else:
             assert not data["refusal"][row] and (unsafe == IGNORE_INDEX).all()
+
+
+def test_an_augmenting_encoder_changes_the_images_alike_for_the_same_draws_and_never_the_labels(collator):
+    scene = shape_scene(0, 1)
+    sample = Sample("s", "vqa", [ImageRef("png", encode_image(scene.image))],
+                    conversations=[{"from": "human", "value": "<image>\nHow many shapes?"}, {"from": "gpt", "value": "2"}])
+    plain = ConversationEncoder(collator)(sample, random.Random(0))
+    config = AugmentConfig(color_jitter_p=1.0)
+    once, again = (ConversationEncoder(collator, augment=config)(sample, random.Random(0)) for _ in range(2))
+    other = ConversationEncoder(collator, augment=config)(sample, random.Random(1))
+    assert once["input_ids"] == plain["input_ids"] and once["labels"] == plain["labels"]
+    assert not torch.equal(once["pixels"], plain["pixels"]) and torch.equal(once["pixels"], again["pixels"])
+    assert not torch.equal(once["pixels"], other["pixels"])

@@ -10,6 +10,7 @@ import torch
 from vlstack.checkpoint import load_model
 from vlstack.cli import main
 from vlstack.config import load_config, save_yaml
+from vlstack.data.augment import AugmentConfig
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import encode_conversations
 from vlstack.errors import ConfigError, DataError
@@ -217,3 +218,28 @@ def test_cli_runs_a_recipe(tmp_path, capsys, datasets):
     trained = figures["shapes_vqa"]  # the stage trains shapes_vqa: its training samples are answered too
     assert trained["gap"] == pytest.approx(trained["train_accuracy"] - trained["accuracy"])
     assert "train_accuracy" not in figures["safety"]  # a dataset the stage does not train has no train side
+
+
+def test_a_stage_validates_keeps_its_best_step_and_reports_its_gap(tmp_path, datasets):
+    """Validation on a val split named like the stage's dataset: logged during the stage, the best step kept,
+    and the final weights scored on as many training conversations for the train-vs-held-out gap. The stage's
+    images are augmented (the stream's draws: the same on a rerun)."""
+    config = nano_run(tmp_path, stage(datasets, steps=6, augment=AugmentConfig()), validate_every=2, keep_best=True)
+    config.validation = [DatasetSpec("shapes_vqa", datasets("shapes_vqa", 16, "val"))]
+    results = run_finetune(config)["stages"]["general"]
+    lines = [json.loads(line) for line in (tmp_path / "01-general" / "train_log.jsonl").read_text().splitlines()]
+    validations = [r for r in lines if r.get("event") == "validation"]
+    assert [r["step"] for r in validations] == [2, 4, 6] and all("token_acc" in r for r in validations)
+    [best] = [r for r in results["validation"] if r["event"] == "best"]
+    assert best["validation_loss"] == min(r["loss"] for r in validations)
+    fit = results["fit"]
+    assert fit["validation"]["loss"] == pytest.approx(best["validation_loss"], rel=1e-4)  # the kept weights
+    assert fit["gap"]["token_acc"] == pytest.approx(fit["train"]["token_acc"] - fit["validation"]["token_acc"])
+    assert "validation" in finetune.summary({"stages": {"general": results}, "eval": {}, "checkpoint": "x"})
+
+
+def test_a_validation_dataset_that_is_not_there_is_a_config_error(tmp_path, datasets):
+    config = nano_run(tmp_path, stage(datasets))
+    config.validation = [DatasetSpec("shapes_vqa", str(tmp_path / "nowhere"))]
+    with pytest.raises(ConfigError, match=r"validation\[0\] \('shapes_vqa'\): path"):
+        check_config(config)

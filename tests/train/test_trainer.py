@@ -217,3 +217,27 @@ def _die_at_call(k: int) -> None:
 def test_batch_must_split_over_accumulation():
     with pytest.raises(VlstackError, match="must divide evenly"):
         _trainer(_data(), grad_accum_steps=3)
+
+
+def test_validation_is_logged_and_keep_best_ends_on_the_best_step(tmp_path):
+    """Held-out rows whose targets are the untrained model's own answers: training moves away from them, so the
+    first validation is the best, and keep_best ends on its weights (the last checkpoint holds them too)."""
+    torch.manual_seed(0)
+    start = Regression()
+    data = _data()
+    with torch.no_grad():
+        held_out = {**_data(64), "y": start.linear(_data(64)["x"])}
+    config = TrainConfig(steps=12, batch_size=16, lr=0.05, warmup_steps=2, precision="fp32", log_every=1,
+                         validate_every=4, keep_best=True)
+    trainer = Trainer(start, mse, config, data, out_dir=tmp_path, validation=held_out)
+    history = trainer.fit()
+    validations = [r for r in history if r.get("event") == "validation"]
+    assert [r["step"] for r in validations] == [4, 8, 12]
+    assert validations[0]["loss"] < validations[1]["loss"] < validations[2]["loss"]
+    assert history[-1] == {"step": 12, "event": "best", "best_step": 4, "validation_loss": validations[0]["loss"]}
+    assert trainer.validate()["loss"] == pytest.approx(validations[0]["loss"])  # the weights of step 4
+
+
+def test_keep_best_needs_validation_rows():
+    with pytest.raises(VlstackError, match="keep_best needs validation rows"):
+        _trainer(_data(), keep_best=True)

@@ -183,11 +183,20 @@ class SampleCollator:
         self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
 
-    def image_tensors(self, sample: Sample) -> torch.Tensor:
-        """The sample's images, resized and normalised: [n, 3, S, S]; raises `SampleRejected` on bad bytes."""
+    def image_tensors(self, sample: Sample, augment: AugmentConfig | None = None, rng: random.Random | None = None
+                      ) -> torch.Tensor:
+        """The sample's images, resized and normalised: [n, 3, S, S]; raises `SampleRejected` on bad bytes. With
+        `augment`, each image first gets the label-preserving augmentation (`vlstack.data.augment`, guarded by
+        every text of the sample), drawn from `rng`."""
         size = self.cfg.vision.image_size
-        images = [image_to_tensor(_open_image(ref.data), self.cfg.vision) for ref in sample.images]
-        return torch.stack(images) if images else torch.zeros((0, 3, size, size))
+        images = [_open_image(ref.data) for ref in sample.images]
+        if augment is not None:
+            texts = [message["content"] for message in sample_messages(sample)]
+            rng = rng or random.Random(sample.id)
+            images = [augment_image(image, texts, torch.Generator().manual_seed(rng.getrandbits(62)), augment,
+                                    has_boxes=bool(sample.regions)) for image in images]
+        tensors = [image_to_tensor(image, self.cfg.vision) for image in images]
+        return torch.stack(tensors) if tensors else torch.zeros((0, 3, size, size))
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
         rows, pixels, counts, ids, rejected = [], [], [], [], []

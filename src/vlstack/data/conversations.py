@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from vlstack.data.augment import AugmentConfig
 from vlstack.data.collate import IGNORE_INDEX, SampleCollator, SampleRejected
 from vlstack.data.schema import IMAGE_TOKEN, ROLES, Rejected, Sample
 from vlstack.data.shards import read_shards
@@ -114,6 +115,8 @@ class ConversationEncoder:
 
     collator: SampleCollator
     unsafe: bool = False
+    augment: AugmentConfig | None = None
+    """Label-preserving image augmentation (`vlstack.data.augment`), drawn from the stream's `rng`; None: off."""
 
     def __call__(self, sample: Sample, rng: random.Random | None = None) -> dict[str, Any]:
         problem = None if _single_turn(sample) else conversation_problem(sample)
@@ -121,7 +124,7 @@ class ConversationEncoder:
             raise Skip("bad_conversation", problem)
         try:
             input_ids, labels = self.collator.encode(sample)
-            pixels = self.collator.image_tensors(sample)  # [n, 3, S, S]
+            pixels = self.collator.image_tensors(sample, self.augment, rng)  # [n, 3, S, S]
         except SampleRejected as error:
             raise Skip(error.reason, str(error)) from None
         row = {"input_ids": input_ids, "labels": labels, "pixels": pixels, "refusal": bool(sample.meta.get(REFUSAL))}

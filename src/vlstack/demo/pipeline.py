@@ -151,16 +151,18 @@ def _clean_stage(config: DemoCleanConfig, checkpoint: str, out: Path) -> dict:
 
 
 def _finetune_stage(config: DemoConfig, checkpoint: str, out: Path) -> dict:
-    """Write every instruction dataset the stages and the held-out checks name (train split for the
-    stages, test split for the checks), then run the progressive plan from the pretrained checkpoint."""
+    """Write every instruction dataset the stages, their validation and the held-out checks name (train, val and
+    test splits), then run the progressive plan from the pretrained checkpoint."""
     stages = config.finetune.stages
     seed = config.finetune.train.seed
     train = _write_datasets([spec for stage in stages for spec in stage.datasets], "train", seed, out)
+    validation = _write_datasets(config.finetune.validation, "val", seed, out)
     held_out = _write_datasets(config.finetune.eval.datasets, "test", seed, out)
     finetune = dataclasses.replace(
         config.finetune, base=checkpoint, out_dir=str(out / "finetune"),
         stages=[dataclasses.replace(stage, datasets=[_located(spec, train) for spec in stage.datasets])
                 for stage in stages],
+        validation=[_located(spec, validation) for spec in config.finetune.validation],
         eval=dataclasses.replace(config.finetune.eval,
                                  datasets=[_located(spec, held_out) for spec in config.finetune.eval.datasets]))
     shutil.rmtree(finetune.out_dir, ignore_errors=True)
@@ -169,7 +171,7 @@ def _finetune_stage(config: DemoConfig, checkpoint: str, out: Path) -> dict:
     if interrupted:
         raise VlstackError(f"fine-tuning stage {interrupted[0]!r} was interrupted (SIGTERM); run the demo again")
     return {
-        "stages": {name: {k: stage.get(k) for k in ("steps", "first_loss", "final_loss", "samples", "seconds")}
+        "stages": {name: {k: stage.get(k) for k in ("steps", "first_loss", "final_loss", "samples", "seconds", "fit")}
                    for name, stage in results["stages"].items()},
         "eval": results["eval"],
         "checkpoint": results["checkpoint"],

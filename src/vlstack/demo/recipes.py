@@ -91,7 +91,9 @@ def _finetune() -> FinetuneConfig:
             StageConfig("domain", domain, lr=5e-4, steps=200, batch_size=32),
             StageConfig("safety", safety, lr=3e-4, steps=300, batch_size=32),
         ],
-        train=TrainConfig(warmup_steps=10, log_every=10, measure_mfu=False, tensorboard=False),
+        train=TrainConfig(warmup_steps=10, log_every=10, measure_mfu=False, tensorboard=False, validate_every=50),
+        validation=[DatasetSpec(name, samples=64) for name in
+                    dict.fromkeys(spec.name for specs in (general, domain, safety) for spec in specs)],
         eval=FinetuneEvalConfig(datasets=[DatasetSpec(name, samples=100) for name in ("shapes_vqa", "scans", "safety")],
                                 max_new_tokens=40, every_stage=False),
     )

@@ -71,6 +71,10 @@ def _headline_markdown(stages: dict) -> list[str]:
               f"{_fmt(safety.get('harmful_refusal_rate'))} / {_fmt(safety.get('safe_refusal_rate'))} / {refused:.2f}",
               "want 1 / 0 / 0"),
              ("hallucination detector AUROC (held-out captions)", f"{h['auroc']:.3f}", "chance 0.5")]
+    rows += [(f"fine-tuning stage {name}: validation token accuracy (on as many training samples; gap)",
+              f"{st['fit']['validation']['token_acc']:.3f} ({st['fit']['train']['token_acc']:.3f}; "
+              f"{st['fit']['gap']['token_acc']:+.3f})", f"validation loss {st['fit']['validation']['loss']:.3f}")
+             for name, st in stages["finetune"]["stages"].items() if st.get("fit")]
     rows += [(f"fine-tuning: held-out {name} accuracy (on training samples; gap)",
               f"{f['accuracy']:.3f} ({_fmt(f.get('train_accuracy'))}; {f['gap']:+.3f})" if "gap" in f
               else f"{f['accuracy']:.3f}", f"blind {_fmt(f.get('blind_baseline'))}")
@@ -179,11 +183,21 @@ def _items(values: dict | None) -> str:
     return "n/a" if not values else ", ".join(f"{k} {v:.2f}" for k, v in values.items())
 
 
+def _fit(fit: dict | None) -> str:
+    """A stage's validation loss | token accuracy on training samples / validation (gap), or n/a."""
+    if not fit:
+        return "n/a | n/a"
+    accuracy = fit["validation"].get("token_acc")
+    return (f"{fit['validation']['loss']:.3f} | {fit['train'].get('token_acc', 0):.3f} / {accuracy:.3f} "
+            f"({fit['gap'].get('token_acc', 0):+.3f})")
+
+
 def _tuning_markdown(f: dict, a: dict) -> list[str]:
     lines = ["## Instruction tuning and alignment", "",
-             "| stage | steps | loss | conversations | seconds |", "|---|---|---|---|---|"]
+             "| stage | steps | loss | conversations | validation loss | token accuracy: train / validation (gap) "
+             "| seconds |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {st['steps']} | {st['first_loss']:.3f} -> {st['final_loss']:.3f} | {st['samples']} | "
-              f"{st['seconds']} |" for name, st in f["stages"].items()]
+              f"{_fit(st.get('fit'))} | {st['seconds']} |" for name, st in f["stages"].items()]
     lines += ["", "After the safety stage:", ""]
     lines += [f"- {eval_line(name, figures)}" for name, figures in f["eval"].items()]
     lines += ["", f"DPO ({a['steps']} steps): held-out VQA accuracy {a['vqa_accuracy_before']:.3f} -> "

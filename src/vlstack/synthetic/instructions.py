@@ -130,6 +130,21 @@ def shapes_chat(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
     return out
 
 
+def shapes_caption(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
+    """A request to describe a shape scene (in one of the split's phrasings), answered by a caption that names
+    every object with its colour and place, the objects in random order: the caption has to be read off the
+    image, object by object, not recited left to right (the generative captioning stage of the LM path)."""
+    out = []
+    for i in range(n):
+        s = make_sample("vqa", split_seed(seed, split), 8 * STREAM + i, lang)
+        rng = random.Random(f"shapes_caption:{seed}:{split}:{lang}:{i}")
+        objects = _scene_objects(s)
+        rng.shuffle(objects)
+        turns = _turns((f"{IMAGE_TOKEN}\n{describe_request(split, lang, rng)}", caption_for(objects, lang)))
+        out.append(_conversation(s, "shapes_caption", split, turns, question_type="caption"))
+    return out
+
+
 def grounding(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
     """The box `[x0, y0, x1, y1]` (pixels of the 64 px scene) of one named object."""
     out = []
@@ -200,6 +215,7 @@ Generator = Callable[[int, int, str, Language], list[Sample]]
 DATASETS: dict[str, Generator] = {
     "shapes_vqa": shapes_vqa,
     "shapes_chat": shapes_chat,
+    "shapes_caption": shapes_caption,
     "grounding": grounding,
     "interleaved": interleaved,
     "documents_vqa": _page_qa("document", "documents_vqa", 6),

@@ -70,6 +70,12 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 0
     """Write a resumable checkpoint every n steps (0: only at the end and on SIGTERM)."""
+    validate_every: int = 0
+    """Score the held-out validation rows (where a command has them: fine-tuning's `validation`) every n steps,
+    logged as `validation` lines of train_log.jsonl; 0: only after the last step."""
+    keep_best: bool = False
+    """End on the weights of the validation step with the lowest loss instead of the last (a resumed run keeps
+    the best of the steps since it resumed)."""
     max_skips_in_a_row: int = 20
     """Stop with an error after this many consecutive non-finite steps (the run has diverged)."""
     measure_mfu: bool = True

@@ -43,6 +43,7 @@ from vlstack import checkpoint
 from vlstack.checkpoint import load_checkpoint_tokenizer, load_model, load_weights, save_model
 from vlstack.collectives import barrier, main_rank_first
 from vlstack.config import save_yaml, to_dict
+from vlstack.data.augment import AugmentConfig
 from vlstack.data.collate import CollateConfig, SampleCollator
 from vlstack.data.conversations import (
     SHOWN_PROBLEMS,
@@ -50,6 +51,7 @@ from vlstack.data.conversations import (
     ConversationEncoder,
     check_conversations,
     conversation_problem,
+    encode_conversations,
     load_conversations,
 )
 from vlstack.data.ingest import SUMMARY as INGEST_SUMMARY
@@ -67,7 +69,7 @@ from vlstack.models.tokenizer import choose_tokenizer
 from vlstack.models.vlm import QwenImageModel, build_model
 from vlstack.train.distributed import DistInfo, init_distributed
 from vlstack.train.objectives import SafetyLossConfig, SafetyObjective, sft_objective
-from vlstack.train.trainer import Export, TrainConfig, Trainer, resume_from
+from vlstack.train.trainer import Batch, Export, TrainConfig, Trainer, resume_from
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,9 @@ class StageConfig:
     """sft: cross-entropy on the assistant's tokens; safety: refusals up-weighted plus unlikelihood on
     the compliant answers that harmful requests must not get (weights in `safety`)."""
     safety: SafetyLossConfig = field(default_factory=SafetyLossConfig)
+    augment: AugmentConfig | None = None
+    """Label-preserving augmentation of this stage's training images (`vlstack.data.augment`: colour jitter and
+    RandAugment, no operation that would falsify a colour, a direction or a box the texts name); None: off."""
 
 
 @dataclass
@@ -172,6 +177,11 @@ class FinetuneConfig:
     """Longest conversation in tokens after `<image>` expansion; longer ones are left out with a reason."""
     stream: StreamConfig = field(default_factory=StreamConfig)
     """How the stages' batches stream from their shards (DataLoader workers, shuffle block)."""
+    validation: list[DatasetSpec] = field(default_factory=list)
+    """Held-out conversations (a validation split, apart from `eval`'s test data): each stage scores the ones
+    named like its own datasets every `train.validate_every` steps and at its end (loss and token accuracy,
+    `validation` lines of its train_log.jsonl; `train.keep_best` ends it on its best step), and reports the
+    gap to the same number of its training conversations."""
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
     out_dir: str = "runs/finetune"
 
@@ -206,6 +216,8 @@ def check_config(config: FinetuneConfig) -> None:
             raise ConfigError(f"{where}.lora: r must be at least 1 and target_modules non-empty")
     for number, spec in enumerate(config.eval.datasets):
         _check_dataset(spec, f"eval.datasets[{number}]")
+    for number, spec in enumerate(config.validation):
+        _check_dataset(spec, f"validation[{number}]")
 
 
 def _check_dataset(spec: DatasetSpec, where: str) -> None:
@@ -418,25 +430,31 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
                                                        vision=model.config.vision))
     unsafe = stage.loss == "safety"
     batches = StreamingBatches(sources, stage.batch_size // config.train.grad_accum_steps,
-                               ConversationEncoder(collator, unsafe),
+                               ConversationEncoder(collator, unsafe, stage.augment),
                                ConversationCollate(tokenizer.pad_token_id, model.config.vision.image_size, unsafe),
                                config.train.seed, config.stream, pin_memory=dist_info.device.type == "cuda")
     objective = sft_objective if stage.loss == "sft" else SafetyObjective(stage.safety)
     lr_scale = {prefix: scale for module, scale in stage.lr_scale.items() for prefix in QwenImageModel.PARTS[module]}
     train = dataclasses.replace(config.train, lr=stage.lr, steps=stage.steps, batch_size=stage.batch_size,
                                 lr_scale=lr_scale)
+    names = [spec.name for spec in stage.datasets]
+    validation = [spec for spec in config.validation if spec.name in names]
+    held_out_rows = (encode_conversations(dataset_samples(validation, f"stage {stage.name!r} validation"), collator,
+                                          unsafe, "encode validation")[0] if validation else None)
     trainer = Trainer(model, objective, train, batches, out_dir=stage_dir, dist_info=dist_info,
-                      export=_merged_export(model, tokenizer, stage.lora), fill=lambda empty: load_weights(empty, start))
+                      export=_merged_export(model, tokenizer, stage.lora), fill=lambda empty: load_weights(empty, start),
+                      validation=held_out_rows)
     resumable = trainer.checkpoint_dir
     resume_from(trainer, True, trust)  # an interrupted stage continues where its checkpoint left it
     resumed_at = trainer.step
     records = trainer.fit(f"finetune: {stage.name}")
-    history = [r for r in records if not r.get("skipped") and "loss" in r]
+    history = [r for r in records if not r.get("skipped") and "loss" in r and "event" not in r]
     skipped = Counter(batches.unreported_skips())
     for record in records:
         skipped.update(record.get("skipped_by_reason", {}))
     if trainer.step < stage.steps:
         return {"status": "interrupted", "step": trainer.step}
+    fit = _validation_gap(trainer, held_out_rows, sources, names, {spec.name for spec in validation}, collator, unsafe)
     exported = stage_dir / MODEL_DIR
     trainable = sum(p.numel() for group in trainer.optimizer.param_groups for p in group["params"])
     del model, trainer  # under FSDP2 this rank's shards; the checkpoint holds the whole model
@@ -455,6 +473,8 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
         "trainable_parameters": trainable,
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
+        "validation": [r for r in records if r.get("event") in ("validation", "best")],
+        **fit,
         "train_seconds": round(time.perf_counter() - t, 1),
         "checkpoint": str(exported),
     }
@@ -468,6 +488,22 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     shutil.rmtree(resumable, ignore_errors=True)  # the exported model replaces the resumable state
     barrier()
     return result
+
+
+def _validation_gap(trainer: Trainer, held_out: Batch | None, sources: list[StreamSource], names: list[str],
+                    wanted: set[str], collator: SampleCollator, unsafe: bool) -> dict:
+    """The stage's final weights scored (loss, token accuracy) on its validation rows and on as many of its
+    training conversations, and the gap between them; nothing for a stage without validation data. Every rank
+    calls it alike."""
+    if held_out is None:
+        return {}
+    rows = len(held_out["input_ids"])
+    per_dataset = -(-rows // len(wanted))
+    seen = training_samples(sources, names, wanted, per_dataset, images=True)[:rows]
+    on_train = trainer.score(encode_conversations(seen, collator, unsafe, "encode training samples")[0])
+    on_validation = trainer.score(held_out)
+    gap = {name: on_train[name] - on_validation[name] for name in on_train if name in on_validation}
+    return {"fit": {"train": on_train, "validation": on_validation, "gap": gap}}
 
 
 def _merged_export(model: QwenImageModel, tokenizer: PreTrainedTokenizerBase, lora: LoraSettings | None) -> Export:
@@ -513,8 +549,14 @@ def summary(results: dict) -> str:
         if stage["status"] == "interrupted":
             lines.append(f"{name}: interrupted at step {stage['step']}; continue with --resume")
             continue
-        lines.append(f"{name}: {stage['status']}, {stage['steps']} steps, loss {stage['first_loss']:.3f} -> "
-                     f"{stage['final_loss']:.3f}, {stage['samples']} conversations")
+        line = (f"{name}: {stage['status']}, {stage['steps']} steps, loss {stage['first_loss']:.3f} -> "
+                f"{stage['final_loss']:.3f}, {stage['samples']} conversations")
+        if "fit" in stage:
+            fit = stage["fit"]
+            line += (f"; validation loss {fit['validation']['loss']:.3f}, token accuracy on training samples "
+                     f"{fit['train']['token_acc']:.3f} / validation {fit['validation']['token_acc']:.3f} (gap "
+                     f"{fit['gap']['token_acc']:+.3f})")
+        lines.append(line)
     lines += [eval_line(name, figures) for name, figures in results["eval"].items()]
     lines.append(f"checkpoint: {results['checkpoint']}")
     return "\n".join(lines)

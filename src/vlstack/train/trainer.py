@@ -40,8 +40,9 @@ from vlstack.checkpoint import commit_directory, recover_directory
 from vlstack.collectives import all_ranks_agree, barrier, main_rank_first, mean_over_ranks, sum_over_ranks
 from vlstack.config import to_dict
 from vlstack.data.loader import GlobalBatches
-from vlstack.errors import CheckpointError, VlstackError
+from vlstack.errors import CheckpointError, ConfigError, VlstackError
 from vlstack.files import write_json
+from vlstack.models.initialize import local_rows
 from vlstack.models.parallelize import apply_activation_checkpointing, compile_blocks
 from vlstack.progress import progress_bar
 from vlstack.train.backends import build_backend
@@ -84,12 +85,14 @@ class ObjectiveModule(nn.Module):
 class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, config: TrainConfig, data: Batch | BatchSource,
                  out_dir: Path | None = None, dist_info: DistInfo | None = None, export: Export | None = None,
-                 on_step: Callable[[dict], None] | None = None, fill: Fill | None = None):
+                 on_step: Callable[[dict], None] | None = None, fill: Fill | None = None,
+                 validation: Batch | None = None):
         """`data`: equal-length tensors, batched by row (an `attention_mask` among them counts tokens/s), or a
         `BatchSource` of micro-batches of `batch_size / grad_accum_steps` rows. `on_step` sees every step's
         record (skipped steps too) before any checkpoint of that step is written. A `model` built by
         `build_empty` gets its storage on the device and its weights from `fill` once the backend has wrapped
-        (under FSDP2: sharded) it, so no rank ever holds more than its share."""
+        (under FSDP2: sharded) it, so no rank ever holds more than its share. `validation`: held-out rows (the
+        form of `data`) scored every `validate_every` steps and at the end (`validate`)."""
         self.config = config
         self.out_dir = out_dir
         self.dist = dist_info or DistInfo(0, 1, next(model.parameters()).device)
@@ -103,6 +106,14 @@ class Trainer:
                                f"{self.dist.world} rank(s) x {config.grad_accum_steps} accumulation step(s)")
         self.data: BatchSource = (GlobalBatches(data, config.batch_size // config.grad_accum_steps, seed=config.seed)
                                   if isinstance(data, dict) else data)
+        self.validation = validation
+        if validation is not None and len(next(iter(validation.values()))) < config.batch_size // config.grad_accum_steps:
+            raise VlstackError(f"the validation set has fewer rows than one training micro-batch "
+                               f"({config.batch_size // config.grad_accum_steps}); give it more")
+        if config.keep_best and (validation is None or config.parallel.mode == "deepspeed"):
+            raise ConfigError("train.keep_best needs validation rows, and a native parallel mode (DeepSpeed keeps "
+                              "its own partitioned weights)")
+        self._best: tuple[dict[str, torch.Tensor], dict] | None = None
         if config.activation_checkpointing:
             apply_activation_checkpointing(model)
         if config.compile:
@@ -169,9 +180,13 @@ class Trainer:
                     progress.update(task, completed=self.step)
                     if cfg.save_every and self.step % cfg.save_every == 0 and not record["skipped"]:
                         self.save_checkpoint()
+                    if self._validation_due(record):
+                        self.validate()
                     if not all_ranks_agree(not self._stop_requested, self.dist.device):
                         self._log({"step": self.step, "event": "SIGTERM: checkpoint written, stopping"})
                         break
+            if self.step >= cfg.steps and self._best is not None:
+                self._end_on_best()
             if self.out_dir is not None:
                 self.save_checkpoint()
         finally:
@@ -180,6 +195,55 @@ class Trainer:
                 self._tensorboard.close()
         self.module.eval()
         return self.history
+
+    # --- validation -----------------------------------------------------------------------
+
+    def _validation_due(self, record: dict) -> bool:
+        every = self.config.validate_every
+        return (self.validation is not None and not record["skipped"]
+                and (bool(every) and self.step % every == 0 or self.step == self.config.steps))
+
+    @torch.no_grad()
+    def score(self, rows: Batch) -> dict:
+        """The objective's loss and metrics on `rows` (the form of `data`), without training: global batches of
+        the training micro-batch split over the ranks as training splits them (a remainder short of one batch is
+        left out). Every rank calls it alike."""
+        cfg, rank, world = self.config, self.dist.rank, self.dist.world
+        per = cfg.batch_size // cfg.grad_accum_steps
+        batches = len(next(iter(rows.values()))) // per
+        torch.manual_seed(cfg.seed)  # an objective that draws (MLM masks) scores the same draws every time
+        self.module.eval()
+        losses, sums = [], {}
+        for start in range(0, batches * per, per):
+            local = slice(start + rank * per // world, start + (rank + 1) * per // world)
+            batch = {k: v[local].to(self.dist.device, non_blocking=True) for k, v in rows.items()}
+            with torch.autocast(self.dist.device.type, dtype=_autocast_dtype(cfg.precision),
+                                enabled=cfg.precision != "fp32"):
+                loss, metrics = self.module(batch)
+            losses.append(loss.detach().float())
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + value / batches
+        self.module.train()
+        return self.readable({"loss": torch.stack(losses).mean(), **sums})
+
+    def validate(self) -> dict:
+        """`score` the held-out `validation` rows, logged as a `validation` line; with `keep_best`, the weights of
+        the lowest loss so far are kept (each rank its own shards, in CPU memory)."""
+        record = {"step": self.step, "event": "validation", **self.score(self.validation)}
+        self._log(record)
+        if self.config.keep_best and (self._best is None or record["loss"] < self._best[1]["loss"]):
+            self._best = ({name: local_rows(p)[0].detach().to("cpu", copy=True)
+                           for name, p in self.model.named_parameters()}, record)
+        return record
+
+    def _end_on_best(self) -> None:
+        """Put back the weights of the best validation step (`keep_best`) before the final checkpoint."""
+        weights, record = self._best
+        if record["step"] != self.step:
+            with torch.no_grad():
+                for name, param in self.model.named_parameters():
+                    local_rows(param)[0].copy_(weights[name])
+        self._log({"step": self.step, "event": "best", "best_step": record["step"], "validation_loss": record["loss"]})
 
     def train_step(self) -> dict:
         """One optimizer step over `grad_accum_steps` micro-batches. The loss and the metrics stay on the device
