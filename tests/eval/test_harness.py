@@ -128,3 +128,24 @@ def test_an_unreadable_image_is_counted_not_dropped(tmp_path, nano_model, tokeni
     first = bench["items"][0]
     assert first["status"] == "missing" and "cannot identify image" in first["error"] and first["raw"] is None
     assert "1 missing (1 not asked)" in (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_template_asks_the_same_questions_another_way(tmp_path, nano_model, tokenizer, suites):
+    engine = Engine(nano_model, tokenizer)
+    asked: list = []
+    original = engine.generate
+
+    def recording(requests):
+        asked.extend(r.messages[-1]["content"] for r in requests)
+        return original(requests)
+
+    engine.generate = recording
+    templates = {"gqa": "Tell me: {question}", "aokvqa": "{question}\nOptions:\n{options}\nChoose the right option."}
+    results = run_eval(engine, EvalConfig(benchmarks=["gqa", "aokvqa"], out_dir=str(tmp_path), data_root=str(suites),
+                                          templates=templates, **FAST))
+    assert all(text.startswith("<image>\nTell me: ") for text in asked[:4])
+    assert all("\nOptions:\nA. " in text and text.endswith("Choose the right option.") for text in asked[4:])
+    assert results["benchmarks"]["gqa"]["prompt"] == "Tell me: {question}"
+    assert "Prompt: 'Tell me: {question}'" in (tmp_path / "report.md").read_text(encoding="utf-8")
+    with pytest.raises(ConfigError, match="templates.gqa 'Tell me' has no {question}"):
+        EvalConfig(templates={"gqa": "Tell me"})

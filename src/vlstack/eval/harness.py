@@ -64,13 +64,20 @@ class EvalConfig:
     blind: bool = False
     """Also ask every question with a uniform grey image in place of its own: the blind baseline, what the
     question and the model's priors score without seeing anything."""
+    templates: dict[str, str] = field(default_factory=dict)
+    """Benchmark name -> a prompt replacing its official one (`{question}` and the benchmark's own fields, such as
+    A-OKVQA's `{options}`), e.g. `{vqav2: "{question}"}`: what the same questions score asked another way (the
+    report names the prompt). Empty: every benchmark's official prompt."""
     hallucination: HallucinationConfig | None = None
     """Also evaluate hallucination (the detector's AUROC, POPE, CHAIR on the suite `hallucination.data`, by
     default DATA_ROOT/hallucination; the detector's calibration is stored in the checkpoint); None: skip it."""
 
     def __post_init__(self) -> None:
-        for name in [*self.benchmarks, *self.paths]:
+        for name in [*self.benchmarks, *self.paths, *self.templates]:
             get_benchmark(name)  # an unknown name is an error that lists the registered ones
+        for name, template in self.templates.items():
+            if "{question}" not in template:
+                raise ConfigError(f"templates.{name} {template!r} has no {{question}}; the question must be in it")
         stray = sorted(set(self.paths) - set(self.benchmarks))
         if stray:
             raise ConfigError(f"'paths' names {', '.join(stray)}, which 'benchmarks' does not list")
@@ -109,6 +116,7 @@ def run_eval(model: Engine | str | Path, config: EvalConfig) -> dict[str, Any]:
             replies = [text for text in predictions.values() if text is not None]
             results["benchmarks"][name] = {
                 **scored, "interval": interval(scored), "refused": sum(map(is_refusal, replies)) / max(len(replies), 1),
+                "prompt": config.templates.get(name, benchmark.template),
                 "folder": str(folders[name]), "available": available, "errors": len(errors),
                 "seconds": round(time.perf_counter() - t, 2)}
             if config.blind:
@@ -206,6 +214,7 @@ def _request(engine: Engine, benchmark: Benchmark, item: EvalItem, config: EvalC
     """The item's question as an Engine request; raises if its image is unreadable or the prompt too long."""
     with Image.open(item.image) as file:
         image = Image.new("RGB", file.size, (128, 128, 128)) if blind else file.convert("RGB")
-    request = Request.ask(benchmark.prompt(item), image, max_new_tokens=config.max_new_tokens, seed=config.seed)
+    request = Request.ask(benchmark.prompt(item, config.templates.get(benchmark.name)), image,
+                          max_new_tokens=config.max_new_tokens, seed=config.seed)
     engine.prompt_ids(request)  # raises InputError when the prompt and its answer exceed the context
     return request

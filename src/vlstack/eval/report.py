@@ -180,7 +180,7 @@ def _benchmark_blocks(name: str, bench: dict[str, Any]) -> list[Block]:
         ("h2", name),
         ("p", (f"{_questions(bench)} questions from {bench['folder']} in {bench['seconds']} s: "
                f"{bench['count'] - bench['missing'] - bench['empty']} answered, {bench['missing']} missing "
-               f"({bench['errors']} not asked), {bench['empty']} empty.")),
+               f"({bench['errors']} not asked), {bench['empty']} empty. Prompt: {bench.get('prompt', '')!r}.")),
         Table(["metric", "ours", "article"],
               [[metric, _number(bench["metrics"][metric]), _reference(name, metric)] for metric in metrics]),
     ]

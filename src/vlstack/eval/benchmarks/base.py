@@ -66,9 +66,10 @@ class Benchmark(ABC):
     def from_root(cls: type[B], root: str | Path) -> B:
         """Load the official files by their usual names inside `root` (the benchmark's own folder)."""
 
-    def prompt(self, item: EvalItem) -> str:
-        """The text the model is asked: `template` (or `template_zh` for a Chinese question) filled in."""
-        template = self.template_zh if _CJK.search(item.question) else self.template
+    def prompt(self, item: EvalItem, template: str | None = None) -> str:
+        """The text the model is asked: `template` (by default the official one, `template_zh` for a Chinese
+        question) filled in."""
+        template = template or (self.template_zh if _CJK.search(item.question) else self.template)
         return template.format(question=item.question, **self.prompt_fields(item))
 
     def prompt_fields(self, item: EvalItem) -> dict[str, str]:
