@@ -218,9 +218,17 @@ def _eval_stage(config: DemoConfig, checkpoint: str, out: Path) -> dict:
     write_suites(data_root, config.suite_items, config.eval.seed)
     evaluation = run_eval(checkpoint, dataclasses.replace(config.eval, data_root=str(data_root),
                                                           out_dir=str(out / "eval")))
+    phrased = {}
+    if config.trained_phrasing:
+        templates = {k: v for k, v in config.trained_phrasing.items() if k in config.eval.benchmarks}
+        phrased = run_eval(checkpoint, dataclasses.replace(config.eval, data_root=str(data_root), blind=False,
+                                                           templates=templates, hallucination=None,
+                                                           out_dir=str(out / "eval-trained-phrasing")))["benchmarks"]
     return {
         "benchmarks": {name: {"metric": b["primary"], "value": b["metrics"][b["primary"]], "interval": b["interval"],
                               "blind": b["blind"]["metrics"][b["primary"]] if "blind" in b else None,
+                              "trained_phrasing": (phrased[name]["metrics"][b["primary"]] if name in phrased
+                                                   else None),
                               "refused": b["refused"], "questions": b["count"]}
                        for name, b in evaluation["benchmarks"].items()},
         "report": str(out / "eval" / "report.md"),

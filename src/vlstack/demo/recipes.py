@@ -24,6 +24,11 @@ from vlstack.train.finetune import DatasetSpec, FinetuneConfig, FinetuneEvalConf
 from vlstack.train.pretrain import PretrainConfig
 from vlstack.train.trainer import TrainConfig
 
+TRAINED_PHRASING = {name: "{question}" for name in ("vqav2", "gqa", "docvqa", "chartqa", "vqarad")} | {
+    "aokvqa": "{question}\nOptions:\n{options}\nChoose the right option."}
+"""A training phrasing of each benchmark's questions: the bare question; A-OKVQA's options under a header and
+another instruction."""
+
 
 @dataclass
 class DemoCorpusConfig:
@@ -130,6 +135,9 @@ class DemoConfig:
     """The preference stage from the fine-tuned checkpoint (shapes_vqa pairs, a wrong answer rejected)."""
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(blind=True))
     """The six benchmarks on synthetic suites in their official formats, each also answered blind."""
+    trained_phrasing: dict[str, str] = field(default_factory=lambda: dict(TRAINED_PHRASING))
+    """The same suites asked again in these phrasings, which the instruction data trains (`synthetic.phrasings`):
+    an answer that holds only in its own template shows as a gap between the two. Empty: not asked."""
     suite_items: int = 200
     """Questions per synthetic benchmark suite: enough that a 95% interval is about ±7 points."""
     hallucination: HallucinationConfig = field(default_factory=HallucinationConfig)

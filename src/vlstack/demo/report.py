@@ -60,7 +60,8 @@ def _headline_markdown(stages: dict) -> list[str]:
     refused = sum(b["refused"] for b in benchmarks.values()) / max(len(benchmarks), 1)
     chair = h["chair"]
     rows = [(f"{name} {b['metric']} ({b['questions']} questions)", _with_interval(b["value"], b["interval"]),
-             f"blind {_fmt1(b['blind'])}") for name, b in benchmarks.items()]
+             f"blind {_fmt1(b['blind'])}; in a training phrasing {_fmt1(b.get('trained_phrasing'))}")
+            for name, b in benchmarks.items()]
     rows += [(f"POPE {setting} ({m['questions']} questions): accuracy / F1 / yes ratio",
               f"{m['accuracy']:.3f} / {m['f1']:.3f} / {m['yes_ratio']:.3f}", "chance 0.5; yes ratio 0.5")
              for setting, m in h["pope"].items()]
@@ -81,7 +82,8 @@ def _headline_markdown(stages: dict) -> list[str]:
              for name, f in stages["finetune"]["eval"].items()]
     return ["## The final model, as a user meets it", "",
             "The aligned model through `vlstack eval` (official prompts and metrics, on synthetic suites in the "
-            "official formats); ± is the 95% interval; blind: the same questions with a uniform grey image.", "",
+            "official formats); ± is the 95% interval; blind: the same questions with a uniform grey image; in a "
+            "training phrasing: the same questions asked as the instruction data asks them (the bare question).", "",
             "| figure | value | baseline |", "|---|---|---|", *[f"| {a} | {b} | {c} |" for a, b, c in rows], ""]
 
 
