@@ -14,7 +14,7 @@ from vlstack.data.augment import (
     ORIENTATION_OPS,
     AugmentConfig,
     GuardedRandAugment,
-    SynonymTable,
+    WordGroups,
     augment_image,
     augment_text,
     default_synonyms,
@@ -129,7 +129,7 @@ ALWAYS = AugmentConfig(synonym_word_p=1.0, synonym_text_p=1.0)
 
 
 def test_synonym_replacement_keeps_case_and_whole_words():
-    table = SynonymTable([["picture", "image"]])
+    table = WordGroups([["picture", "image"]])
     rng = random.Random(0)
     assert augment_text("Picture of a picture, pictures, picturesque", rng, ALWAYS, table=table) == (
         "Image of a image, pictures, picturesque"
@@ -137,7 +137,7 @@ def test_synonym_replacement_keeps_case_and_whole_words():
 
 
 def test_chinese_synonyms_replaced():
-    table = SynonymTable([["图片", "图像"], ["左边", "左侧"]])
+    table = WordGroups([["图片", "图像"], ["左边", "左侧"]])
     assert augment_text("这张图片左边有一个圆形", random.Random(0), ALWAYS, table=table) == "这张图像左侧有一个圆形"
 
 
@@ -147,7 +147,7 @@ def test_labels_are_never_changed():
 
 
 def test_protected_answers_stay_in_the_question():
-    table = SynonymTable([["center", "middle"], ["picture", "image"]])
+    table = WordGroups([["center", "middle"], ["picture", "image"]])
     question = "Is the circle in the center of the picture?"
     out = augment_text(question, random.Random(0), ALWAYS, protected=["center"], table=table)
     assert out == "Is the circle in the center of the image?"

@@ -110,8 +110,12 @@ def test_a_tower_with_the_articles_parts_has_no_transformers_counterpart():
     with pytest.raises(ConfigError, match=r"global_every = 2 .*num_prompts = 2 .*final_norm = true"):
         tower_to_hf(QwenImageModel(ModelConfig.from_preset("nano")).vision)
     plain = dataclasses.replace(ModelConfig.from_preset("nano").vision, global_every=1, num_prompts=0, final_norm=False)
-    assert tower_to_hf(QwenImageModel(ModelConfig(vision=plain, language=ModelConfig.from_preset("nano").language,
-                                                  fusion=ModelConfig.from_preset("nano").fusion)).vision)[0] == "siglip"
+    nano = ModelConfig.from_preset("nano")
+    assert tower_to_hf(QwenImageModel(ModelConfig(vision=plain, language=nano.language,
+                                                  fusion=nano.fusion)).vision)[0] == "siglip"
+    stemmed = dataclasses.replace(plain, stem="conv")
+    with pytest.raises(ConfigError, match="vision.stem = conv"):
+        tower_to_hf(QwenImageModel(ModelConfig(vision=stemmed, language=nano.language, fusion=nano.fusion)).vision)
 
 
 def test_image_to_tensor_crops_when_asked():

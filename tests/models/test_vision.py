@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vlstack.errors import InputError
+from vlstack.errors import ConfigError, InputError
 from vlstack.models.config import VisionConfig
 from vlstack.models.layers import SelfAttention
 from vlstack.models.vision import DynamicPositionEmbedding, HierarchicalAttention, VisionTransformer
@@ -110,3 +110,11 @@ def test_self_attention_mask_blocks_keys():
 def test_bad_images_raise_input_error(pixels, fragment):
     with pytest.raises(InputError, match=fragment):
         _vit()(pixels)
+
+
+def test_a_conv_stem_gives_the_patch_grid_and_needs_a_power_of_two():
+    tower = VisionTransformer(VisionConfig(image_size=32, patch_size=8, stem="conv", width=64, layers=2, heads=4,
+                                           window_size=2, num_prompts=2))
+    assert tower(torch.randn(2, 3, 32, 32)).shape == (2, 2 + 16, 64)  # prompts + a 4 x 4 grid, as patchify gives
+    with pytest.raises(ConfigError, match="power-of-two patch_size"):
+        VisionTransformer(VisionConfig(image_size=28, patch_size=14, stem="conv", width=64, layers=1, heads=4))

@@ -96,3 +96,14 @@ def test_hard_fraction_zero_draws_uniformly_among_valid_negatives():
     assert (shares > 0.25).all()  # uniform over the three valid columns despite the spike
     mixed = torch.stack([sample_hard_negatives(similarity, same, hard_fraction=0.5) for _ in range(600)])
     assert 0.55 < (mixed[:, 0] == 1).float().mean() < 0.78  # 0.5 hard (all on column 1) + 0.5 * 1/3
+
+
+def test_itc_with_a_swapped_caption_as_an_extra_negative():
+    generator = torch.Generator().manual_seed(0)
+    images = F.normalize(torch.randn(4, 8, generator=generator), dim=-1)
+    texts = F.normalize(images + 0.1 * torch.randn(4, 8, generator=generator), dim=-1)
+    scale = torch.tensor([2.0])
+    plain = itc_loss(images, texts, scale)
+    none = itc_loss(images, texts, scale, texts, torch.zeros(4, dtype=torch.bool))
+    close = itc_loss(images, texts, scale, texts, torch.ones(4, dtype=torch.bool))  # as close as the caption
+    assert torch.allclose(plain, none) and close > plain

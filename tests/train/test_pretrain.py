@@ -123,3 +123,17 @@ def test_pretraining_on_a_pretrained_tower_and_lm_keeps_the_lms_tokenizer(tmp_pa
     own = AutoTokenizer.from_pretrained(tiny_language_model("qwen3"))
     text = "a red circle left of a blue square"
     assert saved(text)["input_ids"] == own(text)["input_ids"]
+
+
+def test_swap_negatives_train_with_the_users_contrast_groups(tmp_path, pretrain_data):
+    """Every caption's swapped twin is an extra ITC negative and its ITM negative: ITM then tells the caption
+    from its twin; a contrast file that is not there stops the run before any work."""
+    groups = tmp_path / "contrasts.txt"
+    groups.write_text("red | green | blue | yellow | purple | orange\ncircle | square | triangle\nleft | right\n")
+    out = tmp_path / "run"
+    common = ["pretrain", "--config", NANO, "--set", "train.steps=4", "--set", "train.log_every=1",
+              "--set", "data.swap_negatives=true", *sets(pretrain_data())]
+    assert main([*common, "--set", f"data.contrasts={groups}", "--set", f"out_dir={out}"]) == 0
+    losses = _losses(out / "train_log.jsonl")
+    assert len(losses) == 4 and all(loss == loss for loss in losses.values())
+    assert main([*common, "--set", f"data.contrasts={tmp_path / 'nowhere.txt'}", "--set", f"out_dir={out}2"]) == 2

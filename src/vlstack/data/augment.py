@@ -130,9 +130,10 @@ def augment_image(
         return transform(image.convert("RGB"))
 
 
-class SynonymTable:
-    """Word -> synonyms, from groups of interchangeable words; matches whole English words
-    (case-insensitively) and Chinese words anywhere, longest first."""
+class WordGroups:
+    """Word -> the other words of its groups (synonyms here; contradicting alternatives in
+    `vlstack.data.negatives`); matches whole English words (case-insensitively) and Chinese words anywhere,
+    longest first."""
 
     def __init__(self, groups: Iterable[Sequence[str]]):
         synonyms: dict[str, set[str]] = {}
@@ -145,18 +146,23 @@ class SynonymTable:
         self.pattern = re.compile("|".join(_word_pattern(w) for w in keys), re.IGNORECASE) if keys else None
 
     @classmethod
-    def from_text(cls, text: str) -> SynonymTable:
+    def from_text(cls, text: str) -> WordGroups:
         """Parse the resource format: one group per line, words separated by '|', '#' comments."""
         lines = (line.split("#", 1)[0] for line in text.splitlines())
         return cls(line.split("|") for line in lines if line.strip())
 
 
 @lru_cache(maxsize=1)
-def default_synonyms() -> SynonymTable:
+def default_synonyms() -> WordGroups:
     """The shipped English and Chinese tables."""
+    return shipped_groups("synonyms")
+
+
+def shipped_groups(kind: str) -> WordGroups:
+    """The word groups of `resources/{kind}_en.txt` and `{kind}_zh.txt`."""
     folder = resources.files("vlstack.data") / "resources"
-    text = "\n".join((folder / name).read_text(encoding="utf-8") for name in ("synonyms_en.txt", "synonyms_zh.txt"))
-    return SynonymTable.from_text(text)
+    return WordGroups.from_text("\n".join((folder / f"{kind}_{lang}.txt").read_text(encoding="utf-8")
+                                          for lang in ("en", "zh")))
 
 
 def augment_text(
@@ -165,7 +171,7 @@ def augment_text(
     cfg: AugmentConfig | None = None,
     label: bool = False,
     protected: Iterable[str] = (),
-    table: SynonymTable | None = None,
+    table: WordGroups | None = None,
 ) -> str:
     """Synonym replacement that keeps the text true.
 

@@ -23,7 +23,8 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from transformers import PreTrainedTokenizerBase
 
-from vlstack.data.augment import AugmentConfig, augment_image, augment_text
+from vlstack.data.augment import AugmentConfig, WordGroups, augment_image, augment_text
+from vlstack.data.negatives import swap_negative
 from vlstack.data.schema import IMAGE_TOKEN, Sample
 from vlstack.data.stream import Skip
 from vlstack.errors import DataError
@@ -91,12 +92,15 @@ class PairEncoder:
 
     The `encode` of a `vlstack.data.stream.StreamingBatches` (it runs in the loader's workers): a sample
     without an image or a text, an undecodable image or a text over `max_text_tokens` raises `Skip`.
-    With `augment`, the label-preserving augmentation of `vlstack.data.augment` runs first."""
+    With `augment`, the label-preserving augmentation of `vlstack.data.augment` runs first. With `contrasts`,
+    the pair also carries its swap negative (`vlstack.data.negatives`): the text with one word swapped for a
+    contradicting one (no ids when no word of it is in a group)."""
 
     tokenizer: PreTrainedTokenizerBase
     vision: VisionConfig
     max_text_tokens: int
     augment: AugmentConfig | None = None
+    contrasts: WordGroups | None = None
 
     def __call__(self, sample: Sample, rng: random.Random) -> dict[str, Any]:
         if not sample.images or not sample.text.strip():
@@ -111,27 +115,44 @@ class PairEncoder:
             generator = torch.Generator().manual_seed(rng.getrandbits(62))
             image = augment_image(image, [text], generator, self.augment)
             text = augment_text(text, rng, self.augment)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        ids = self._ids(text)
         if len(ids) > self.max_text_tokens:
             raise Skip("too_long", f"{len(ids)} tokens, over data.max_text_tokens = {self.max_text_tokens}")
-        return {"pixel_values": image_to_tensor(image, self.vision), "input_ids": ids}
+        pair = {"pixel_values": image_to_tensor(image, self.vision), "input_ids": ids}
+        if self.contrasts is not None:
+            negative = swap_negative(text, rng, self.contrasts)
+            pair["negative_ids"] = self._ids(negative)[: self.max_text_tokens] if negative else []
+        return pair
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
 
 
 @dataclass
 class PairCollate:
-    """Encoded pairs -> `pixel_values` [B, 3, S, S], `input_ids` / `attention_mask` [B, T] (right-padded)."""
+    """Encoded pairs -> `pixel_values` [B, 3, S, S], `input_ids` / `attention_mask` [B, T] (right-padded); pairs
+    with swap negatives also give `negative_ids` / `negative_attention_mask` [B, T'] and `has_negative` [B] (a
+    pair without one gets a lone padding token, which the loss leaves out)."""
 
     pad_token_id: int
 
     def __call__(self, pairs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(p["input_ids"]) for p in pairs)
-        input_ids = torch.full((len(pairs), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
-        for row, pair in enumerate(pairs):
-            input_ids[row, : len(pair["input_ids"])] = torch.tensor(pair["input_ids"])
-            attention_mask[row, : len(pair["input_ids"])] = 1
-        pixels = torch.stack([p["pixel_values"] for p in pairs])
-        return {"pixel_values": pixels, "input_ids": input_ids, "attention_mask": attention_mask}
+        batch = {"pixel_values": torch.stack([p["pixel_values"] for p in pairs]),
+                 **self._padded([p["input_ids"] for p in pairs], "input_ids", "attention_mask")}
+        if "negative_ids" in pairs[0]:
+            negatives = [p["negative_ids"] or [self.pad_token_id] for p in pairs]
+            batch.update(self._padded(negatives, "negative_ids", "negative_attention_mask"))
+            batch["has_negative"] = torch.tensor([bool(p["negative_ids"]) for p in pairs])
+        return batch
+
+    def _padded(self, rows: list[list[int]], ids_key: str, mask_key: str) -> dict[str, torch.Tensor]:
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)  # [B, T]
+        mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B, T]
+        for number, row in enumerate(rows):
+            ids[number, : len(row)] = torch.tensor(row)
+            mask[number, : len(row)] = 1
+        return {ids_key: ids, mask_key: mask}
 
 
 # --- samples -> model batches ---------------------------------------------------------------

@@ -180,12 +180,13 @@ def _hf_rule(module: nn.Module, name: str, std: float) -> Draw | None:
 
 
 def _vlstack_rule(module: nn.Module, name: str) -> Draw | None:
-    """vlstack's layers: the kinds of layer, then the parameters some modules hold of their own."""
+    """vlstack's layers: the kinds of layer (a module's `init_std` attribute overrides the std), then the
+    parameters some modules hold of their own."""
     if name == "bias":
         return _constant(0.0)
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-        return _truncated_normal(VLSTACK_STD)
-    if isinstance(module, nn.LayerNorm):
+        return _truncated_normal(getattr(module, "init_std", VLSTACK_STD))  # a layer may name its own std
+    if isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
         return _constant(1.0)
     if isinstance(module, nn.Embedding):
         return _normal(1.0)  # PyTorch's own init of an embedding (the fusion encoder's modality vectors)

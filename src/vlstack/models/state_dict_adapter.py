@@ -90,7 +90,7 @@ def shaped_like(cfg: VisionConfig, hf: dict, kind: Kind, where: Path) -> VisionC
         image_size=hf["image_size"], patch_size=hf["patch_size"], in_channels=hf.get("num_channels", 3),
         width=width, layers=hf["num_hidden_layers"], heads=hf["num_attention_heads"],
         mlp_ratio=intermediate / width, norm_eps=hf["layer_norm_eps"], activation=hf["hidden_act"],
-        patch_bias=kind == "siglip", pre_norm=kind == "clip", final_norm=False,
+        patch_bias=kind == "siglip", pre_norm=kind == "clip", final_norm=False, stem="patch",
         num_prompts=cfg.num_prompts + (kind == "clip"),
     )
     if round(width * shaped.mlp_ratio) != intermediate:
@@ -264,6 +264,8 @@ def tower_to_hf(tower: VisionTransformer) -> tuple[Kind, dict, dict[str, torch.T
         problems.append("vision.final_norm = true (LLaVA takes the last block's output without a final norm)")
     if cfg.patch_bias != (kind == "siglip"):
         problems.append(f"vision.patch_bias = {cfg.patch_bias} with pre_norm = {cfg.pre_norm}")
+    if cfg.stem != "patch":
+        problems.append(f"vision.stem = {cfg.stem} (a convolutional stem; LLaVA's towers patchify in one convolution)")
     if problems:
         raise ConfigError("this tower has no transformers counterpart: " + "; ".join(problems))
     grid = cfg.image_size // cfg.patch_size

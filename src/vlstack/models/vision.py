@@ -8,27 +8,48 @@ are the pooled image representation used for contrastive learning.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlstack.errors import InputError
+from vlstack.errors import ConfigError, InputError
 from vlstack.models.config import VisionConfig
 from vlstack.models.layers import Block, SelfAttention
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping conv patch embedding: [B, C, H, W] -> [B, gh*gw, D] and the grid (gh, gw)."""
+    """Patch embedding: [B, C, H, W] -> [B, gh*gw, D] and the grid (gh, gw). `stem="patch"`: one
+    non-overlapping convolution; `"conv"`: `conv_stem` down to the same grid."""
 
-    def __init__(self, in_channels: int, width: int, patch_size: int, bias: bool = True):
+    def __init__(self, in_channels: int, width: int, patch_size: int, bias: bool = True, stem: str = "patch"):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=bias)
+        self.proj = (conv_stem(in_channels, width, patch_size) if stem == "conv"
+                     else nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=bias))
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.proj(pixels)  # [B, D, gh, gw]
         grid = (x.shape[-2], x.shape[-1])
         return x.flatten(2).transpose(1, 2), grid  # [B, gh*gw, D]
+
+
+def conv_stem(in_channels: int, width: int, patch_size: int) -> nn.Sequential:
+    """log2(patch_size) 3x3 stride-2 convolutions, each with BatchNorm and ReLU, widening to `width` (a quarter
+    of it first, doubling up), then a 1x1 convolution: the patch grid of a `patch_size` patchify stem."""
+    steps = patch_size.bit_length() - 1
+    if patch_size < 2 or 1 << steps != patch_size:
+        raise ConfigError(f"vision.stem=conv needs a power-of-two patch_size (2, 4, 8, 16, ...), got {patch_size}")
+    widths = [max(width >> (steps - 1 - i), 8) if i < steps - 1 else width for i in range(steps)]
+    layers: list[nn.Module] = []
+    for channels_in, channels_out in zip([in_channels, *widths], widths):
+        conv = nn.Conv2d(channels_in, channels_out, 3, stride=2, padding=1, bias=False)
+        conv.init_std = math.sqrt(2 / (channels_in * 9))  # He init, as ReLU nets start (`models.initialize`)
+        layers += [conv, nn.BatchNorm2d(channels_out), nn.ReLU()]
+    last = nn.Conv2d(width, width, 1)
+    last.init_std = math.sqrt(1 / width)
+    return nn.Sequential(*layers, last)
 
 
 class PositionTable(nn.Module):
@@ -141,7 +162,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = PatchEmbed(cfg.in_channels, cfg.width, cfg.patch_size, bias=cfg.patch_bias)
+        self.patch_embed = PatchEmbed(cfg.in_channels, cfg.width, cfg.patch_size, bias=cfg.patch_bias, stem=cfg.stem)
         self.pos_embed = DynamicPositionEmbedding(cfg.width, cfg.image_size // cfg.patch_size)
         self.prompts = nn.Parameter(torch.zeros(1, cfg.num_prompts, cfg.width))
         self.pre_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()

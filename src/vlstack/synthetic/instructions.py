@@ -101,6 +101,20 @@ def shapes_vqa(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
     return out
 
 
+def shapes_exists(n: int, seed: int, split: str, lang: Language) -> list[Sample]:
+    """Yes/no questions on whether a shape ("circle") or a coloured shape ("red circle") is in a scene, half of
+    them about one that is not (LRV-Instruction's negative instructions): asked in the split's phrasings, POPE's
+    among them, so that "yes" has to be looked up in the image."""
+    out = []
+    for i in range(n):
+        s = make_sample("vqa", split_seed(seed, split), 9 * STREAM + i, lang)
+        rng = random.Random(f"shapes_exists:{seed}:{split}:{lang}:{i}")
+        prompt, answer = _exists(_scene_objects(s), split, lang, rng)
+        out.append(_conversation(s, "shapes_exists", split, _turns((f"{IMAGE_TOKEN}\n{prompt}", answer)),
+                                 question_type="exists", form="yes_no"))
+    return out
+
+
 def _exists(objects: list[SceneObject], split: str, lang: Language, rng: random.Random) -> tuple[str, str]:
     """A yes/no question on a shape ("circle") or a coloured shape ("red circle") in the scene or not in it."""
     def name(color: str | None, shape: str) -> str:
@@ -216,6 +230,7 @@ DATASETS: dict[str, Generator] = {
     "shapes_vqa": shapes_vqa,
     "shapes_chat": shapes_chat,
     "shapes_caption": shapes_caption,
+    "shapes_exists": shapes_exists,
     "grounding": grounding,
     "interleaved": interleaved,
     "documents_vqa": _page_qa("document", "documents_vqa", 6),

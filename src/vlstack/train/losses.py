@@ -36,16 +36,22 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts, dim=0), sum(sizes[: dist.get_rank()])
 
 
-def itc_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def itc_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+             hard_texts: torch.Tensor | None = None, has_hard: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE over matching pairs (row i of each is a pair), negatives from every rank.
 
-    image_embeds, text_embeds: [B, E], L2-normalised; logit_scale: log(1 / temperature).
+    image_embeds, text_embeds: [B, E], L2-normalised; logit_scale: log(1 / temperature). `hard_texts` [B, E]:
+    each image's own extra negative text (NegCLIP's swapped caption), one more column of its image-to-text
+    logits where `has_hard` [B] is True.
     """
     scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
     all_images, offset = gather_with_grad(image_embeds)
     all_texts, _ = gather_with_grad(text_embeds)
     targets = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
     image_to_text = scale * image_embeds @ all_texts.t()  # [B, B_global]
+    if hard_texts is not None:
+        hard = (scale * (image_embeds * hard_texts).sum(dim=-1)).masked_fill(~has_hard, float("-inf"))  # [B]
+        image_to_text = torch.cat([image_to_text, hard[:, None]], dim=1)  # [B, B_global + 1]
     text_to_image = scale * text_embeds @ all_images.t()  # [B, B_global]
     return (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets)) / 2
 

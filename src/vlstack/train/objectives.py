@@ -76,12 +76,19 @@ class PretrainObjective:
         text_hidden = model.encode_text(ids, attention)  # [B, T, Dt]
         image_embeds = model.image_embedding(image_tokens)
         text_embeds = model.text_embedding(text_hidden, attention)
-        losses = {"itc": itc_loss(image_embeds, text_embeds, model.itc.logit_scale)}
+        swapped = None
+        if "negative_ids" in batch:  # each caption with one word swapped for a contradicting one (NegCLIP)
+            swapped = Swapped(batch["negative_ids"], batch["negative_attention_mask"], batch["has_negative"].bool())
+            swapped.hidden = model.encode_text(swapped.ids, swapped.attention)  # [B, T', Dt]
+            swapped.embeds = model.text_embedding(swapped.hidden, swapped.attention)  # [B, E]
+        losses = {"itc": itc_loss(image_embeds, text_embeds, model.itc.logit_scale,
+                                  *((swapped.embeds, swapped.valid) if swapped is not None else ()))}
         metrics: dict[str, torch.Tensor] = {}
 
         if cfg.itm > 0:
             similarity = model.itc.logit_scale.exp() * image_embeds @ text_embeds.t()  # [B, B] ITC logits
-            losses["itm"], metrics["itm_acc"] = self._itm(model, image_tokens, text_hidden, attention, similarity, ids)
+            losses["itm"], metrics["itm_acc"] = self._itm(model, image_tokens, text_hidden, attention, similarity, ids,
+                                                          swapped)
         if cfg.mlm > 0 or cfg.vtm > 0:
             mlm, vtm, metrics["mlm_acc"] = self._masked_modelling(model, image_tokens, ids, attention)
             losses["mlm"], losses["vtm"] = mlm, vtm
@@ -92,17 +99,25 @@ class PretrainObjective:
         metrics["temperature"] = model.itc.temperature.detach()
         return total, metrics
 
-    def _itm(self, model, image_tokens, text_hidden, attention, similarity, ids) -> tuple[torch.Tensor, torch.Tensor]:
+    def _itm(self, model, image_tokens, text_hidden, attention, similarity, ids, swapped: Swapped | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         B = ids.shape[0]
         same_text = _same_rows(ids.masked_fill(attention == 0, -1))  # identical captions are not negatives
         hard = self.config.itm_hard_fraction
         negative_text = sample_hard_negatives(similarity, same_text, hard)  # [B]
         negative_image = sample_hard_negatives(similarity.t(), same_text, hard)  # [B]
+        wrong_hidden, wrong_attention = text_hidden[negative_text], attention[negative_text]  # [B, T, Dt], [B, T]
+        if swapped is not None:  # an image's own swapped caption is its hardest negative text
+            width = max(wrong_hidden.shape[1], swapped.hidden.shape[1])
+            text_hidden, attention = _widen(text_hidden, width), _widen(attention, width)
+            keep = swapped.valid[:, None]
+            wrong_attention = torch.where(keep, _widen(swapped.attention, width), _widen(wrong_attention, width))
+            wrong_hidden = torch.where(keep[..., None], _widen(swapped.hidden, width), _widen(wrong_hidden, width))
         fused = model.fuse(
             torch.cat([image_tokens, image_tokens, image_tokens[negative_image]]),
-            torch.cat([text_hidden, text_hidden[negative_text], text_hidden]),
-            torch.cat([attention, attention[negative_text], attention]),
-        )  # [3B, Nv + T, W]: positives, (image, hard text), (hard image, text)
+            torch.cat([text_hidden, wrong_hidden, text_hidden]),
+            torch.cat([attention, wrong_attention, attention]),
+        )  # [3B, Nv + T, W]: positives, (image, hard or swapped text), (hard image, text)
         logits = model.itm(fused)  # [3B, 2]
         labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(logits.device)
         accuracy = (logits.argmax(dim=1) == labels).float().mean().detach()
@@ -124,6 +139,23 @@ class PretrainObjective:
         accuracy = (logits.argmax(dim=-1) == labels[picked]).float().mean().detach()
         vtm = vtm_loss(model.vtm(fused[:, :n_visual]), image_tokens.detach(), hidden_patches)
         return mlm_loss(logits, labels[picked]), vtm, accuracy
+
+
+@dataclass
+class Swapped:
+    """The batch's swap negatives (`vlstack.data.negatives`): token ids and mask [B, T'], which rows have one
+    [B], and once encoded their hidden states [B, T', Dt] and ITC embeddings [B, E]."""
+
+    ids: torch.Tensor
+    attention: torch.Tensor
+    valid: torch.Tensor
+    hidden: torch.Tensor | None = None
+    embeds: torch.Tensor | None = None
+
+
+def _widen(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad the sequence dimension (dim 1) of `x` with zeros to `width`."""
+    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, width - x.shape[1]))
 
 
 def _same_rows(rows: torch.Tensor) -> torch.Tensor:

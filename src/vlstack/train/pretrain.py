@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 from vlstack.checkpoint import load_model, write_model_files
-from vlstack.data.augment import AugmentConfig
+from vlstack.data.augment import AugmentConfig, WordGroups
 from vlstack.data.collate import PairCollate, PairEncoder
 from vlstack.data.loader import caption_pairs, pairs_to_tensors
+from vlstack.data.negatives import default_contrasts
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_shards
 from vlstack.data.stream import StreamConfig, StreamingBatches, StreamSource
@@ -48,6 +49,14 @@ class PretrainDataConfig:
     a longer held-out caption is an error that names it."""
     augment: AugmentConfig | None = None
     """Label-preserving augmentation of the training pairs (`vlstack.data.augment`); None: off."""
+    swap_negatives: bool = False
+    """Give every training caption a swap negative (`vlstack.data.negatives`, NegCLIP): the caption with one word
+    swapped for a contradicting one, an extra ITC negative for its image and its ITM negative, so that each
+    attribute has to be bound to its object (not only the easiest one seen)."""
+    contrasts: str | None = None
+    """The contrast groups of the swaps: a file of groups, one a line, words separated by " | ", every word of a
+    group contradicting the others (your domain's attributes); None: the shipped colours, shapes, directions,
+    sizes and counts (`vlstack/data/resources/contrasts_*.txt`)."""
     stream: StreamConfig = field(default_factory=StreamConfig)
 
 
@@ -78,6 +87,7 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
         raise ConfigError("pretraining needs data.sources and data.test, shard directories of image-text pairs: "
                           "--set 'data.sources=[{path: DIR}]' --set data.test=DIR; e.g. the output of vlstack data "
                           "ingest / data clean, or vlstack data synth --kind caption --n 6000 --out DIR")
+    contrasts = contrast_groups(config.data) if config.data.swap_negatives else None
     test_images, test_captions, _ = caption_pairs(config.data.test)
     tokenizer = choose_tokenizer(config.tokenizer, config.model.language, lambda: _source_texts(config.data.sources))
     specials = special_token_ids(tokenizer)
@@ -90,7 +100,7 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
 
     train_set = StreamingBatches(
         config.data.sources, config.train.batch_size // config.train.grad_accum_steps,
-        PairEncoder(tokenizer, model.config.vision, config.data.max_text_tokens, config.data.augment),
+        PairEncoder(tokenizer, model.config.vision, config.data.max_text_tokens, config.data.augment, contrasts),
         PairCollate(tokenizer.pad_token_id), seed, config.data.stream, pin_memory=dist_info.device.type == "cuda")
     test_set = pairs_to_tensors(test_images, test_captions, tokenizer, model.config.vision, config.data.max_text_tokens,
                                 "encode held-out pairs")
@@ -123,6 +133,20 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
     if dist_info.is_main:
         write_json(out / "pretrain.json", results)
     return results
+
+
+def contrast_groups(data: PretrainDataConfig) -> WordGroups:
+    """The swap negatives' contrast groups: `data.contrasts` (a file), or the shipped ones."""
+    if data.contrasts is None:
+        return default_contrasts()
+    path = Path(data.contrasts)
+    if not path.is_file():
+        raise ConfigError(f"data.contrasts {data.contrasts!r} is not a file of contrast groups (one group a line, words "
+                          "separated by ' | ')")
+    groups = WordGroups.from_text(path.read_text(encoding="utf-8"))
+    if groups.pattern is None:
+        raise ConfigError(f"data.contrasts {data.contrasts!r} holds no group of two or more words")
+    return groups
 
 
 def _source_texts(sources: list[StreamSource]) -> Iterator[str]:
