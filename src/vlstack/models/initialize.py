@@ -118,29 +118,21 @@ def local_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     return local, start
 
 
-def rows_per_block(tensor: torch.Tensor) -> int:
-    return max(1, BLOCK_ELEMENTS // max(1, math.prod(tensor.shape[1:])))
-
-
-def fill_rows(tensor: torch.Tensor, values: Callable[[int, tuple[int, ...], int], torch.Tensor], per_block: int) -> None:
-    """Write this rank's rows of `tensor` (whole or sharded) block by block: `values(first_row, shape, block)`
-    gives the rows of one block of `per_block` rows."""
-    local, start = local_rows(tensor)
+def _draw(param: torch.Tensor, rule: Draw, seed: int, name: str) -> None:
+    """Write this rank's rows of `param` (whole or sharded) in blocks of about `BLOCK_ELEMENTS` numbers, each
+    block of rows drawn from its own generator, so a rank draws only the blocks its rows fall in."""
+    local, start = local_rows(param)
+    total = param.shape[0] if param.ndim else 1
     end = start + (local.shape[0] if local.ndim else 1)
-    total = tensor.shape[0] if tensor.ndim else 1
+    per_block = max(1, BLOCK_ELEMENTS // max(1, math.prod(param.shape[1:])))
     for block in range(start // per_block, -(-end // per_block)):
         first = block * per_block
-        shape = (min(per_block, total - first), *tensor.shape[1:])
-        rows = values(first, shape, block)
-        lo, hi = max(start, first), min(end, first + shape[0])
+        rows = rule(_generator(seed, name, block), (min(per_block, total - first), *param.shape[1:]))
+        lo, hi = max(start, first), min(end, first + rows.shape[0])
         if local.ndim:
             local[lo - start : hi - start].copy_(rows[lo - first : hi - first])
         else:
             local.copy_(rows.reshape(()))
-
-
-def _draw(param: torch.Tensor, rule: Draw, seed: int, name: str) -> None:
-    fill_rows(param, lambda first, shape, block: rule(_generator(seed, name, block), shape), rows_per_block(param))
 
 
 def _within(name: str, prefix: str) -> bool:
