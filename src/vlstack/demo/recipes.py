@@ -78,11 +78,13 @@ def _finetune() -> FinetuneConfig:
     lost the colours pretraining taught (held-out colour questions 0.14); at a tenth, held-out shapes
     VQA (first answer token) was 0.723 against 0.705 at the full rate, within the run-to-run spread. The
     safety stage uses the plain `sft` loss: at the sizes tried the `safety` loss either refused nearly
-    every request or few more harmful than safe ones; `sft` at 3e-4 for 300 steps refused every held-out
-    harmful request and none of the safe look-alikes. The safety stage replays every kind of benign request:
-    without `shapes_chat` the final model answered CHAIR's "Describe the image." with scan findings or a
-    refusal (0 objects in 50 captions); without documents and charts it refused 36% of the DocVQA suite's
-    questions and 57% of ChartQA's."""
+    every request or few more harmful than safe ones; `sft` at 3e-4 for 250 steps refused every held-out
+    harmful request and none of the safe look-alikes (150 steps refused 31% of the look-alikes). The
+    general stage has most of the steps: 450 rather than 250 (at 100 domain steps rather than 200) raised
+    the full demo's GQA from 37.0 to 55.0 and its A-OKVQA from chance to 31.0. The safety stage
+    replays every kind of benign request: without `shapes_chat` the final model answered CHAIR's
+    "Describe the image." with scan findings or a refusal (0 objects in 50 captions); without
+    documents and charts it refused 36% of the DocVQA suite's questions and 57% of ChartQA's."""
     general = [DatasetSpec("shapes_vqa", samples=4000), DatasetSpec("shapes_chat", samples=1000)]
     domain = [DatasetSpec("documents_vqa", samples=300), DatasetSpec("charts_vqa", samples=300),
               DatasetSpec("scans", samples=2000), DatasetSpec("surface_defects", samples=600),
@@ -92,9 +94,9 @@ def _finetune() -> FinetuneConfig:
               DatasetSpec("documents_vqa", samples=200), DatasetSpec("charts_vqa", samples=200)]
     return FinetuneConfig(
         stages=[
-            StageConfig("general", general, lr=5e-4, steps=250, batch_size=32, lr_scale={"vision": 0.1}),
-            StageConfig("domain", domain, lr=5e-4, steps=200, batch_size=32),
-            StageConfig("safety", safety, lr=3e-4, steps=300, batch_size=32),
+            StageConfig("general", general, lr=5e-4, steps=450, batch_size=32, lr_scale={"vision": 0.1}),
+            StageConfig("domain", domain, lr=5e-4, steps=100, batch_size=32),
+            StageConfig("safety", safety, lr=3e-4, steps=250, batch_size=32),
         ],
         train=TrainConfig(warmup_steps=10, log_every=10, measure_mfu=False, tensorboard=False, validate_every=50),
         validation=[DatasetSpec(name, samples=64) for name in
