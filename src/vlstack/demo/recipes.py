@@ -81,16 +81,19 @@ def _finetune() -> FinetuneConfig:
     every request or few more harmful than safe ones; `sft` at 3e-4 for 250 steps refused every held-out
     harmful request and none of the safe look-alikes (150 steps refused 31% of the look-alikes). The
     general stage has most of the steps: 450 rather than 250 (at 100 domain steps rather than 200) raised
-    the full demo's GQA from 37.0 to 55.0 and its A-OKVQA from chance to 31.0. The safety stage
-    replays every kind of benign request: without `shapes_chat` the final model answered CHAIR's
-    "Describe the image." with scan findings or a refusal (0 objects in 50 captions); without
-    documents and charts it refused 36% of the DocVQA suite's questions and 57% of ChartQA's."""
+    the full demo's GQA from 37.0 to 55.0 and 77.0 (two runs) and its A-OKVQA from chance to 29-31.
+    The safety stage replays every kind of benign request: without `shapes_chat` the final model
+    answered CHAIR's "Describe the image." with scan findings or a refusal (0 objects in 50
+    captions); without documents and charts it refused 36% of the DocVQA suite's questions and 57%
+    of ChartQA's; without surface-defect crops the inspection app got scan findings ("No focal
+    lesion.") for every defect."""
     general = [DatasetSpec("shapes_vqa", samples=4000), DatasetSpec("shapes_chat", samples=1000)]
     domain = [DatasetSpec("documents_vqa", samples=300), DatasetSpec("charts_vqa", samples=300),
               DatasetSpec("scans", samples=2000), DatasetSpec("surface_defects", samples=600),
               DatasetSpec("shapes_vqa", samples=600)]
     safety = [DatasetSpec("safety", samples=2000), DatasetSpec("shapes_vqa", samples=1500),
               DatasetSpec("shapes_chat", samples=500), DatasetSpec("scans", samples=500),
+              DatasetSpec("surface_defects", samples=200),
               DatasetSpec("documents_vqa", samples=200), DatasetSpec("charts_vqa", samples=200)]
     return FinetuneConfig(
         stages=[
