@@ -10,6 +10,9 @@ import argparse
 import json
 import sys
 
+from vlstack.cli.apps import add_app_commands
+from vlstack.cli.data import add_data_commands
+from vlstack.cli.parsing import add_command, configured
 from vlstack.errors import ConfigError, VlstackError
 
 EPILOG = """\
@@ -82,13 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    info = _command(commands, "info", "Show parameters per component of a model preset.",
+    info = add_command(commands, "info", "Show parameters per component of a model preset.",
                     "Counts are taken on the meta device, so even the 19B preset needs no memory.")
     info.add_argument("--preset", default="qwen-image-s", help="preset name (default: %(default)s)")
     info.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     info.set_defaults(handler=_info)
 
-    demo = _command(commands, "demo", "Run the whole stack end to end on a tiny model.",
+    demo = add_command(commands, "demo", "Run the whole stack end to end on a tiny model.",
                     "Every stage on synthetic data, in order: pretraining with the mixed ITC + ITM + MLM + VTM "
                     "loss (a tokenizer and a tiny model from scratch), cleaning a spoiled corpus, progressive "
                     "fine-tuning (general, domain, safety), DPO, the six benchmarks, hallucination, deployment "
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="a YAML recipe (see configs/demo.yaml)")
     demo.set_defaults(handler=_demo)
 
-    pretrain = _command(commands, "pretrain", "Pretrain with the mixed ITC + ITM + MLM + VTM loss.",
+    pretrain = add_command(commands, "pretrain", "Pretrain with the mixed ITC + ITM + MLM + VTM loss.",
                         "Writes OUT_DIR/train_log.jsonl, OUT_DIR/checkpoint/ (resumable dcp/ state plus "
                         "config.yaml, model.safetensors and tokenizer/ for inference) and OUT_DIR/pretrain.json "
                         "with held-out retrieval and matching accuracy. Several processes: "
@@ -109,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     pretrain.set_defaults(handler=_pretrain)
 
-    serve = _command(commands, "serve", "Serve a checkpoint behind an OpenAI-compatible API, with a chat page at /.",
+    serve = add_command(commands, "serve", "Serve a checkpoint behind an OpenAI-compatible API, with a chat page at /.",
                      "Routes: /v1/chat/completions (streaming too), /v1/models, /health, /metrics. Every "
                      "ServerConfig field can be --set, e.g. allowed_image_hosts=[images.example.com].")
     serve.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")
@@ -119,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "the variable keeps the key out of the process list)")
     serve.set_defaults(handler=_serve)
 
-    evaluate = _command(commands, "eval", "Evaluate a checkpoint on benchmarks in their official formats.",
+    evaluate = add_command(commands, "eval", "Evaluate a checkpoint on benchmarks in their official formats.",
                         "Writes OUT/results.json (every prediction, metrics, config, versions, timing), OUT/report.md "
                         "and OUT/report.html with the article's numbers beside ours. `vlstack data synth-eval DIR` "
                         "writes synthetic suites in the official formats (and a hallucination suite) to try it.")
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "this")
     evaluate.set_defaults(handler=_eval)
 
-    quantize = _command(commands, "quantize", "Quantize every Linear layer of a checkpoint to int8 (torchao).",
+    quantize = add_command(commands, "quantize", "Quantize every Linear layer of a checkpoint to int8 (torchao).",
                         "Writes OUT, an int8 checkpoint that the Engine, eval and serve load like any other "
                         "(config.yaml, int8 model.safetensors, quantization.yaml, tokenizer/), and "
                         "OUT/quantize.json: weight bytes and the speed of the Linear-heavy passes against fp32. "
@@ -149,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--out", required=True, metavar="DIR", help="the int8 checkpoint to write")
     quantize.set_defaults(handler=_quantize)
 
-    export_onnx = _command(commands, "export-onnx",
+    export_onnx = add_command(commands, "export-onnx",
                            "Export the image path (vision tower + projector) to ONNX, with ORT int8 copies.",
                            "Writes OUT/vision.onnx (dynamic batch axis), OUT/vision.int8-dynamic.onnx, "
                            "OUT/vision.int8-static.onnx (with --set calibration_dir=DIR: activation ranges "
@@ -160,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_onnx.add_argument("--out", required=True, metavar="DIR", help="output directory")
     export_onnx.set_defaults(handler=_export_onnx)
 
-    export = _command(commands, "export", "Write a checkpoint in a format other tools load.",
+    export = add_command(commands, "export", "Write a checkpoint in a format other tools load.",
                       "--format hf writes a transformers LlavaForConditionalGeneration directory: config.json, "
                       "safetensors, a LlavaProcessor (tokenizer, chat template, an image processor with the "
                       "model's preprocessing) and generation_config.json. Load it with "
@@ -174,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out", metavar="OUT", help="the directory to write")
     export.set_defaults(handler=_export)
 
-    import_ = _command(commands, "import", "Read a model another tool wrote into a vlstack checkpoint.",
+    import_ = add_command(commands, "import", "Read a model another tool wrote into a vlstack checkpoint.",
                        "--format hf reads a LlavaForConditionalGeneration directory whose tower is SigLIP or CLIP "
                        "and whose projector takes the tower's last layer, whole (vision_feature_layer -1, "
                        "vision_feature_select_strategy full: what `vlstack export --format hf` writes). The fusion "
@@ -184,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("out", metavar="OUT", help="the vlstack checkpoint directory to write")
     import_.set_defaults(handler=_import)
 
-    finetune = _command(commands, "finetune", "Fine-tune a checkpoint in progressive stages (SFT, safety).",
+    finetune = add_command(commands, "finetune", "Fine-tune a checkpoint in progressive stages (SFT, safety).",
                         "Runs the recipe's stages in order, each with its datasets, lr, frozen modules, optional "
                         "LoRA and loss; writes OUT_DIR/<nn>-<stage>/model/ (LoRA merged) and stage.json per stage, "
                         "and OUT_DIR/finetune.json with held-out VQA accuracy and refusal rates. The preference "
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     finetune.set_defaults(handler=_finetune)
 
-    align = _command(commands, "align", "Align a checkpoint with a reward model, PPO, DPO or GRPO.",
+    align = add_command(commands, "align", "Align a checkpoint with a reward model, PPO, DPO or GRPO.",
                      "Trains from --set checkpoint=DIR (normally the last fine-tuning stage's model) on "
                      "--set data.train=DIR --set data.held_out=DIR: conversations whose last answer is the "
                      "reference (and, for DPO and the reward model, meta.rejected the rejected one; `vlstack data "
@@ -212,110 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     align.set_defaults(handler=_align)
 
-    _data_commands(commands)
-    _app_commands(commands)
+    add_data_commands(commands)
+    add_app_commands(commands)
     return parser
 
 
-def _data_commands(commands) -> None:
-    from vlstack.data.schema import KINDS
-    from vlstack.synthetic.scenes import SPLITS
-
-    data = commands.add_parser("data", help="Data tools: synthetic corpora, cleaning, shards.",
-                               description="Data tools: synthetic corpora, cleaning, shards.")
-    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    synth = data_commands.add_parser(
-        "synth", help="Write a synthetic corpus of one kind, with injected defects, as WebDataset shards.",
-        description="Writes OUT/shard-*.tar, OUT/manifest.jsonl, OUT/defects.jsonl (the ground truth of every "
-                    "injected defect) and OUT/synth.json. The same arguments write the same bytes.")
-    synth.add_argument("--kind", required=True, choices=KINDS)
-    synth.add_argument("--n", type=int, required=True, help="number of samples")
-    synth.add_argument("--out", required=True, help="output directory")
-    synth.add_argument("--defects", type=float, default=0.0, metavar="RATE",
-                       help="fraction of samples to spoil, in [0, 1] (default: %(default)s)")
-    synth.add_argument("--seed", type=int, default=0, help="corpus seed (default: %(default)s)")
-    synth.add_argument("--lang", choices=("en", "zh"), default="en", help="text language (default: %(default)s)")
-    synth.add_argument("--split", choices=SPLITS, default="train",
-                       help="each split draws from its own seed, so val/test are held out (default: %(default)s)")
-    synth.add_argument("--image-size", type=int, help="pixels; default 64 for shape scenes, 256 for documents/charts")
-    synth.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: %(default)s)")
-    synth.set_defaults(handler=_data_synth)
-
-    synth_instructions = data_commands.add_parser(
-        "synth-instructions", help="Write a synthetic instruction dataset (conversations) as shards.",
-        description="Writes OUT/shard-*.tar and OUT/manifest.jsonl: samples with LLaVA-style conversations (and "
-                    "their question type, refusal flags, ...) that `vlstack finetune` stages and `vlstack align` "
-                    "read. --rejected adds a rejected answer to each (preference pairs; shapes_vqa only).")
-    synth_instructions.add_argument("--dataset", required=True,
-                                    help="shapes_vqa, shapes_chat, grounding, interleaved, documents_vqa, charts_vqa, "
-                                         "safety, scans or surface_defects")
-    synth_instructions.add_argument("--n", type=int, required=True, help="number of conversations")
-    synth_instructions.add_argument("--out", required=True, help="output directory")
-    synth_instructions.add_argument("--split", choices=SPLITS, default="train",
-                                    help="each split draws from its own seed (default: %(default)s)")
-    synth_instructions.add_argument("--lang", choices=("en", "zh"), default="en", help="(default: %(default)s)")
-    synth_instructions.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    synth_instructions.add_argument("--rejected", choices=("wrong", "absent"),
-                                    help="add a rejected answer: any wrong one, or a colour/shape absent from the scene")
-    synth_instructions.add_argument("--question-types", metavar="A,B",
-                                    help="shapes_vqa with --rejected: only these (color,shape,count,count_color,position)")
-    synth_instructions.set_defaults(handler=_data_synth_instructions)
-
-    synth_eval = data_commands.add_parser(
-        "synth-eval", help="Write synthetic evaluation suites: the six benchmarks in their official formats and a "
-                           "hallucination suite.",
-        description="Writes OUT/<benchmark>/ for vqav2, gqa, docvqa, chartqa, vqarad and aokvqa in their official "
-                    "file formats (shape scenes, documents, charts, scans) and OUT/hallucination/ (scenes with their "
-                    "objects, faithful and hallucinated captions, the lexicon): `vlstack eval --data-root OUT`.")
-    synth_eval.add_argument("out", metavar="OUT", help="output directory")
-    synth_eval.add_argument("--n", type=int, default=32, help="questions per benchmark (default: %(default)s)")
-    synth_eval.add_argument("--scenes", type=int, default=200,
-                            help="hallucination scenes per split (default: %(default)s)")
-    synth_eval.add_argument("--seed", type=int, default=0, help="suite seed (default: %(default)s)")
-    synth_eval.set_defaults(handler=_data_synth_eval)
-
-    from vlstack.data.ingest import FORMATS
-
-    summary = "Read a corpus in a public format into vlstack shards, ready for `data clean`."
-    ingest = data_commands.add_parser(
-        "ingest", help=summary,
-        description=f"{summary} Writes OUT/shard-*.tar + manifest.jsonl (the samples, images still encoded), "
-                    "OUT/rejected.jsonl (every record not taken, with its reason: missing image, malformed "
-                    "record, ...) and OUT/ingest.json. Nothing is downloaded: remote image URLs are rejected. "
-                    "Formats: " + "; ".join(f"{name}: {text}" for name, text in FORMATS.items()) + ".")
-    ingest.add_argument("format", metavar="FORMAT", choices=FORMATS, help=", ".join(FORMATS))
-    ingest.add_argument("input", metavar="IN", help="the corpus: a file or folder, as FORMAT says")
-    ingest.add_argument("output", metavar="OUT", help="output directory (new, empty, or an earlier ingest)")
-    ingest.add_argument("--images", metavar="DIR", help="image root (coco and vqav2: required; llava, messages and "
-                                                        "hf: default the folder of IN)")
-    ingest.add_argument("--captions", metavar="FILE", help="folder: the captions file (JSONL or CSV/TSV)")
-    ingest.add_argument("--annotations", metavar="FILE", help="vqav2: the annotations file")
-    ingest.add_argument("--image-pattern", metavar="PATTERN",
-                        help="vqav2: image file names, e.g. '{image_id:012d}.jpg' (default: COCO's)")
-    ingest.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: %(default)s)")
-    ingest.set_defaults(handler=_data_ingest)
-
-    clean = _command(data_commands, "clean",
-                     "Clean a shard directory: quality, text and relevance filters, PII, dedup.",
-                     "Writes OUT/shard-*.tar + manifest.jsonl (kept samples, each with the provenance of every "
-                     "step in meta.clean), OUT/rejected.jsonl (every dropped id with its reasons), OUT/clean.json "
-                     "and OUT/report.md with score histograms. See configs/clean.yaml for every setting.")
-    clean.add_argument("input", metavar="IN", help="input shard directory")
-    clean.add_argument("output", metavar="OUT", help="output directory (new, empty, or an earlier clean run)")
-    clean.add_argument("--config", help="a YAML recipe, e.g. configs/clean.yaml (default: built-in defaults)")
-    clean.add_argument("--executor", choices=("local", "ray"), default="local",
-                       help="local processes or Ray Data (pip install 'vlstack[ray]') (default: %(default)s)")
-    clean.add_argument("--workers", type=int, help="processes or Ray actors (default: the config's workers)")
-    clean.set_defaults(handler=_data_clean)
-
-
-def _command(commands, name: str, summary: str, details: str, settable: bool = True) -> argparse.ArgumentParser:
-    """A subcommand; `settable` ones take `--set` overrides of their config."""
-    sub = commands.add_parser(name, help=summary, description=f"{summary} {details}")
-    if settable:
-        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config field, e.g. --set train.steps=200 (repeatable)")
-    return sub
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -400,7 +304,7 @@ def _serve(args: argparse.Namespace) -> int:
     from vlstack.infer.server import ServerConfig, serve
 
     flags = {"model": args.model, "host": args.host, "port": args.port, "api_key": args.api_key}
-    serve(_configured(ServerConfig, flags, args.overrides))
+    serve(configured(ServerConfig, flags, args.overrides))
     return 0
 
 
@@ -414,7 +318,7 @@ def _eval(args: argparse.Namespace) -> int:
         benchmarks = [] if args.benchmarks == "none" else [n.strip() for n in args.benchmarks.split(",") if n.strip()]
     flags = {"benchmarks": benchmarks, "data_root": args.data_root, "out_dir": args.out, "limit": args.limit,
              "hallucination": HallucinationConfig() if args.hallucination else None}
-    config = _configured(EvalConfig, flags, args.overrides)
+    config = configured(EvalConfig, flags, args.overrides)
     print(summary(run_eval(args.model, config)) + f"\nreport: {config.out_dir}/report.md")
     return 0
 
@@ -453,161 +357,5 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_synth(args: argparse.Namespace) -> int:
-    from vlstack.synthetic.corpus import synthesize
-
-    summary = synthesize(args.kind, args.n, args.out, args.defects, args.seed, args.lang, split=args.split,
-                         image_size=args.image_size, samples_per_shard=args.per_shard)
-    print(json.dumps(summary, ensure_ascii=False))
-    return 0
-
-
-def _data_synth_instructions(args: argparse.Namespace) -> int:
-    from vlstack.synthetic.instructions import write_instructions
-    from vlstack.synthetic.preferences import DATASET, QUESTION_TYPES, write_preferences
-
-    if args.rejected is None:
-        out = write_instructions(args.out, args.dataset, args.n, args.seed, args.split, args.lang)
-    elif args.dataset != DATASET:
-        raise ConfigError(f"--rejected is for --dataset {DATASET}: its answers are checkable")
-    else:
-        types = args.question_types.split(",") if args.question_types else QUESTION_TYPES
-        out = write_preferences(args.out, args.n, args.split, types, args.rejected, args.seed)
-    print(f"wrote {args.n} {args.dataset} conversations ({args.split}) to {out}")
-    return 0
-
-
-def _data_synth_eval(args: argparse.Namespace) -> int:
-    from vlstack.synthetic.suites import write_evaluation_data
-
-    folders = write_evaluation_data(args.out, args.n, args.scenes, args.seed)
-    print(f"wrote {', '.join(folders)} under {args.out}; evaluate with vlstack eval --data-root {args.out}")
-    return 0
-
-
-def _data_ingest(args: argparse.Namespace) -> int:
-    from vlstack.data.ingest import IngestInputs, ingest
-
-    inputs = IngestInputs(args.images, args.captions, args.annotations, args.image_pattern)
-    summary = ingest(args.format, args.input, args.output, inputs, samples_per_shard=args.per_shard)
-    reasons = ", ".join(f"{k} {v}" for k, v in summary["rejected_by_reason"].items()) or "none"
-    print(f"kept {summary['kept']} of {summary['total']} ({summary['text_only']} text-only), rejected "
-          f"{summary['rejected']} ({reasons}); {summary['shards']} shard(s) in {summary['output']}: "
-          f"vlstack data clean {summary['output']} CLEAN_DIR")
-    return 0
-
-
-def _data_clean(args: argparse.Namespace) -> int:
-    from vlstack.config import load_config
-    from vlstack.data.clean.pipeline import CleanConfig
-    from vlstack.data.clean.run import clean
-
-    config = load_config(CleanConfig, args.config, args.overrides)
-    from vlstack.synthetic.truth import score_cleaning
-
-    summary = clean(args.input, args.output, config, executor=args.executor, workers=args.workers)
-    truth = score_cleaning(args.input, args.output)  # a synthetic corpus with defects.jsonl: recall per defect
-    if truth is not None:
-        print("recall per injected defect: " + ", ".join(f"{k} {v['recall']:.2f}" for k, v in truth["defects"].items()))
-    print(f"kept {summary['kept']} of {summary['total']}, rejected {summary['rejected']} "
-          f"({', '.join(f'{k} {v}' for k, v in summary['by_first_reason'].items()) or 'none'}); "
-          f"report: {summary['output']}/report.md")
-    return 0
-
-
-def _app_commands(commands) -> None:
-    medical = _command(commands, "medical", "Findings per series of a DICOM study folder, de-identified first.",
-                       "Reads every file under STUDY_DIR, de-identifies it (PS3.15 Table E.1-1 basic profile; UIDs "
-                       "remapped with a keyed hash: set $VLSTACK_DEID_KEY to keep pseudonyms stable across runs), "
-                       "groups studies and series, renders the middle slice of each and asks the model about it. "
-                       "Writes OUT/report.json, OUT/report.html and OUT/thumbnails/; unusable files are listed "
-                       "with a reason. A series whose pixels may show identifiers (burned-in text: ultrasound, "
-                       "secondary captures, scans, or BurnedInAnnotation=YES) is flagged; --refuse-burned-in skips "
-                       "it. Every MedicalConfig field can be --set (e.g. show_paths=true).")
-    medical.add_argument("study_dir", metavar="STUDY_DIR", help="folder of DICOM files (searched recursively)")
-    medical.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")
-    medical.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    medical.add_argument("--lang", choices=("zh", "en"), help="language of the default prompt (default: zh)")
-    medical.add_argument("--prompt", help="the question asked about every series (default: the findings prompt)")
-    medical.add_argument("--refuse-burned-in", action="store_true",
-                         help="neither render nor ask about a series whose pixels may show identifiers")
-    medical.set_defaults(handler=_medical)
-
-    inspect = _command(commands, "inspect", "Inspect an image folder or a video for surface defects.",
-                       "Each frame goes through the detector; each defect crop is analysed by the model. Writes "
-                       "OUT/report.jsonl (one line per frame, flushed as it goes), OUT/summary.json with frames/s, "
-                       "and OUT/report.html with annotated frames. Every InspectionConfig field can be --set "
-                       "(e.g. classical.threshold=6).")
-    inspect.add_argument("source", metavar="SOURCE", help="an image folder or a video file")
-    inspect.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")
-    inspect.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    inspect.add_argument("--reference", metavar="IMAGE", help="an image of a good part for the classical detector "
-                                                              "(default: detect local anomalies)")
-    inspect.add_argument("--yolo", metavar="WEIGHTS", help="use an ultralytics YOLO weights file as the detector "
-                                                           "(pip install ultralytics)")
-    inspect.add_argument("--lang", choices=("zh", "en"), help="language of the default prompt (default: zh)")
-    inspect.add_argument("--prompt", help="the question asked about every defect crop")
-    inspect.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
-    inspect.set_defaults(handler=_inspect)
-
-    embodied = _command(commands, "embodied", "Run MiniGrid episodes with a checkpoint as the planner.",
-                        "The model sees the agent's view and a depth map and replies with a JSON plan; each step "
-                        "is checked against the new state and a failure triggers a replan, within budgets. Writes "
-                        "OUT/episode-SEED/transcript.jsonl (+ frames) and OUT/summary.json. Every EmbodiedConfig "
-                        "field can be --set (e.g. episode.max_plans=3).")
-    embodied.add_argument("--env", default="MiniGrid-Empty-5x5-v0", help="a MiniGrid environment id "
-                                                                          "(default: %(default)s)")
-    embodied.add_argument("--model", required=True, metavar="CKPT", help="checkpoint directory")
-    embodied.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    embodied.add_argument("--episodes", type=int, help="number of episodes, on seeds 0, 1, ... (default: 1)")
-    embodied.set_defaults(handler=_embodied)
-
-
-def _medical(args: argparse.Namespace) -> int:
-    from vlstack.apps.medical import MedicalConfig, run_medical
-
-    flags = {"language": args.lang, "prompt": args.prompt, "refuse_burned_in": args.refuse_burned_in or None}
-    config = _configured(MedicalConfig, flags, args.overrides)
-    counts = run_medical(args.study_dir, args.model, args.out, config)["counts"]
-    print(f"{counts['studies']} studies, {counts['series']} series, {counts['answered']} answered, "
-          f"{counts['files_skipped']} files skipped; report: {args.out}/report.html")
-    return 0
-
-
-def _inspect(args: argparse.Namespace) -> int:
-    from vlstack.apps.inspection import InspectionConfig, run_inspection
-
-    flags = {"language": args.lang, "prompt": args.prompt, "reference": args.reference, "max_frames": args.max_frames,
-             "yolo_weights": args.yolo, "detector": "yolo" if args.yolo else None}
-    config = _configured(InspectionConfig, flags, args.overrides)
-    summary = run_inspection(args.source, args.model, args.out, config)
-    print(f"{summary['frames']} frames, {summary['defects']} defects in {summary['frames_with_defects']} frames, "
-          f"{summary['frames_per_second']} frames/s; report: {args.out}/report.html")
-    return 0
-
-
-def _embodied(args: argparse.Namespace) -> int:
-    from vlstack.apps.embodied import EmbodiedConfig, run_minigrid_episodes
-
-    flags = {"episodes": args.episodes}
-    config = _configured(EmbodiedConfig, flags, args.overrides)
-    summary = run_minigrid_episodes(args.model, args.env, args.out, config)
-    print(f"{args.env}: success rate {summary['success_rate']:.2f} over {summary['episodes']} episode(s), "
-          f"mean plans {summary['mean_plans']:.1f}, mean steps {summary['mean_steps']:.1f}; "
-          f"summary: {args.out}/summary.json")
-    return 0
-
-
-def _configured(cls, flags: dict, overrides: list[str]):
-    """A `cls` config from the command's flags (None: not given, keep the default), then the --set overrides."""
-    from vlstack.config import apply_overrides
-
-    return apply_overrides(cls(**{k: v for k, v in flags.items() if v is not None}), overrides)
-
-
 def _human(count: int) -> str:
     return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
-
-
-if __name__ == "__main__":
-    sys.exit(main())
