@@ -67,6 +67,11 @@ def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return total * dist.get_world_size() / count
 
 
+def global_weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """`global_mean` of `values` weighted by `weights` (a 0/1 token mask, say), over every rank's items."""
+    return global_mean((values * weights).sum(), weights.sum())
+
+
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Each value averaged over the ranks, in one all-reduce."""
     if not dist.is_initialized() or not values:

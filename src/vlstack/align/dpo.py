@@ -28,7 +28,7 @@ from vlstack.align.preference import (
     preference_data,
 )
 from vlstack.checkpoint import write_model_files
-from vlstack.collectives import global_mean, main_rank_result
+from vlstack.collectives import global_weighted_mean, main_rank_result
 from vlstack.errors import ConfigError
 from vlstack.models.vlm import QwenImageModel
 from vlstack.progress import progress_bar
@@ -63,7 +63,7 @@ class DPOObjective:
         loss = losses.mean()
         if self.sft_weight:
             pairs = len(chosen)
-            chosen_nll = -global_mean((scores.logprobs[:pairs] * scores.mask[:pairs]).sum(), scores.mask[:pairs].sum())
+            chosen_nll = -global_weighted_mean(scores.logprobs[:pairs], scores.mask[:pairs])
             loss = loss + self.sft_weight * chosen_nll
             metrics["chosen_nll"] = chosen_nll.detach()
         return loss, metrics

@@ -41,7 +41,7 @@ from vlstack.align.rollouts import (
     score_in_chunks,
     share,
 )
-from vlstack.collectives import global_mean
+from vlstack.collectives import global_weighted_mean
 from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
 from vlstack.infer.engine import Engine
@@ -191,7 +191,7 @@ class PolicyWithValue(nn.Module):
 
 class PPOObjective:
     """Clipped policy loss + value_coef x clipped value loss on a minibatch of scored rollouts: token means over
-    the whole minibatch, every rank's share of it together (`global_mean`)."""
+    the whole minibatch, every rank's share of it together (`global_weighted_mean`)."""
 
     def __init__(self, config: PPOConfig):
         self.config = config
@@ -202,11 +202,10 @@ class PPOObjective:
         mask = scores.mask
         per_token, clipped = clipped_surrogate(scores.logprobs, batch["old_logprobs"], batch["advantages"],
                                                cfg.clip_range)
-        tokens = mask.sum()
-        policy_loss = global_mean((per_token * mask).sum(), tokens)
+        policy_loss = global_weighted_mean(per_token, mask)
         values = model.values(scores.hidden)
-        value_loss = global_mean((clipped_value_loss(values, batch["old_values"], batch["returns"], cfg.value_clip_range)
-                                  * mask).sum(), tokens)
+        value_loss = global_weighted_mean(
+            clipped_value_loss(values, batch["old_values"], batch["returns"], cfg.value_clip_range), mask)
         log_ratio = scores.logprobs - batch["old_logprobs"]
         return policy_loss + cfg.value_coef * value_loss, {
             "policy_loss": policy_loss.detach(),

@@ -179,12 +179,12 @@ class RolloutSource:
     iteration's rollouts, the next iteration made (from the live policy) when they are used up. Every
     step's Trainer record comes back through `observe`; when an iteration's steps are done, its record
     (the maker's, plus the mean of the steps' metrics) goes to the log. `whole_weights` is the context the
-    rollouts are made in (the policy's whole weights, `models.parallelize.whole_weights`)."""
+    rollouts are made in: the policy's whole weights (`models.parallelize.whole_weights`), set once the
+    Trainer has wrapped the policy."""
 
-    def __init__(self, make: RolloutMaker, minibatch: int, epochs: int, seed: int, log: IterationLog,
-                 whole_weights: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+    def __init__(self, make: RolloutMaker, minibatch: int, epochs: int, seed: int, log: IterationLog):
         self.make, self.minibatch, self.epochs, self.seed, self.log = make, minibatch, epochs, seed, log
-        self.whole_weights = whole_weights
+        self.whole_weights: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
         self.iteration = 0  # iterations whose rollouts have been made
         self.steps_left = 0  # minibatches of the current iteration not drawn yet
         self.record: dict[str, float] = {}

@@ -13,14 +13,30 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
+from pathlib import Path
 
 from vlstack.data.augment import WordGroups, shipped_groups
+from vlstack.errors import ConfigError
 
 
 @lru_cache(maxsize=1)
 def default_contrasts() -> WordGroups:
     """The shipped English and Chinese contrast groups."""
     return shipped_groups("contrasts")
+
+
+def contrast_groups(path: str | None) -> WordGroups:
+    """The contrast groups of the file at `path` (`data.contrasts`: one group a line, words separated by
+    ' | '), or the shipped ones."""
+    if path is None:
+        return default_contrasts()
+    if not Path(path).is_file():
+        raise ConfigError(f"data.contrasts {path!r} is not a file of contrast groups (one group a line, words "
+                          "separated by ' | ')")
+    groups = WordGroups.from_text(Path(path).read_text(encoding="utf-8"))
+    if groups.pattern is None:
+        raise ConfigError(f"data.contrasts {path!r} holds no group of two or more words")
+    return groups
 
 
 def swap_negative(text: str, rng: random.Random, groups: WordGroups | None = None) -> str | None:

@@ -20,12 +20,13 @@ from vlstack.eval.deployment import DeploymentEvalConfig
 from vlstack.eval.hallucination import HallucinationConfig
 from vlstack.eval.harness import EvalConfig
 from vlstack.infer.quantize import QuantizeConfig
+from vlstack.synthetic.phrasings import CHOICE_HEADERS, CHOICE_INSTRUCTIONS
 from vlstack.train.finetune import DatasetSpec, FinetuneConfig, FinetuneEvalConfig, StageConfig
 from vlstack.train.pretrain import PretrainConfig
 from vlstack.train.trainer import TrainConfig
 
 TRAINED_PHRASING = {name: "{question}" for name in ("vqav2", "gqa", "docvqa", "chartqa", "vqarad")} | {
-    "aokvqa": "{question}\nOptions:\n{options}\nChoose the right option."}
+    "aokvqa": f"{{question}}\n{CHOICE_HEADERS[1]}{{options}}\n{CHOICE_INSTRUCTIONS[1]}"}
 """A training phrasing of each benchmark's questions: the bare question; A-OKVQA's options under a header and
 another instruction."""
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vlstack.collectives import global_mean
+from vlstack.collectives import global_mean, global_weighted_mean
 from vlstack.errors import DataError
 from vlstack.models.language import decoder
 from vlstack.models.vlm import QwenImageModel
@@ -232,7 +232,7 @@ class SafetyObjective:
         logits, targets, rows = supervised_logits(model, batch)
         weights = 1 + (cfg.refusal_weight - 1) * batch["refusal"][rows].float()  # [n]
         token_loss = F.cross_entropy(logits, targets, reduction="none")  # [n]
-        loss = global_mean((weights * token_loss).sum(), weights.sum())
+        loss = global_weighted_mean(token_loss, weights)
         metrics = {"sft": token_loss.mean().detach(),
                    "token_acc": (logits.argmax(dim=-1) == targets).float().mean().detach()}
         if cfg.unlikelihood > 0 and bool((batch["unsafe_labels"] != IGNORE_INDEX).any()):

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 from vlstack.checkpoint import load_model, write_model_files
-from vlstack.data.augment import AugmentConfig, WordGroups
+from vlstack.data.augment import AugmentConfig
 from vlstack.data.collate import PairCollate, PairEncoder
 from vlstack.data.loader import caption_pairs, pairs_to_tensors
-from vlstack.data.negatives import default_contrasts
+from vlstack.data.negatives import contrast_groups
 from vlstack.data.schema import Sample
 from vlstack.data.shards import read_shards
 from vlstack.data.stream import StreamConfig, StreamingBatches, StreamSource
@@ -87,7 +87,7 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
         raise ConfigError("pretraining needs data.sources and data.test, shard directories of image-text pairs: "
                           "--set 'data.sources=[{path: DIR}]' --set data.test=DIR; e.g. the output of vlstack data "
                           "ingest / data clean, or vlstack data synth --kind caption --n 6000 --out DIR")
-    contrasts = contrast_groups(config.data) if config.data.swap_negatives else None
+    contrasts = contrast_groups(config.data.contrasts) if config.data.swap_negatives else None
     test_images, test_captions, _ = caption_pairs(config.data.test)
     tokenizer = choose_tokenizer(config.tokenizer, config.model.language, lambda: _source_texts(config.data.sources))
     specials = special_token_ids(tokenizer)
@@ -133,20 +133,6 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
     if dist_info.is_main:
         write_json(out / "pretrain.json", results)
     return results
-
-
-def contrast_groups(data: PretrainDataConfig) -> WordGroups:
-    """The swap negatives' contrast groups: `data.contrasts` (a file), or the shipped ones."""
-    if data.contrasts is None:
-        return default_contrasts()
-    path = Path(data.contrasts)
-    if not path.is_file():
-        raise ConfigError(f"data.contrasts {data.contrasts!r} is not a file of contrast groups (one group a line, words "
-                          "separated by ' | ')")
-    groups = WordGroups.from_text(path.read_text(encoding="utf-8"))
-    if groups.pattern is None:
-        raise ConfigError(f"data.contrasts {data.contrasts!r} holds no group of two or more words")
-    return groups
 
 
 def _source_texts(sources: list[StreamSource]) -> Iterator[str]:
