@@ -25,13 +25,9 @@ from vlstack.align.rollouts import (
     check_minibatches,
     frozen_reference,
     gather_rows,
-    generate_rollouts,
     prompt_batch,
-    rollout_seed,
     run_rollout_training,
-    sampling,
-    score_in_chunks,
-    share,
+    sample_share,
 )
 from vlstack.data.schema import Sample
 from vlstack.errors import ConfigError
@@ -109,17 +105,14 @@ class GRPORollouts:
         self.config, self.engine, self.reference, self.prompts = config, engine, reference, prompts
 
     def __call__(self, iteration: int, rank: int = 0, world: int = 1) -> tuple[Batch, dict[str, float]]:
-        config, policy, G = self.config, self.engine.model, self.config.group_size
+        config, G = self.config, self.config.group_size
         prompts = prompt_batch(self.prompts, config.rollout.prompts, iteration)
         grouped = [sample for sample in prompts for _ in range(G)]  # each prompt G times, groups contiguous
-        rows = share(len(grouped), rank, world)
-        with sampling(policy):
-            seeds = [rollout_seed(config.train.seed, iteration, row) for row in rows]
-            rollouts = generate_rollouts(self.engine, [grouped[row] for row in rows], config.rollout, seeds)
-            old = score_in_chunks(policy, rollouts.batch)
-            ref = score_in_chunks(self.reference, rollouts.batch)
-        dataset = gather_rows({**rollouts.batch, "rewards": rollouts.rewards, "old_logprobs": old.logprobs,
-                               "ref_logprobs": ref.logprobs}, self.engine.tokenizer.pad_token_id)
+        part = sample_share(self.engine, self.engine.model, self.reference, grouped, config.rollout,
+                            config.train.seed, iteration, rank, world)
+        dataset = gather_rows({**part.rollouts.batch, "rewards": part.rollouts.rewards,
+                               "old_logprobs": part.old.logprobs, "ref_logprobs": part.ref.logprobs},
+                              self.engine.tokenizer.pad_token_id)
         rewards = dataset.pop("rewards")
         dataset["advantages"] = group_advantages(rewards, G)
         mask = dataset["response_mask"][:, 1:].to(dataset["old_logprobs"].dtype)  # [N, T - 1] the answer tokens

@@ -33,13 +33,9 @@ from vlstack.align.rollouts import (
     check_minibatches,
     frozen_reference,
     gather_rows,
-    generate_rollouts,
     prompt_batch,
-    rollout_seed,
     run_rollout_training,
-    sampling,
-    score_in_chunks,
-    share,
+    sample_share,
 )
 from vlstack.collectives import global_weighted_mean
 from vlstack.data.schema import Sample
@@ -232,17 +228,15 @@ class PPORollouts:
     def __call__(self, iteration: int, rank: int = 0, world: int = 1) -> tuple[Batch, dict[str, float]]:
         config, model = self.config, self.model
         prompts = prompt_batch(self.prompts, config.rollout.prompts, iteration)
-        rows = share(len(prompts), rank, world)
-        with sampling(model):
-            seeds = [rollout_seed(config.train.seed, iteration, row) for row in rows]
-            rollouts = generate_rollouts(self.engine, [prompts[row] for row in rows], config.rollout, seeds)
-            batch = rollouts.batch
-            scores = _answer_scores(config, rollouts.rewards, self.reward_model, batch)
-            old = score_in_chunks(model.policy, batch)
-            ref = score_in_chunks(self.reference, batch)
+        part = sample_share(self.engine, model, self.reference, prompts, config.rollout, config.train.seed,
+                            iteration, rank, world)
+        batch, old = part.rollouts.batch, part.old
+        with torch.no_grad():
+            scores = _answer_scores(config, part.rollouts.rewards, self.reward_model, batch)
             old_values = model.values(old.hidden) * old.mask
-        scored = gather_rows({**batch, "scores": scores, "correct": rollouts.rewards, "old_logprobs": old.logprobs,
-                              "ref_logprobs": ref.logprobs, "old_values": old_values}, self.engine.tokenizer.pad_token_id)
+        scored = gather_rows({**batch, "scores": scores, "correct": part.rollouts.rewards, "old_logprobs": old.logprobs,
+                              "ref_logprobs": part.ref.logprobs, "old_values": old_values},
+                             self.engine.tokenizer.pad_token_id)
         mask = scored["response_mask"][:, 1:].to(scored["old_logprobs"].dtype)  # [N, T - 1] the answer tokens
         old_logprobs, ref_logprobs = scored.pop("old_logprobs"), scored.pop("ref_logprobs")
         answer_scores, correct = scored.pop("scores"), scored.pop("correct")

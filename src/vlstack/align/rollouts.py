@@ -110,6 +110,29 @@ def score_in_chunks(model: QwenImageModel, batch: Batch, chunk: int = 64) -> Res
                           hidden=torch.cat([p.hidden for p in parts]))
 
 
+@dataclass
+class ScoredShare:
+    """This rank's share of an iteration's rollouts and their log-probabilities under the policy that sampled
+    them (`old`) and under the frozen reference (`ref`)."""
+
+    rollouts: Rollouts
+    old: ResponseScores
+    ref: ResponseScores
+
+
+def sample_share(engine: Engine, policy: nn.Module, reference: QwenImageModel, samples: list[Sample],
+                 config: RolloutConfig, seed: int, iteration: int, rank: int, world: int) -> ScoredShare:
+    """Sample answers to `rank`'s contiguous share of the iteration's `samples` and score them. Each row is
+    seeded by its place in the whole iteration, so the answers do not depend on the number of ranks. `policy` is
+    the module put in eval mode meanwhile (the Engine's model, or one holding it)."""
+    rows = share(len(samples), rank, world)
+    with sampling(policy):
+        seeds = [rollout_seed(seed, iteration, row) for row in rows]
+        rollouts = generate_rollouts(engine, [samples[row] for row in rows], config, seeds)
+        return ScoredShare(rollouts, score_in_chunks(engine.model, rollouts.batch),
+                           score_in_chunks(reference, rollouts.batch))
+
+
 def frozen_reference(checkpoint: str, device: torch.device) -> QwenImageModel:
     """A second copy of the starting policy on `device`, never trained: the KL anchor (one per rank)."""
     return load_model(checkpoint).to(device).requires_grad_(False).eval()

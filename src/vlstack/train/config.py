@@ -30,6 +30,13 @@ class ParallelConfig:
     """deepspeed only: the NVMe directory for a config that offloads to `nvme` (fills its nvme_path)."""
 
     @property
+    def native(self) -> bool:
+        """True for the modes vlstack's own backend runs (single, ddp, fsdp2): a model can be built on the meta
+        device and filled shard by shard, and the best step's weights kept. DeepSpeed builds its engine from a
+        whole model and keeps its own partitioned weights."""
+        return self.mode != "deepspeed"
+
+    @property
     def shards_weights(self) -> bool:
         """True when no rank holds the whole model (ZeRO-3: fsdp2, deepspeed); what is evaluated after training
         is then the checkpoint's consolidated model."""

@@ -417,7 +417,7 @@ def _run_stage(config: FinetuneConfig, stage: StageConfig, stage_dir: Path, star
     t = time.perf_counter()
     # native modes read the weights once the model is placed (under FSDP2, each rank only its shards); LoRA
     # adapters and DeepSpeed's engine wrap a whole model
-    empty = config.train.parallel.mode != "deepspeed" and stage.lora is None
+    empty = config.train.parallel.native and stage.lora is None
     model = load_model(start, empty=empty)
     if not empty:
         model.to(dist_info.device)

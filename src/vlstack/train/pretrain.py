@@ -93,7 +93,7 @@ def run_pretraining(config: PretrainConfig, resume: str | None = None, trust: bo
     specials = special_token_ids(tokenizer)
     # native modes build on the meta device: the Trainer gives the model storage and draws its weights once it is
     # placed (under FSDP2: sharded), so no rank holds more than its share; DeepSpeed builds its engine whole
-    model = build_model(config.model, tokenizer, seed, empty=config.train.parallel.mode != "deepspeed")
+    model = build_model(config.model, tokenizer, seed, empty=config.train.parallel.native)
     if not is_empty(model):
         model.to(dist_info.device)
     model_config = model.config

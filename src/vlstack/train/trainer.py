@@ -110,7 +110,7 @@ class Trainer:
         if validation is not None and len(next(iter(validation.values()))) < config.batch_size // config.grad_accum_steps:
             raise VlstackError(f"the validation set has fewer rows than one training micro-batch "
                                f"({config.batch_size // config.grad_accum_steps}); give it more")
-        if config.keep_best and (validation is None or config.parallel.mode == "deepspeed"):
+        if config.keep_best and (validation is None or not config.parallel.native):
             raise ConfigError("train.keep_best needs validation rows, and a native parallel mode (DeepSpeed keeps "
                               "its own partitioned weights)")
         self._best: tuple[dict[str, torch.Tensor], dict] | None = None

@@ -57,7 +57,7 @@ def build_backend(module: nn.Module, model: nn.Module, config: TrainConfig, dist
                   ) -> Backend:
     """The backend of `config.parallel.mode` around `module` (whose forward runs the objective on `model`); a
     model built by `build_empty` gets its weights from `fill` (native modes only)."""
-    if config.parallel.mode == "deepspeed":
+    if not config.parallel.native:
         from vlstack.train.backends.deepspeed import DeepSpeedBackend
 
         if is_empty(model):
