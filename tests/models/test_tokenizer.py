@@ -36,6 +36,15 @@ def test_chat_template_is_qwen_style(tokenizer):
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
+def test_a_trained_tokenizer_reads_the_role_names_as_words(tokenizer):
+    """The captions it was trained on never say "user" or "assistant"; each turn's header still takes 3 tokens."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                           add_generation_prompt=True)
+    tail = tokenizer(prompt.split("<|im_end|>\n")[1], add_special_tokens=False)["input_ids"]
+    assert [tokenizer.decode([i]) for i in tail] == ["<|im_start|>", "assistant", "\n"]
+    assert tokenizer("user", add_special_tokens=False)["input_ids"] == [tokenizer.convert_tokens_to_ids("user")]
+
+
 def test_save_and_load_a_local_tokenizer_directory(tokenizer, tmp_path):
     tokenizer.save_pretrained(str(tmp_path / "tok"))
     loaded = load_tokenizer(tmp_path / "tok")

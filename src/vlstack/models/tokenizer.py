@@ -32,6 +32,8 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+CHAT_ROLES = ("user", "assistant")
+"""The roles a conversation's turns take in `CHAT_TEMPLATE` (`data.collate.sample_messages` maps LLaVA's human / gpt)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,13 @@ class SpecialTokenIds:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on `texts`; the special tokens take the first ids."""
+    """Train a byte-level BPE on `texts`, each read as a chat turn (`CHAT_TEMPLATE`'s role name first), so
+    that the role names are words; the special tokens take the first ids.
+
+    Trained on the texts alone, the demo's tokenizer spelt "user" in 3 pieces and "assistant" in 5: the
+    prompt's end, from the question to the answer, took 9 tokens instead of 5, and the tiny LM learned no
+    lookup through it (asked whether an object named in the text before the question was there: 0.51 after
+    1,000 steps, against 0.74 after 250 with a one-token "assistant"; benchmarks/RESULTS.md, session 13)."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -56,7 +64,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(texts, trainer=trainer)
+    bpe.train_from_iterator((f"{CHAT_ROLES[i % 2]}\n{text}" for i, text in enumerate(texts)), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, clean_up_tokenization_spaces=False)
     return _with_vlstack_tokens(tokenizer)
 
