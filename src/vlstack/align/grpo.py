@@ -108,8 +108,8 @@ class GRPORollouts:
         config, G = self.config, self.config.group_size
         prompts = prompt_batch(self.prompts, config.rollout.prompts, iteration)
         grouped = [sample for sample in prompts for _ in range(G)]  # each prompt G times, groups contiguous
-        part = sample_share(self.engine, self.engine.model, self.reference, grouped, config.rollout,
-                            config.train.seed, iteration, rank, world)
+        part = sample_share(self.engine, self.reference, grouped, config.rollout, config.train.seed, iteration,
+                            rank, world)
         dataset = gather_rows({**part.rollouts.batch, "rewards": part.rollouts.rewards,
                                "old_logprobs": part.old.logprobs, "ref_logprobs": part.ref.logprobs},
                               self.engine.tokenizer.pad_token_id)

@@ -228,8 +228,8 @@ class PPORollouts:
     def __call__(self, iteration: int, rank: int = 0, world: int = 1) -> tuple[Batch, dict[str, float]]:
         config, model = self.config, self.model
         prompts = prompt_batch(self.prompts, config.rollout.prompts, iteration)
-        part = sample_share(self.engine, model, self.reference, prompts, config.rollout, config.train.seed,
-                            iteration, rank, world)
+        part = sample_share(self.engine, self.reference, prompts, config.rollout, config.train.seed, iteration,
+                            rank, world)
         batch, old = part.rollouts.batch, part.old
         with torch.no_grad():
             scores = _answer_scores(config, part.rollouts.rewards, self.reward_model, batch)

@@ -120,13 +120,13 @@ class ScoredShare:
     ref: ResponseScores
 
 
-def sample_share(engine: Engine, policy: nn.Module, reference: QwenImageModel, samples: list[Sample],
-                 config: RolloutConfig, seed: int, iteration: int, rank: int, world: int) -> ScoredShare:
-    """Sample answers to `rank`'s contiguous share of the iteration's `samples` and score them. Each row is
-    seeded by its place in the whole iteration, so the answers do not depend on the number of ranks. `policy` is
-    the module put in eval mode meanwhile (the Engine's model, or one holding it)."""
+def sample_share(engine: Engine, reference: QwenImageModel, samples: list[Sample], config: RolloutConfig, seed: int,
+                 iteration: int, rank: int, world: int) -> ScoredShare:
+    """Sample answers to `rank`'s contiguous share of the iteration's `samples` with the Engine's policy and score
+    them. Each row is seeded by its place in the whole iteration, so the answers do not depend on the number of
+    ranks."""
     rows = share(len(samples), rank, world)
-    with sampling(policy):
+    with sampling(engine.model):
         seeds = [rollout_seed(seed, iteration, row) for row in rows]
         rollouts = generate_rollouts(engine, [samples[row] for row in rows], config, seeds)
         return ScoredShare(rollouts, score_in_chunks(engine.model, rollouts.batch),

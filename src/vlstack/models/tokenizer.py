@@ -50,10 +50,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     """Train a byte-level BPE on `texts`, each read as a chat turn (`CHAT_TEMPLATE`'s role name first), so
     that the role names are words; the special tokens take the first ids.
 
-    Trained on the texts alone, the demo's tokenizer spelt "user" in 3 pieces and "assistant" in 5: the
-    prompt's end, from the question to the answer, took 9 tokens instead of 5, and the tiny LM learned no
-    lookup through it (asked whether an object named in the text before the question was there: 0.51 after
-    1,000 steps, against 0.74 after 250 with a one-token "assistant"; benchmarks/RESULTS.md, session 13)."""
+    The texts a from-scratch tokenizer is trained on never say "user" or "assistant", yet every prompt does:
+    spelt in pieces, they put 9 tokens between a question and its answer where 5 suffice, and a tiny LM learned
+    no lookup over that longer span (benchmarks/RESULTS.md, session 13)."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
