@@ -40,6 +40,15 @@ def test_suites_are_deterministic_by_seed(tmp_path):
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
 
 
+def test_gqa_verify_questions_are_balanced(tmp_path):
+    """A model answering "no" to every existence question must not score most of them."""
+    WRITERS[BENCHMARKS["gqa"].data_dir](tmp_path, 200, 0)
+    bench = BENCHMARKS["gqa"].from_root(tmp_path)
+    answers = [item.answers[0] for item in bench.items if item.answers[0] in ("yes", "no")]
+    assert len(answers) == 100
+    assert 0.4 <= answers.count("yes") / len(answers) <= 0.6
+
+
 def test_vqarad_suite_has_closed_and_open_questions(tmp_path):
     folder = write_suites(tmp_path, n=12, seed=0)["vqarad"]
     bench = BENCHMARKS["vqarad"].from_root(folder)

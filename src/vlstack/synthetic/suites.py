@@ -203,9 +203,12 @@ def _scan_question(side: str | None, organ: str, rng: random.Random) -> tuple[st
 
 
 def _verify_question(sample: Sample, rng: random.Random) -> tuple[str, str]:
-    """A yes/no question on whether a shape of some colour is in the scene (GQA's "verify" structure)."""
-    color, shape = rng.choice(tuple(COLORS)), rng.choice(SHAPES)
-    present = any(o["color"] == color and o["shape"] == shape for o in sample.meta["objects"][0])
+    """A yes/no question on whether a shape of some colour is in the scene (GQA's "verify" structure), about
+    one that is there half of the time, as the balanced split asks: drawn from all 18 kinds, 9 in 10 answers were
+    "no", and a model answering "no" to everything scored 90% of them."""
+    seen = {(o["color"], o["shape"]) for o in sample.meta["objects"][0]}
+    present = rng.random() < 0.5
+    color, shape = rng.choice(sorted(seen) if present else [(c, s) for c in COLORS for s in SHAPES if (c, s) not in seen])
     return f"Is there a {color} {shape} in the image?", "yes" if present else "no"
 
 
