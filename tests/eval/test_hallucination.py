@@ -1,6 +1,7 @@
 """Hallucination: entity extraction, CHAIR and POPE on hand-worked examples, calibration, the detector
 end to end on a nano checkpoint, and (slow) its AUROC on a pretrained nano model."""
 
+import dataclasses
 import json
 
 import pytest
@@ -319,10 +320,13 @@ def test_cli_eval_hallucination_only(tmp_path, nano_model, tokenizer, capsys):
 @pytest.mark.slow
 def test_detector_separates_faithful_from_hallucinated_captions_of_a_pretrained_model(tmp_path, pretrain_data):
     """The article's claim, on our scorer: AUROC >= 0.85 on held-out captions (chance 0.5). A model that saw
-    colours but not shapes would reach about 0.75 (colour swaps 1.0, shape swaps 0.5), so this needs both."""
+    colours but not shapes would reach about 0.75 (colour swaps 1.0, shape swaps 0.5), so this needs both. The
+    convolutional stem sees shapes in 250 steps (AUROC 0.95; 0.90 at 150) where nano's patch stem took 600."""
+    model = ModelConfig.from_preset("nano")
+    model.vision = dataclasses.replace(model.vision, stem="conv")
     pretrain = run_pretraining(apply_overrides(PretrainConfig(
-        model=ModelConfig.from_preset("nano"),
-        train=TrainConfig(steps=600, batch_size=64, lr=2e-3, warmup_steps=60, log_every=100, measure_mfu=False,
+        model=model,
+        train=TrainConfig(steps=250, batch_size=64, lr=2e-3, warmup_steps=25, log_every=100, measure_mfu=False,
                           tensorboard=False),
         out_dir=str(tmp_path / "pretrain")), pretrain_data(3000, 100)))
     config = HallucinationConfig(calibration_scenes=100, test_scenes=200, pope_scenes=2, chair_scenes=2,
