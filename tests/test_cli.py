@@ -36,3 +36,10 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(argv, fragment, capsys):
 def test_console_script_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "vlstack.cli", "--help"], capture_output=True, text=True, check=True)
     assert "info" in out.stdout and "demo" in out.stdout and "examples:" in out.stdout
+
+
+def test_a_command_starts_without_third_party_noise():
+    """Loading a model imports transformers, which imports torchao; torch then warns about torchao's enums."""
+    done = subprocess.run([sys.executable, "-m", "vlstack.cli", "info", "--preset", "nano"], capture_output=True,
+                          text=True, check=True)
+    assert "nano" in done.stdout and "_pytree" not in done.stderr, done.stderr
