@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich import get_console
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,8 +24,13 @@ class _StatusColumn(ProgressColumn):
         return Text(str(task.fields.get("status", "")))
 
 
+LOG_WIDTH = 140
+"""Columns of a bar written to a file or pipe (rich's default there is 80, which wraps the status into lines)."""
+
+
 def progress_bar(transient: bool = False) -> Progress:
     """A rich Progress; `progress.update(task, status=...)` shows a short status."""
+    console = get_console()
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -33,4 +40,5 @@ def progress_bar(transient: bool = False) -> Progress:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         transient=transient,
+        console=console if console.is_terminal else Console(width=LOG_WIDTH),
     )
