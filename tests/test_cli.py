@@ -38,8 +38,10 @@ def test_console_script_help_lists_the_commands():
     assert "info" in out.stdout and "demo" in out.stdout and "examples:" in out.stdout
 
 
-def test_a_command_starts_without_third_party_noise():
-    """Loading a model imports transformers, which imports torchao; torch then warns about torchao's enums."""
-    done = subprocess.run([sys.executable, "-m", "vlstack.cli", "info", "--preset", "nano"], capture_output=True,
-                          text=True, check=True)
-    assert "nano" in done.stdout and "_pytree" not in done.stderr, done.stderr
+@pytest.mark.parametrize("argv", [["-m", "vlstack.cli", "info", "--preset", "nano"],
+                                  ["-c", "import vlstack.train.pretrain"]], ids=["command", "worker"])
+def test_a_command_or_worker_starts_without_third_party_noise(argv):
+    """Loading a model imports transformers, which imports torchao; torch then warns about torchao's enums. A
+    worker process imports the library without the CLI."""
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True)
+    assert "_pytree" not in done.stderr, done.stderr

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from vlstack.cli.apps import add_app_commands
 from vlstack.cli.data import add_data_commands
 from vlstack.cli.parsing import add_command, configured
 from vlstack.errors import ConfigError, VlstackError
-
-# transformers imports torchao where it is installed, and torchao registers enums in a way torch deprecates: two
-# lines of torch's warning at the start of every command (and worker) that no vlstack user can act on.
-logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 EPILOG = """\
 commands:
