@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vlstack.models.words import WORD_TEMPERATURE, content_words, word_log_probs
 from vlstack.train.losses import (
     IGNORE_INDEX,
     MAX_LOGIT_SCALE,
@@ -13,6 +14,7 @@ from vlstack.train.losses import (
     mlm_loss,
     sample_hard_negatives,
     vtm_loss,
+    word_alignment_loss,
 )
 
 
@@ -107,3 +109,23 @@ def test_itc_with_a_swapped_caption_as_an_extra_negative():
     none = itc_loss(images, texts, scale, texts, torch.zeros(4, dtype=torch.bool))
     close = itc_loss(images, texts, scale, texts, torch.ones(4, dtype=torch.bool))  # as close as the caption
     assert torch.allclose(plain, none) and close > plain
+
+
+def test_content_words_leave_out_padding_specials_and_the_batchs_function_words():
+    # ids: 1 = "a" (every caption), 2 = "red", 3 = "blue", 4 = "circle", 9 = a special token, 0 = padding
+    ids = torch.tensor([[9, 1, 2, 4, 0], [9, 1, 3, 4, 0], [9, 1, 2, 0, 0], [9, 1, 3, 3, 0]])
+    attention = (ids != 0).long()
+    words = content_words(ids, attention, torch.tensor([9]))
+    assert words.tolist() == [[False, False, True, True, False], [False, False, True, True, False],
+                              [False, False, True, False, False], [False, False, True, True, False]]
+
+
+def test_word_alignment_is_the_words_mean_negative_log_probability_under_the_summarys_cosines():
+    embeddings = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]])  # words 0, 1, 2
+    log_probs = word_log_probs(torch.tensor([[3.0, 0.0]]), embeddings)  # a summary pointing at word 0
+    probabilities = torch.softmax(torch.tensor([1.0, 0.0, -1.0]) / WORD_TEMPERATURE, dim=0)
+    ids = torch.tensor([[0, 1]])
+    one = word_alignment_loss(log_probs, ids, torch.tensor([[True, False]]))
+    assert one.item() == pytest.approx(-math.log(probabilities[0]))
+    both = word_alignment_loss(log_probs, ids, torch.tensor([[True, True]]))
+    assert both.item() == pytest.approx(-(math.log(probabilities[0]) + math.log(probabilities[1])) / 2, rel=1e-5)

@@ -40,6 +40,7 @@ def test_nano_recipe_trains_checkpoints_and_exports(tmp_path, capsys, pretrain_d
         p.name for p in checkpoint.iterdir()}
     load_model(checkpoint)  # the inference export loads on its own
     assert "ITM accuracy" in capsys.readouterr().out
+    assert "word_accuracy" in results["after_training"] and "word_align" not in results["history"][-1]
 
 
 @pytest.mark.slow
@@ -83,6 +84,17 @@ def test_tiny_mixed_loss_pretraining_learns_retrieval_and_matching(tmp_path, pre
     assert after["chance@1"] < 0.02 and after["itm_chance"] == 0.5
     assert after["r@1"] >= 0.6, after
     assert after["itm_accuracy"] >= 0.85, after
+
+
+def test_word_alignment_teaches_the_visual_summary_to_name_held_out_images(tmp_path, pretrain_data):
+    """With the word-alignment term the LM path's visual summary names its own held-out caption's words before a
+    mismatched caption's: 0.77 and 0.83 after 150 nano steps when measured (chance 0.5; 0.39 without the term)."""
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", NANO, "--set", "train.steps=150", "--set", "loss.word_align=1.0",
+                 "--set", f"out_dir={out}", *sets(pretrain_data())]) == 0
+    results = json.loads((out / "pretrain.json").read_text())
+    assert results["after_training"]["word_accuracy"] >= 0.65, results["after_training"]
+    assert "word_align" in results["history"][-1]
 
 
 def test_pretraining_needs_its_data_and_says_how_to_make_it(tmp_path, capsys):

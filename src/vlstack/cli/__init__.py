@@ -278,7 +278,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     after = results["after_training"]
     if after:
         print(f"held-out image->text R@1 {after['r@1']:.3f} (chance {after['chance@1']:.3f}), ITM accuracy "
-              f"{after['itm_accuracy']:.3f} (chance 0.5); checkpoint: {results['checkpoint']}")
+              f"{after['itm_accuracy']:.3f}, word accuracy {after['word_accuracy']:.3f} (chance 0.5 each); "
+              f"checkpoint: {results['checkpoint']}")
     return 0
 
 

@@ -50,6 +50,9 @@ from vlstack.synthetic.truth import score_cleaning
 from vlstack.train.finetune import DatasetSpec, run_finetune
 from vlstack.train.pretrain import run_pretraining
 
+PRETRAIN_TERMS = ("itc", "itm", "mlm", "vtm", "word_align")
+"""The pretraining loss terms the report and the loss plot show, where the run has them."""
+
 
 def run_demo(config: DemoConfig) -> dict:
     """Run every stage; returns the report (also written to `out_dir`)."""
@@ -108,7 +111,7 @@ def _pretrain_stage(config: DemoConfig, out: Path) -> dict:
         "steps": results["steps"],
         "first_loss": history[0]["loss"],
         "final_loss": history[-1]["loss"],
-        "final_losses": {k: history[-1][k] for k in ("itc", "itm", "mlm", "vtm") if k in history[-1]},
+        "final_losses": {k: history[-1][k] for k in PRETRAIN_TERMS if k in history[-1]},
         "skipped_steps": sum(r.get("skipped") is True for r in results["history"]),
         "corpus": {split: {k: summary[k] for k in ("total", "kept", "by_first_reason")}
                    for split, summary in cleaned.items()},
@@ -269,7 +272,7 @@ def _plot_losses(history: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     steps = [r["step"] for r in history]
     ax.plot(steps, [r["loss"] for r in history], label="total", linewidth=2)
-    for name in ("itc", "itm", "mlm", "vtm"):
+    for name in PRETRAIN_TERMS:
         if name in history[0]:
             ax.plot(steps, [r[name] for r in history], label=name, alpha=0.8)
     ax.set(xlabel="step", ylabel="loss", title="Pretraining losses")

@@ -193,11 +193,15 @@ class VisionTransformer(nn.Module):
             x = block(x, grid=grid)
         return self.norm(x)
 
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The image representation: mean of the prompt outputs (of the patches for a tower without
-        prompts). [B, P + N, D] -> [B, D]."""
+    def summary_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The tokens that summarise the image: the prompt outputs (the patches for a tower without prompts).
+        [B, P + N, D] -> [B, P or N, D]."""
         prompts = self.cfg.num_prompts
-        return (tokens[:, :prompts] if prompts else tokens).mean(dim=1)
+        return tokens[:, :prompts] if prompts else tokens
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The image representation: the mean of the summary tokens. [B, P + N, D] -> [B, D]."""
+        return self.summary_tokens(tokens).mean(dim=1)
 
     def _check_pixels(self, pixels: torch.Tensor) -> None:
         cfg = self.cfg

@@ -29,6 +29,7 @@ from vlstack.models.layers import MLP
 from vlstack.models.state_dict_adapter import load_pretrained_tower, pretrained_vision_config
 from vlstack.models.tokenizer import IMAGE, new_token_ids
 from vlstack.models.vision import PositionTable, VisionTransformer
+from vlstack.models.words import word_log_probs
 
 PATCH_POSITION_STD = 1.0
 """Init scale of the patch position table added to the projected patch tokens. Tiny preset, held-out
@@ -128,6 +129,12 @@ class QwenImageModel(nn.Module):
     def image_embedding(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Vision tokens -> normalised ITC embedding [B, E] (pooled from the prompt tokens)."""
         return self.itc.embed_image(self.vision.pool(image_tokens))
+
+    def summary_words(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Vision tokens [B, P + N, Dv] -> [B, V]: the mean of the LM's visual tokens that summarise the image
+        (the projected summary tokens) read as a word (`models.words`), which word alignment trains to name it."""
+        summary = self.projector(self.vision.summary_tokens(image_tokens)).mean(dim=1)  # [B, Dt]
+        return word_log_probs(summary, self.language_model.get_input_embeddings().weight)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Right-padded ids [B, T] -> LM last hidden states [B, T, Dt]."""

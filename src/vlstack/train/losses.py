@@ -1,4 +1,4 @@
-"""Pretraining losses (ITC, ITM, MLM, VTM) and the masking / negative sampling they need.
+"""Pretraining losses (ITC, ITM, MLM, VTM, word alignment) and the masking / negative sampling they need.
 
 Each loss takes tensors and returns a scalar; `objectives.py` runs the model to get
 those tensors. References: CLIP (ITC), ALBEF (ITM with hard negatives mined from
@@ -131,3 +131,16 @@ def vtm_loss(predicted: torch.Tensor, targets: torch.Tensor, masked: torch.Tenso
     """
     targets = F.layer_norm(targets.float(), targets.shape[-1:])
     return F.mse_loss(predicted.float()[masked], targets[masked])
+
+
+
+def word_alignment_loss(word_log_probs: torch.Tensor, ids: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-probability of each caption's words under its image's visual summary read as a word
+    (the words share the summary's mass).
+
+    word_log_probs: [B, V] (`models.words.word_log_probs`); ids, words: [B, T], the captions and which of their
+    tokens count (`models.words.content_words`). An LM trained from scratch compares a question's word with the
+    image only once the image arrives looking like words (RESULTS.md, session 15).
+    """
+    picked = word_log_probs.gather(1, ids)  # [B, T]
+    return -(picked * words).sum() / words.sum().clamp(min=1)

@@ -12,6 +12,7 @@ from vlstack.collectives import global_mean, global_weighted_mean
 from vlstack.errors import DataError
 from vlstack.models.language import decoder
 from vlstack.models.vlm import QwenImageModel
+from vlstack.models.words import content_words
 from vlstack.train.losses import (
     IGNORE_INDEX,
     itc_loss,
@@ -21,6 +22,7 @@ from vlstack.train.losses import (
     random_subset,
     sample_hard_negatives,
     vtm_loss,
+    word_alignment_loss,
 )
 
 Batch = dict[str, torch.Tensor]
@@ -43,6 +45,12 @@ class PretrainLossConfig:
     itm: float = 0.3
     mlm: float = 0.2
     vtm: float = 0.1
+    word_align: float = 0.0
+    """vlstack's fifth term, not the article's (`losses.word_alignment_loss`): the LM path's visual summary is
+    trained to name the caption's words in the LM's own embedding space. Pretraining otherwise never trains the
+    projector, and an LM trained from scratch then never learns to compare a question's word with the image: on
+    the tiny preset, existence questions ("is there a red circle?") stayed at chance for 1,000 fine-tuning steps
+    without it and reached 0.77 held out in 800 with it."""
     mlm_probability: float = 0.15
     """Share of text tokens picked for MLM (of those: 80% masked, 10% random, 10% kept)."""
     vtm_probability: float = 0.15
@@ -54,9 +62,9 @@ class PretrainLossConfig:
 
 
 class PretrainObjective:
-    """The mixed ITC + ITM + MLM + VTM loss on a batch of matching (image, text) pairs.
+    """The mixed ITC + ITM + MLM + VTM (+ word alignment) loss on a batch of matching (image, text) pairs.
 
-    One vision pass serves all four losses. ITM fuses each pair plus one hard negative
+    One vision pass serves all four losses (and word alignment, when weighted). ITM fuses each pair plus one hard negative
     text per image and one hard negative image per text, drawn from the ITC similarities
     (ALBEF). MLM and VTM share one fusion pass over masked text and partly hidden
     patches; VTM regresses the vision tower's own (detached) features of the hidden
@@ -93,7 +101,11 @@ class PretrainObjective:
             mlm, vtm, metrics["mlm_acc"] = self._masked_modelling(model, image_tokens, ids, attention)
             losses["mlm"], losses["vtm"] = mlm, vtm
 
-        weights = {"itc": cfg.itc, "itm": cfg.itm, "mlm": cfg.mlm, "vtm": cfg.vtm}
+        if cfg.word_align > 0:
+            words = content_words(ids, attention, self.special_token_ids)
+            losses["word_align"] = word_alignment_loss(model.summary_words(image_tokens), ids, words)
+
+        weights = {"itc": cfg.itc, "itm": cfg.itm, "mlm": cfg.mlm, "vtm": cfg.vtm, "word_align": cfg.word_align}
         total = sum(weights[name] * value for name, value in losses.items())
         metrics.update({name: value.detach() for name, value in losses.items()})
         metrics["temperature"] = model.itc.temperature.detach()
