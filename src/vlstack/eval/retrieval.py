@@ -37,7 +37,7 @@ def image_to_text_recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor, 
 def evaluate_pairs(model: QwenImageModel, data: Batch, captions: list[str], batch_size: int = 128,
                    seed: int = 0) -> dict[str, float]:
     """R@1 and R@5 (image -> text), ITM accuracy on each pair plus one mismatched caption, and word accuracy:
-    how often the LM path's visual summary, read as a word (`losses.word_alignment_loss`), gives the words of
+    how often the LM path's visual summary, read as a word (`models.words`), gives the words of
     its own caption a higher mean log-probability than those of the mismatched one.
 
     ITM and word-accuracy chance is 0.5: half of the judged pairs match.

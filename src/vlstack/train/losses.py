@@ -133,7 +133,6 @@ def vtm_loss(predicted: torch.Tensor, targets: torch.Tensor, masked: torch.Tenso
     return F.mse_loss(predicted.float()[masked], targets[masked])
 
 
-
 def word_alignment_loss(word_log_probs: torch.Tensor, ids: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """Mean negative log-probability of each caption's words under its image's visual summary read as a word
     (the words share the summary's mass).
