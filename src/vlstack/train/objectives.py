@@ -50,7 +50,8 @@ class PretrainLossConfig:
     trained to name the caption's words in the LM's own embedding space. Pretraining otherwise never trains the
     projector, and an LM trained from scratch then never learns to compare a question's word with the image: on
     the tiny preset, existence questions ("is there a red circle?") stayed at chance for 1,000 fine-tuning steps
-    without it and reached 0.77 held out in 800 with it."""
+    without alignment and reached 0.77 held out in 800 with it running alongside; aligned beforehand only, as
+    this term does, the comparison did not form (RESULTS.md, session 15)."""
     mlm_probability: float = 0.15
     """Share of text tokens picked for MLM (of those: 80% masked, 10% random, 10% kept)."""
     vtm_probability: float = 0.15
@@ -64,7 +65,7 @@ class PretrainLossConfig:
 class PretrainObjective:
     """The mixed ITC + ITM + MLM + VTM (+ word alignment) loss on a batch of matching (image, text) pairs.
 
-    One vision pass serves all four losses (and word alignment, when weighted). ITM fuses each pair plus one hard negative
+    One vision pass serves all the losses. ITM fuses each pair plus one hard negative
     text per image and one hard negative image per text, drawn from the ITC similarities
     (ALBEF). MLM and VTM share one fusion pass over masked text and partly hidden
     patches; VTM regresses the vision tower's own (detached) features of the hidden
