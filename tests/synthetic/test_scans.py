@@ -37,22 +37,20 @@ def test_a_lesion_is_drawn_where_the_truth_says_and_nowhere_else():
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
-def test_answers_follow_the_truth_and_reports_parse_back(lang):
-    samples = scan_samples(60, seed=2, split="val", lang=lang)
-    types = {s.meta["question_type"] for s in samples}
-    assert types == {"presence", "side", "report"}
+def test_answers_follow_the_truth_and_reports_parse_back(lang, scan_answer):
+    samples = scan_samples(200, seed=2, split="val", lang=lang)
+    assert {s.meta["question_type"] for s in samples} == {"presence", "side", "report"}
+    assert len({s.question for s in samples}) == 1 + 3 + 3 + 2  # the report, each wording, "on the left / right"
     for sample in samples:
         lesion = sample.meta["lesion"]
         answer = sample.answers[0]
         assert sample.conversations[-1]["value"] == answer and sample.meta["dataset"] == "scans"
         if sample.meta["question_type"] == "report":
             assert sample.question == REPORT_PROMPTS[lang]
+            assert sample.conversations[0]["value"] == f"<image>\n{REPORT_PROMPTS[lang]}"  # no one-word suffix
             assert read_findings(answer) == {"lesion": lesion is not None, "side": lesion and lesion["side"]}
-        elif sample.meta["question_type"] == "side":
-            assert answer == {"en": lesion["side"], "zh": {"left": "左侧", "right": "右侧"}[lesion["side"]]}[lang]
         else:
-            assert answer == {("en", True): "yes", ("en", False): "no", ("zh", True): "有",
-                              ("zh", False): "没有"}[lang, lesion is not None]
+            assert answer == scan_answer(sample.question, lesion, lang), sample.question
 
 
 def test_off_template_findings_are_not_guessed():

@@ -5,7 +5,9 @@ import hashlib
 import pytest
 
 from vlstack.eval.benchmarks import BENCHMARKS
-from vlstack.synthetic.suites import WRITERS, write_suites
+from vlstack.synthetic.scans import scan, scan_samples
+from vlstack.synthetic.scenes import encode_image
+from vlstack.synthetic.suites import SCAN_STREAM, WRITERS, write_suites
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +51,17 @@ def test_gqa_verify_questions_are_balanced(tmp_path):
     assert 0.4 <= answers.count("yes") / len(answers) <= 0.6
 
 
-def test_vqarad_suite_has_closed_and_open_questions(tmp_path):
-    folder = write_suites(tmp_path, n=12, seed=0)["vqarad"]
+def test_vqarad_asks_about_the_scans_datasets_train_on_and_shares_none(tmp_path, scan_answer):
+    """Its scans come from `synthetic.scans` (the `scans` dataset's generator), its answers follow each scan's
+    lesion, and no suite scan is one of a dataset's."""
+    folder = write_suites(tmp_path, n=40, seed=0)["vqarad"]
     bench = BENCHMARKS["vqarad"].from_root(folder)
-    kinds = {item.meta["answer_type"] for item in bench.items}
-    assert kinds == {"closed", "open"}
-    assert {item.answers[0] for item in bench.items if item.meta["answer_type"] == "closed"} <= {"yes", "no"}
+    assert {item.meta["answer_type"] for item in bench.items} == {"closed", "open"}
+    assert {item.answers[0] for item in bench.items if item.meta["answer_type"] == "closed"} == {"yes", "no"}
+    for index, item in enumerate(bench.items):
+        lesion = scan(0, SCAN_STREAM + index).lesion
+        expected = scan_answer(item.question, lesion and {"side": lesion.side}, "en")
+        assert item.answers[0] == expected, item.question
+    trained = {s.images[0].data for split in ("train", "val", "test") for s in scan_samples(300, split=split)}
+    asked = {encode_image(scan(0, SCAN_STREAM + index).image) for index in range(40)}
+    assert not trained & asked

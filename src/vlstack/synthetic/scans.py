@@ -9,7 +9,9 @@ on the image's left), and the questions say so.
 Three question types teach what the medical assistant is asked: lesion presence
 (yes/no), its side, and a short report in answer to the article's findings prompt
 (`REPORT_PROMPTS`), whose wording `read_findings` parses back, so a model's findings
-on a scan can be scored against the truth. Every scan is a pure function of
+on a scan can be scored against the truth. Presence and side are asked in several
+wordings (`WORDINGS`), VQA-RAD's question forms among them: its synthetic suite
+(`synthetic.suites`) asks about these scans. Every scan is a pure function of
 (seed, index); splits draw from their own seeds, as in `synthetic.py`.
 """
 
@@ -30,10 +32,34 @@ from vlstack.synthetic.scenes import Language, encode_image, split_seed
 
 QUESTION_TYPES = ("presence", "side", "report")
 SIDES = ("left", "right")
-_QUESTIONS = {
-    "presence": {"en": "Is there a lesion in this scan?", "zh": "这张影像中有病灶吗？"},
-    "side": {"en": "On which side of the image is the lesion?", "zh": "病灶位于图像的哪一侧？"},
+
+
+@dataclass(frozen=True)
+class Wording:
+    """One way to ask a presence or side question, in English and Chinese."""
+
+    en: str
+    zh: str
+    """`{asked}` in either is filled with a side (左 / 右 in Chinese)."""
+    answer: str
+    """What answers it: `has` (is there a lesion: yes / no), `normal` (is there none: yes / no), `side` (the
+    lesion's side), `lung` (the lung it lies in), `on_side` (is it on the side asked: yes / no)."""
+    vqarad_type: str
+    """VQA-RAD's question type: PRES (presence), ABN (abnormality) or POS (position)."""
+
+
+WORDINGS = {
+    "presence": (Wording("Is there a lesion in this scan?", "这张影像中有病灶吗？", "has", "PRES"),
+                 Wording("Is there an abnormality in this image?", "这张图像有异常吗？", "has", "ABN"),
+                 Wording("Is this image normal?", "这张图像正常吗？", "normal", "ABN")),
+    "side": (Wording("On which side of the image is the lesion?", "病灶位于图像的哪一侧？", "side", "POS"),
+             Wording("Which side is the lesion on?", "病灶在哪一侧？", "side", "POS"),
+             Wording("Is the lesion on the {asked} side?", "病灶在{asked}侧吗？", "on_side", "POS"),
+             Wording("Where is the lesion located?", "病灶位于什么部位？", "lung", "POS")),
 }
+"""The questions by type, VQA-RAD's forms among them (every scan is a chest cross-section, so a lesion lies in
+the left or the right lung); `scan_question` asks the first of a type without a random draw."""
+_SIDE_ZH = {"left": "左", "right": "右"}
 _ANSWERS = {
     "en": {"yes": "yes", "no": "no", "left": "left", "right": "right"},
     "zh": {"yes": "有", "no": "没有", "left": "左侧", "right": "右侧"},
@@ -124,26 +150,35 @@ def scan_sample(seed: int, index: int, split: str = "train", lang: Language = "e
     item = scan(seed, index, image_size)
     rng = random.Random(f"scan-question:{seed}:{index}")
     kind = rng.choice([t for t in question_types if t != "side" or item.lesion] or ["presence"])
-    question, answer = scan_question(item, kind, lang)
+    question, answer, _ = scan_question(item, kind, lang, rng)
     meta = {"source": "synthetic-scans", "dataset": "scans", "split": split, "seed": seed, "index": index,
             "lang": lang, "question_type": kind,
             "lesion": None if item.lesion is None else {"side": item.lesion.side, "box": item.lesion.box}}
-    prompt = open_question(question, split, lang, rng)  # in one of the split's phrasings
+    # a short question in one of the split's phrasings; the report request as the assistant asks it (a phrasing
+    # that asks for one word must not get a report)
+    prompt = question if kind == "report" else open_question(question, split, lang, rng)
     turns = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}, {"from": "gpt", "value": answer}]
     return Sample(f"scan-{seed}-{index:06d}", "vqa", [ImageRef("png", encode_image(item.image))],
                   question=question, answers=[answer], conversations=turns, meta=meta).validate()
 
 
-def scan_question(item: Scan, kind: str, lang: Language = "en") -> tuple[str, str]:
-    """(question, answer) of type `kind` about `item`."""
+def scan_question(item: Scan, kind: str, lang: Language = "en", rng: random.Random | None = None
+                  ) -> tuple[str, str, str]:
+    """(question, answer, VQA-RAD question type) of type `kind` about `item`, in one of the type's `WORDINGS`
+    drawn by `rng` (the first without one)."""
     side = item.lesion.side if item.lesion else None
     if kind == "report":
-        return REPORT_PROMPTS[lang], findings_text(side, lang)
-    if kind == "side":
-        if side is None:
-            raise DataError("a side question needs a scan with a lesion")
-        return _QUESTIONS["side"][lang], _ANSWERS[lang][side]
-    return _QUESTIONS["presence"][lang], _ANSWERS[lang]["yes" if side else "no"]
+        return REPORT_PROMPTS[lang], findings_text(side, lang), "PRES"
+    if kind == "side" and side is None:
+        raise DataError("a side question needs a scan with a lesion")
+    wording = rng.choice(WORDINGS[kind]) if rng else WORDINGS[kind][0]
+    asked = rng.choice(SIDES) if rng else SIDES[0]
+    question = (wording.en if lang == "en" else wording.zh).format(asked=asked if lang == "en" else _SIDE_ZH[asked])
+    yes, no = ("yes", "no") if lang == "en" else ("有", "没有") if wording.answer == "has" else ("是", "不是")
+    answer = {"has": yes if side else no, "normal": no if side else yes, "on_side": yes if asked == side else no,
+              "side": side and _ANSWERS[lang][side],
+              "lung": side and (f"{side} lung" if lang == "en" else f"{_SIDE_ZH[side]}肺")}[wording.answer]
+    return question, answer, wording.vqarad_type
 
 
 def findings_text(side: str | None, lang: Language = "en") -> str:

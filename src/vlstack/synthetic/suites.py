@@ -3,8 +3,8 @@
 With them the harness, the demo and the tests run every benchmark end to end, with
 its real loader and metric, and no downloaded data. Each suite is a pure function of
 (n, seed): shape-scene VQA (`vlstack.synthetic.scenes`) for VQAv2, GQA and A-OKVQA,
-documents for DocVQA, charts for ChartQA, and grayscale "scans" with a bright lesion
-(drawn here) for VQA-RAD. Files and folders carry the official names, so
+documents for DocVQA, charts for ChartQA, and grayscale scans with a bright lesion
+(`vlstack.synthetic.scans`) for VQA-RAD. Files and folders carry the official names, so
 `BENCHMARKS[name].from_root(folder)` reads a suite exactly as it reads the real data.
 """
 
@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 from vlstack.data.schema import Sample
 from vlstack.eval.benchmarks import BENCHMARKS, aokvqa, chartqa, docvqa, gqa, vqarad, vqav2
@@ -24,10 +24,14 @@ from vlstack.files import write_json
 from vlstack.synthetic.charts import chart_sample
 from vlstack.synthetic.documents import document_sample
 from vlstack.synthetic.hallucination import write_hallucination_suite
+from vlstack.synthetic.scans import scan, scan_question
 from vlstack.synthetic.scenes import COLORS, SHAPES, vqa_sample
 
 SCENE_STREAM = 1_000_000
 """Scene-index offset between the suites built from shape scenes, so that no two share a scene."""
+SCAN_STREAM = 500_000
+"""Index offset of VQA-RAD's scans: `synthetic.scans` draws scan (seed, index) from seed * 1,000,003 + index, so
+no scan of a dataset (any seed, indices in the thousands) is one of the suite's."""
 VQA_TYPES = {  # shape-scene question type -> (VQAv2 question_type, answer_type, GQA semantic type)
     "color": ("what color is the", "other", "attr"),
     "shape": ("what", "other", "obj"),
@@ -43,7 +47,6 @@ DISTRACTORS = {  # A-OKVQA wrong choices by question type
     "position": ("left", "right", "center", "top"),
 }
 DOC_QUESTION_TYPES = {"form": "form", "receipt": "table/list", "invoice": "layout"}
-ORGAN_PARTS = {"CHEST": "lung", "HEAD": "hemisphere", "ABD": "kidney"}
 
 
 def write_suites(root: str | Path, n: int = 8, seed: int = 0) -> dict[str, Path]:
@@ -132,20 +135,21 @@ def write_chartqa(folder: Path, n: int, seed: int) -> None:
 
 
 def write_vqarad(folder: Path, n: int, seed: int) -> None:
-    """`VQA_RAD Dataset Public.json` and `VQA_RAD Image Folder/`, every question in the test split."""
+    """`VQA_RAD Dataset Public.json` and `VQA_RAD Image Folder/`, every question in the test split: the `scans`
+    instruction dataset's chest cross-sections (from an index stream it never draws), asked in VQA-RAD's forms."""
     entries = []
     for index in range(n):
+        item = scan(seed, SCAN_STREAM + index)
         rng = random.Random(f"vqarad:{seed}:{index}")
-        organ = rng.choice(tuple(ORGAN_PARTS))
-        image, side = scan(rng)
-        question, answer, answer_type, question_type = _scan_question(side, organ, rng)
+        question, answer, question_type = scan_question(item, rng.choice(("presence", "side") if item.lesion
+                                                                        else ("presence",)), "en", rng)
         image_name = f"synpic{index:05d}.jpg"
         path = folder / vqarad.IMAGES / image_name
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, "JPEG", quality=95)
-        entries.append({"qid": index + 1, "image_name": image_name, "image_organ": organ, "answer": answer,
-                        "answer_type": answer_type, "question_type": question_type, "question": question,
-                        "phrase_type": "test_freeform"})
+        item.image.save(path, "JPEG", quality=95)
+        entries.append({"qid": index + 1, "image_name": image_name, "image_organ": "CHEST", "answer": answer,
+                        "answer_type": "CLOSED" if answer in ("yes", "no") else "OPEN",
+                        "question_type": question_type, "question": question, "phrase_type": "test_freeform"})
     write_json(folder / vqarad.ANNOTATIONS, entries)
 
 
@@ -171,35 +175,6 @@ WRITERS: dict[str, Callable[[Path, int, int], None]] = {
     "vqarad": write_vqarad, "aokvqa": write_aokvqa,
 }
 """Suite writers by the benchmark folder (`Benchmark.data_dir`) they fill."""
-
-
-def scan(rng: random.Random, size: int = 64) -> tuple[Image.Image, str | None]:
-    """A grayscale "scan": a dark field, a mid-gray body and, half the time, a bright blob in the
-    left or right half of the image (sides are the image's own, not radiological convention)."""
-    image = Image.new("L", (size, size), rng.randint(5, 25))
-    draw = ImageDraw.Draw(image)
-    margin = size // 8
-    draw.ellipse((margin, margin, size - margin, size - margin), fill=rng.randint(70, 110))
-    side = rng.choice(("left", "right")) if rng.random() < 0.5 else None
-    if side:
-        radius = rng.randint(size // 16, size // 10)
-        lo = (margin if side == "left" else size // 2) + radius + 2
-        x = rng.randint(lo, lo + size // 2 - margin - 2 * radius - 4)
-        y = rng.randint(size // 3, 2 * size // 3)
-        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=rng.randint(200, 255))
-    return image.filter(ImageFilter.GaussianBlur(1)), side
-
-
-def _scan_question(side: str | None, organ: str, rng: random.Random) -> tuple[str, str, str, str]:
-    """(question, answer, answer_type, question_type) about a scan: presence, side or location of the lesion."""
-    if side is None:
-        return rng.choice((("Is there an abnormality in this image?", "no", "CLOSED", "ABN"),
-                           ("Is this image normal?", "yes", "CLOSED", "ABN")))
-    asked = rng.choice(("left", "right"))
-    return rng.choice((("Is there an abnormality in this image?", "yes", "CLOSED", "ABN"),
-                       (f"Is the lesion on the {asked} side?", "yes" if asked == side else "no", "CLOSED", "POS"),
-                       ("Which side is the lesion on?", side, "OPEN", "POS"),
-                       ("Where is the lesion located?", f"{side} {ORGAN_PARTS[organ]}", "OPEN", "POS")))
 
 
 def _verify_question(sample: Sample, rng: random.Random) -> tuple[str, str]:
