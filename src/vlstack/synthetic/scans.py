@@ -60,10 +60,7 @@ WORDINGS = {
 """The questions by type, VQA-RAD's forms among them (every scan is a chest cross-section, so a lesion lies in
 the left or the right lung); `scan_question` asks the first of a type without a random draw."""
 _SIDE_ZH = {"left": "左", "right": "右"}
-_ANSWERS = {
-    "en": {"yes": "yes", "no": "no", "left": "left", "right": "right"},
-    "zh": {"yes": "有", "no": "没有", "left": "左侧", "right": "右侧"},
-}
+"""A side in Chinese: 左侧 (the left side), 左肺 (the left lung)."""
 _REPORTS = {
     "en": {"left": "A round hyperdense lesion on the left of the image. Possible diagnoses: nodule, mass.",
            "right": "A round hyperdense lesion on the right of the image. Possible diagnoses: nodule, mass.",
@@ -173,11 +170,19 @@ def scan_question(item: Scan, kind: str, lang: Language = "en", rng: random.Rand
         raise DataError("a side question needs a scan with a lesion")
     wording = rng.choice(WORDINGS[kind]) if rng else WORDINGS[kind][0]
     asked = rng.choice(SIDES) if rng else SIDES[0]
-    question = (wording.en if lang == "en" else wording.zh).format(asked=asked if lang == "en" else _SIDE_ZH[asked])
-    yes, no = ("yes", "no") if lang == "en" else ("有", "没有") if wording.answer == "has" else ("是", "不是")
-    answer = {"has": yes if side else no, "normal": no if side else yes, "on_side": yes if asked == side else no,
-              "side": side and _ANSWERS[lang][side],
-              "lung": side and (f"{side} lung" if lang == "en" else f"{_SIDE_ZH[side]}肺")}[wording.answer]
+    zh = lang == "zh"
+    question = wording.zh.format(asked=_SIDE_ZH[asked]) if zh else wording.en.format(asked=asked)
+    yes, no = ("yes", "no") if not zh else ("有", "没有") if wording.answer == "has" else ("是", "不是")
+    if wording.answer == "has":
+        answer = yes if side else no
+    elif wording.answer == "normal":
+        answer = no if side else yes
+    elif wording.answer == "on_side":
+        answer = yes if asked == side else no
+    elif wording.answer == "side":
+        answer = f"{_SIDE_ZH[side]}侧" if zh else side
+    else:  # lung
+        answer = f"{_SIDE_ZH[side]}肺" if zh else f"{side} lung"
     return question, answer, wording.vqarad_type
 
 
@@ -193,7 +198,7 @@ def read_findings(text: str) -> dict[str, bool | str | None]:
     """
     lowered = text.lower()
     negative = "no focal lesion" in lowered or "未见局灶性病灶" in text
-    sides = [s for s in SIDES if f"on the {s}" in lowered or _ANSWERS["zh"][s] in text]
+    sides = [s for s in SIDES if f"on the {s}" in lowered or f"{_SIDE_ZH[s]}侧" in text]
     if negative:
         return {"lesion": False, "side": None}
     if len(sides) == 1 and ("lesion" in lowered or "病灶" in text):
